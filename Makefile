@@ -1,0 +1,42 @@
+# The README quick start: `make up` starts the whole local system, `make test` runs the tests.
+# Both create .venv and install the locked dependencies on first use (Python 3.11+ only).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+
+.PHONY: up test lint format lock bench clean-data
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/fusion-prime up
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev -o requirements.lock
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean-data:
+	rm -rf .fusion-prime

@@ -1,0 +1,81 @@
+"""The one `fusion-prime` command line."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fusion_prime.platform.spec import ServiceSpec
+from fusion_prime.services import load_spec, service_names
+
+app = typer.Typer(no_args_is_help=True, help="Fusion Prime: run, migrate and check the services.")
+
+
+def _spec_or_exit(service: str) -> ServiceSpec:
+    try:
+        return load_spec(service)
+    except KeyError as exc:
+        typer.echo(str(exc.args[0]), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help="service name")],
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="port (default: the service's own)")] = None,
+    migrate: Annotated[
+        bool, typer.Option("--migrate", help="apply pending migrations first (local use)")
+    ] = False,
+) -> None:
+    """Run one service against the DATABASE_URL it is given."""
+    from fusion_prime.platform.runner import run_service
+
+    run_service(_spec_or_exit(service), host=host, port=port, migrate=migrate)
+
+
+@app.command()
+def migrate(service: Annotated[str, typer.Argument(help="service name")]) -> None:
+    """Apply the service's Alembic migrations to DATABASE_URL (a separate deploy step)."""
+    from fusion_prime.platform.migrations import upgrade_url
+    from fusion_prime.platform.runner import StartupRefusedError, _fail, load_settings
+
+    spec = _spec_or_exit(service)
+    try:
+        _, url = load_settings(spec)
+    except StartupRefusedError as exc:
+        _fail(spec, str(exc), exc.code)
+    asyncio.run(upgrade_url(url, spec.migrations_dir))
+    typer.echo(f"{spec.name}: migrations at head")
+
+
+@app.command()
+def up(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="data directory (default $FP_DATA_DIR or ./.fusion-prime)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="interface the services bind")] = "127.0.0.1",
+) -> None:
+    """Start the embedded PostgreSQL and every service, until Ctrl-C."""
+    from fusion_prime.ops.launcher import run_local_stack
+
+    raise typer.Exit(run_local_stack(data_dir=data_dir, host=host))
+
+
+@app.command("services")
+def list_services() -> None:
+    """List the services this build ships."""
+    for name in service_names():
+        spec = load_spec(name)
+        typer.echo(f"{name}\t{spec.default_port}\t{spec.description}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

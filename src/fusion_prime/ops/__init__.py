@@ -1,0 +1,1 @@
+"""Operator tools: the local launcher, audit and verify."""

@@ -1,0 +1,188 @@
+"""`fusion-prime up`: the whole system on the embedded PostgreSQL, one process per service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from fusion_prime.platform.admin import ensure_database
+from fusion_prime.platform.database import redact_url
+from fusion_prime.platform.embedded import EmbeddedPostgres, data_dir_from_env, free_port, port_free
+from fusion_prime.platform.spec import ServiceSpec
+from fusion_prime.services import all_specs
+
+BUS_DATABASE = "fp_bus"
+READY_TIMEOUT = 90.0
+
+
+@dataclass
+class Child:
+    spec: ServiceSpec
+    port: int
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def _pick_port(preferred: int) -> int:
+    return preferred if port_free(preferred) else free_port()
+
+
+def _wait_ready(children: list[Child], console: Console) -> dict[str, str]:
+    status: dict[str, str] = {c.spec.name: "starting" for c in children}
+    deadline = time.monotonic() + READY_TIMEOUT
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline and "starting" in status.values():
+            for child in children:
+                if status[child.spec.name] != "starting":
+                    continue
+                if child.process.poll() is not None:
+                    status[child.spec.name] = f"exited ({child.process.returncode})"
+                    continue
+                try:
+                    r = client.get(f"http://127.0.0.1:{child.port}/health/ready")
+                    if r.status_code == 200:
+                        status[child.spec.name] = "ready"
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.1)
+    return {k: ("timeout" if v == "starting" else v) for k, v in status.items()}
+
+
+def _stop_children(children: list[Child]) -> None:
+    for c in children:
+        if c.process.poll() is None:
+            c.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for c in children:
+        try:
+            c.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            c.process.kill()
+            c.process.wait()
+
+
+def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
+    console = Console()
+    started = time.monotonic()
+    data_dir = (data_dir or data_dir_from_env()).resolve()
+    server = EmbeddedPostgres(data_dir)
+    fresh = not server.initialised()
+    console.print(
+        f"[bold]Fusion Prime[/bold]: {'initialising' if fresh else 'starting'} embedded "
+        f"PostgreSQL in {data_dir}"
+    )
+    admin_url = server.start()
+    specs = all_specs()
+
+    async def _create() -> None:
+        for name in [BUS_DATABASE, *(s.database_name for s in specs)]:
+            await ensure_database(admin_url, name)
+
+    asyncio.run(_create())
+    bus_url = server.url(BUS_DATABASE)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+
+    children: list[Child] = []
+    for spec in specs:
+        port = _pick_port(spec.default_port)
+        db_url = server.url(spec.database_name)
+        env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "FP_BUS": "postgres",
+            "FP_BUS_URL": bus_url,
+            "FP_ENV": os.environ.get("FP_ENV", "development"),
+        }
+        log_path = logs / f"{spec.name}.log"
+        with open(log_path, "ab") as log_fh:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fusion_prime.cli",
+                    "serve",
+                    spec.name,
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--migrate",
+                ],
+                env=env,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        children.append(Child(spec, port, db_url, proc, log_path))
+
+    stop_requested = False
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+    status = _wait_ready(children, console)
+    table = Table(title="Fusion Prime (local)")
+    for col in ("service", "url", "database", "status", "log"):
+        table.add_column(col)
+    table.add_row(
+        "postgresql (embedded)",
+        f"127.0.0.1:{server.port}",
+        redact_url(admin_url),
+        "ready",
+        str(server.log_file),
+    )
+    table.add_row("event bus", "-", redact_url(bus_url), "ready", "-")
+    for c in children:
+        table.add_row(
+            c.spec.name,
+            f"http://{host}:{c.port}",
+            redact_url(c.url),
+            status[c.spec.name],
+            str(c.log_path),
+        )
+    console.print(table)
+    failed = [n for n, s in status.items() if s != "ready"]
+    if failed:
+        console.print(f"[red]not ready: {', '.join(failed)}[/red] (see the logs above)")
+        _stop_children(children)
+        server.stop()
+        return 1
+    if not specs:
+        console.print("no services are registered in this build yet; only the database runs")
+    console.print(
+        f"ready in {time.monotonic() - started:.2f} s, data in {data_dir}; press Ctrl-C to stop"
+    )
+    sys.stdout.flush()
+    try:
+        while not stop_requested:
+            for c in children:
+                if c.process.poll() is not None:
+                    console.print(
+                        f"[red]{c.spec.name} exited with {c.process.returncode}[/red]; "
+                        f"see {c.log_path}"
+                    )
+                    stop_requested = True
+            time.sleep(0.2)
+    finally:
+        console.print("stopping services and the embedded PostgreSQL ...")
+        _stop_children(children)
+        server.stop()
+        console.print("stopped; data kept for the next `fusion-prime up`")
+    return 0

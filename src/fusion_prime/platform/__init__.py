@@ -1,0 +1,1 @@
+"""What every service shares: settings, the database guard, migrations, HTTP app, health."""

@@ -1,0 +1,97 @@
+"""The HTTP app factory every service uses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request, Response
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from fusion_prime.platform.database import create_engine
+from fusion_prime.platform.errors import install_error_handlers
+from fusion_prime.platform.health import router as health_router
+from fusion_prime.platform.observability import REQUEST_LATENCY, get_logger
+from fusion_prime.platform.runtime import BackgroundTask, Runtime
+from fusion_prime.platform.settings import BaseServiceSettings
+from fusion_prime.platform.spec import ServiceSpec
+
+log = get_logger(__name__)
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+async def _supervise(name: str, task: BackgroundTask) -> None:
+    """Keep a background loop alive: a crash is logged and the loop restarted with back-off."""
+    delay = 0.5
+    while True:
+        try:
+            await task()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task crashed; restarting", task=name, delay=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(url, pool_size=settings.db_pool_size, app_name=spec.name)
+        runtime = Runtime(
+            service=spec.name,
+            settings=settings,
+            url=url,
+            engine=engine,
+            sessions=async_sessionmaker(engine, expire_on_commit=False),
+        )
+        app.state.runtime = runtime
+        tasks = [
+            asyncio.create_task(_supervise(f"{spec.name}-bg-{i}", t), name=f"{spec.name}-bg-{i}")
+            for i, t in enumerate(spec.background(runtime))
+        ]
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await engine.dispose()
+
+    app = FastAPI(
+        title=f"Fusion Prime {spec.name}", description=spec.description, lifespan=lifespan
+    )
+    app.state.spec = spec
+    install_error_handlers(app)
+    app.include_router(health_router)
+    for router in spec.routers():
+        app.include_router(router)
+
+    @app.middleware("http")
+    async def _request_context(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(request_id=request_id, service=spec.name)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers[REQUEST_ID_HEADER] = request_id
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            REQUEST_LATENCY.labels(spec.name, request.method, path, str(status)).observe(
+                time.perf_counter() - started
+            )
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    return app

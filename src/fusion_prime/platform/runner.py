@@ -1,0 +1,132 @@
+"""Start one service process: guard the database, then serve.
+
+Everything that can refuse to start happens here, before a socket is bound, and is
+reported as one line on stderr with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import NoReturn
+
+import uvicorn
+from pydantic import ValidationError
+from sqlalchemy.engine import URL
+
+from fusion_prime.platform.database import (
+    DatabaseConfigError,
+    DatabaseUnavailableError,
+    engine_scope,
+    normalise_database_url,
+    redact_text,
+    redact_url,
+    server_info,
+    wait_for_database,
+    write_heartbeat,
+)
+from fusion_prime.platform.migrations import migration_state, upgrade
+from fusion_prime.platform.observability import DATABASE_UP, configure_logging, get_logger
+from fusion_prime.platform.settings import BaseServiceSettings
+from fusion_prime.platform.spec import ServiceSpec
+
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+EXIT_MIGRATIONS = 4
+
+log = get_logger("fusion_prime.runner")
+
+
+class StartupRefusedError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _fail(spec: ServiceSpec, message: str, code: int) -> NoReturn:
+    redact_text(message).replace("\n", " ")
+    raise SystemExit(code)
+
+
+def load_settings(spec: ServiceSpec) -> tuple[BaseServiceSettings, URL]:
+    """Read the environment; raise StartupRefusedError with a one-line reason."""
+    try:
+        settings = spec.settings_cls()
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise StartupRefusedError(f"invalid settings: {fields}", EXIT_CONFIG) from exc
+    try:
+        url = normalise_database_url(settings.database_url, service=spec.name, db_slug=spec.db_slug)
+    except DatabaseConfigError as exc:
+        raise StartupRefusedError(str(exc), EXIT_CONFIG) from exc
+    return settings, url
+
+
+async def preflight(
+    spec: ServiceSpec, settings: BaseServiceSettings, url: URL, *, migrate: bool
+) -> None:
+    """Wait for the server, refuse embedded in production, check migrations, heartbeat."""
+    async with engine_scope(url, pool_size=1, app_name=f"{spec.name}-preflight") as engine:
+        try:
+            await wait_for_database(engine, timeout=settings.db_connect_timeout)
+        except DatabaseUnavailableError as exc:
+            raise StartupRefusedError(str(exc), EXIT_UNAVAILABLE) from exc
+        async with engine.begin() as conn:
+            info = await server_info(conn)
+            if info.embedded and settings.production:
+                raise StartupRefusedError(
+                    f"DATABASE_URL ({redact_url(url)}) points at the local embedded PostgreSQL, "
+                    "which is refused when FP_ENV=production; use the service's own server "
+                    f"(Secret Manager secret fp-{spec.db_slug}-db-connection-string).",
+                    EXIT_CONFIG,
+                )
+            state = await migration_state(conn, spec.migrations_dir)
+            if not state.at_head:
+                if not migrate:
+                    raise StartupRefusedError(
+                        f"database {info.database} is at migration {state.current or 'none'} "
+                        f"but the code expects {state.head}; run `fusion-prime migrate "
+                        f"{spec.name}` (or start with --migrate for local use).",
+                        EXIT_MIGRATIONS,
+                    )
+                log.info("applying migrations", frm=state.current, to=state.head)
+                await upgrade(conn, spec.migrations_dir)
+        async with engine.begin() as conn:
+            beat = await write_heartbeat(conn, spec.name)
+        DATABASE_UP.labels(spec.name).set(1)
+        log.info(
+            "database ready",
+            server_version=info.server_version,
+            database=info.database,
+            embedded=info.embedded,
+            revision=state.head,
+            heartbeat_at=beat.isoformat(),
+        )
+
+
+def run_service(
+    spec: ServiceSpec, *, host: str = "127.0.0.1", port: int | None = None, migrate: bool = False
+) -> None:
+    try:
+        settings, url = load_settings(spec)
+    except StartupRefusedError as exc:
+        _fail(spec, str(exc), exc.code)
+    configure_logging(settings.log_level)
+    log.info(f"Using database URL: {redact_url(url)}")
+    try:
+        asyncio.run(preflight(spec, settings, url, migrate=migrate))
+    except StartupRefusedError as exc:
+        _fail(spec, str(exc), exc.code)
+    from fusion_prime.platform.app import create_app
+
+    app = create_app(spec, settings, url)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port or spec.default_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )

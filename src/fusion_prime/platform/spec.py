@@ -1,0 +1,39 @@
+"""What a service declares so the platform can run, migrate, launch and test it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter
+
+from fusion_prime.platform.settings import BaseServiceSettings
+
+if TYPE_CHECKING:
+    from fusion_prime.platform.runtime import BackgroundTask, Runtime
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service: its name, database, migrations, HTTP routers and background work.
+
+    `db_slug` is the name used in deploy resources (fp-<slug>-db, the secret
+    fp-<slug>-db-connection-string), which for some services differs from `name`.
+    """
+
+    name: str
+    db_slug: str
+    default_port: int
+    migrations_dir: Path
+    routers: Callable[[], Sequence[APIRouter]] = lambda: ()
+    settings_cls: type[BaseServiceSettings] = BaseServiceSettings
+    background: Callable[[Runtime], Sequence[BackgroundTask]] = lambda runtime: ()
+    description: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def database_name(self) -> str:
+        """Name of the service's database on the embedded local server."""
+        return f"fp_{self.name}"

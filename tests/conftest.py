@@ -1,0 +1,75 @@
+"""Shared fixtures: a real PostgreSQL server for the session, a migrated database per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from fusion_prime.platform.embedded import EmbeddedPostgres
+from tests.harness import (
+    TEST_DATA_DIR,
+    TEST_SERVER_SETTINGS,
+    DatabaseFactory,
+    HarnessConfigError,
+    admin_url_from_env,
+    validate_test_url,
+)
+
+MakeDatabase = Callable[..., Awaitable[str]]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a non-PostgreSQL TEST_DATABASE_URL before any test runs."""
+    raw = os.environ.get("TEST_DATABASE_URL")
+    if raw:
+        try:
+            validate_test_url(raw)
+        except HarnessConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.fixture(scope="session")
+def embedded_admin_url(pg_admin_url: str) -> str:
+    """An embedded server even when the suite runs on TEST_DATABASE_URL (for embedded checks)."""
+    if not os.environ.get("TEST_DATABASE_URL"):
+        return pg_admin_url
+    return EmbeddedPostgres(TEST_DATA_DIR, settings=TEST_SERVER_SETTINGS).start()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    try:
+        url, _server = admin_url_from_env()
+    except HarnessConfigError as exc:
+        pytest.exit(str(exc), returncode=2)
+    return url
+
+
+@pytest.fixture(scope="session")
+def db_factory(pg_admin_url: str) -> DatabaseFactory:
+    return DatabaseFactory(pg_admin_url)
+
+
+@pytest.fixture
+async def make_database(db_factory: DatabaseFactory) -> AsyncIterator[MakeDatabase]:
+    """`await make_database(name, migrations_dir)` -> URL of a fresh migrated database."""
+    made: list[str] = []
+
+    async def _make(name: str, migrations_dir: Path | None = None) -> str:
+        url = await db_factory.create(name, migrations_dir)
+        made.append(url)
+        return url
+
+    yield _make
+    for url in made:
+        await db_factory.drop(url)
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "logs"
+    d.mkdir()
+    return d

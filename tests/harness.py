@@ -1,0 +1,316 @@
+"""The test harness: real PostgreSQL databases per test, real service processes.
+
+Databases: TEST_DATABASE_URL when set (PostgreSQL only, anything else is refused),
+otherwise an embedded server under .fusion-prime/test-pg. Each service's migrations run
+once into a template database named after a hash of the migration files; every test
+gets a fresh clone of it (CREATE DATABASE ... TEMPLATE), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from sqlalchemy.engine import make_url
+
+from fusion_prime.platform.admin import asyncpg_dsn, quote_ident
+from fusion_prime.platform.database import DatabaseConfigError, normalise_database_url
+from fusion_prime.platform.embedded import EmbeddedPostgres
+from fusion_prime.platform.migrations import upgrade_url
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_DATA_DIR = REPO_ROOT / ".fusion-prime" / "test-pg"
+# Settings that make a throw-away test server faster; never used by `fusion-prime up`.
+TEST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+class HarnessConfigError(Exception):
+    pass
+
+
+def validate_test_url(raw: str) -> str:
+    """TEST_DATABASE_URL must be PostgreSQL; the harness refuses everything else."""
+    try:
+        normalise_database_url(raw, service="tests")
+    except DatabaseConfigError as exc:
+        raise HarnessConfigError(
+            f"TEST_DATABASE_URL refused: {exc}. Tests run against PostgreSQL only."
+        ) from exc
+    return make_url(raw).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def admin_url_from_env() -> tuple[str, EmbeddedPostgres | None]:
+    raw = os.environ.get("TEST_DATABASE_URL")
+    if raw:
+        return validate_test_url(raw), None
+    server = EmbeddedPostgres(
+        Path(os.environ.get("FP_TEST_DATA_DIR", TEST_DATA_DIR)), settings=TEST_SERVER_SETTINGS
+    )
+    return server.start(), server
+
+
+def migrations_hash(migrations_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(migrations_dir.rglob("*.py")):
+        digest.update(path.relative_to(migrations_dir).as_posix().encode())
+        digest.update(path.read_bytes())
+    # platform schema helpers shape every service's first migration
+    import fusion_prime.platform.schema as schema
+
+    digest.update(Path(schema.__file__).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@dataclass
+class DatabaseFactory:
+    """Creates migrated databases from per-service templates on one server."""
+
+    admin_url: str
+    created: list[str] = field(default_factory=list)
+    _templates: dict[str, str] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def url(self, database: str) -> str:
+        return make_url(self.admin_url).set(database=database).render_as_string(hide_password=False)
+
+    async def _admin(self) -> asyncpg.Connection:
+        return await asyncpg.connect(asyncpg_dsn(self.admin_url))
+
+    async def template(self, name: str, migrations_dir: Path) -> str:
+        key = f"{name}:{migrations_dir}"
+        async with self._lock:
+            if key in self._templates:
+                return self._templates[key]
+            tpl = f"fp_tpl_{name}_{migrations_hash(migrations_dir)}"
+            conn = await self._admin()
+            try:
+                # several test runs may share a server (TEST_DATABASE_URL): serialise
+                await conn.execute("SELECT pg_advisory_lock(hashtext($1))", tpl)
+                ready = await conn.fetchval(
+                    "SELECT datistemplate FROM pg_database WHERE datname = $1", tpl
+                )
+                if not ready:
+                    await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(tpl)}")
+                    await conn.execute(f"CREATE DATABASE {quote_ident(tpl)}")
+                    await upgrade_url(
+                        normalise_database_url(self.url(tpl), service="tests"), migrations_dir
+                    )
+                    await conn.execute(
+                        f"ALTER DATABASE {quote_ident(tpl)} WITH IS_TEMPLATE true "
+                        "ALLOW_CONNECTIONS false"
+                    )
+                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", tpl)
+            finally:
+                await conn.close()
+            self._templates[key] = tpl
+            return tpl
+
+    async def create(self, name: str, migrations_dir: Path | None) -> str:
+        """A new database for `name`, migrated (cloned from the template) when dirs given."""
+        db = f"fp_t_{name}_{uuid.uuid4().hex[:10]}"
+        conn = await self._admin()
+        try:
+            if migrations_dir is None:
+                await conn.execute(f"CREATE DATABASE {quote_ident(db)}")
+            else:
+                tpl = await self.template(name, migrations_dir)
+                version = await conn.fetchval("SHOW server_version_num")
+                strategy = " STRATEGY FILE_COPY" if int(version) >= 150000 else ""
+                await conn.execute(
+                    f"CREATE DATABASE {quote_ident(db)} TEMPLATE {quote_ident(tpl)}{strategy}"
+                )
+        finally:
+            await conn.close()
+        self.created.append(db)
+        return self.url(db)
+
+    async def drop(self, url: str) -> None:
+        db = make_url(url).database
+        assert db is not None
+        assert db.startswith("fp_t_")
+        conn = await self._admin()
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(db)} WITH (FORCE)")
+        finally:
+            await conn.close()
+
+
+# -- direct database reads (the "database validation utilities") -------------------
+
+
+async def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def fetchval(url: str, sql: str, *args: Any) -> Any:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def count_rows(url: str, table: str, where: str = "TRUE", *args: Any) -> int:
+    return int(await fetchval(url, f"SELECT count(*) FROM {table} WHERE {where}", *args))
+
+
+# -- real service processes ---------------------------------------------------------
+
+
+def free_port() -> int:
+    from fusion_prime.platform.embedded import free_port as _fp
+
+    return _fp()
+
+
+@dataclass
+class ServiceProcess:
+    """A service started as a real subprocess, to be killed -9 and restarted."""
+
+    args: Sequence[str]
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def for_service(
+        cls,
+        service: str,
+        database_url: str | None,
+        log_dir: Path,
+        *,
+        migrate: bool = False,
+        extra_env: dict[str, str] | None = None,
+    ) -> ServiceProcess:
+        port = free_port()
+        args = [sys.executable, "-m", "fusion_prime.cli", "serve", service, "--port", str(port)]
+        if migrate:
+            args.append("--migrate")
+        return cls(args, _env(database_url, extra_env), port, log_dir / f"{service}-{port}.log")
+
+    @classmethod
+    def for_module(
+        cls,
+        module: str,
+        database_url: str | None,
+        log_dir: Path,
+        *,
+        extra_env: dict[str, str] | None = None,
+    ) -> ServiceProcess:
+        port = free_port()
+        args = [sys.executable, "-m", module, "--port", str(port)]
+        return cls(args, _env(database_url, extra_env), port, log_dir / f"{module}-{port}.log")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServiceProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as fh:
+            self.process = subprocess.Popen(
+                list(self.args),
+                env=self.env,
+                cwd=REPO_ROOT,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"process exited with {self.process.returncode}: {self.log_text()[-3000:]}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/health/ready", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"not ready after {timeout} s: {self.log_text()[-3000:]}")
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def restart(self) -> ServiceProcess:
+        self.kill9()
+        return self.start()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _env(database_url: str | None, extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "FP_BUS_URL"}}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).strip(
+        os.pathsep
+    )
+    env.setdefault("FP_ENV", "test")
+    env["FP_DB_CONNECT_TIMEOUT"] = env.get("FP_DB_CONNECT_TIMEOUT", "10")
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    env.update(extra or {})
+    return env
+
+
+@contextlib.contextmanager
+def running(proc: ServiceProcess, timeout: float = 30.0) -> Iterator[ServiceProcess]:
+    proc.start()
+    try:
+        proc.wait_ready(timeout)
+        yield proc
+    finally:
+        proc.terminate()
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(
+    spec: Any, database_url: str, **settings_env: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process client for a service app, its lifespan run for real."""
+    from fusion_prime.platform.app import create_app
+
+    settings = spec.settings_cls(DATABASE_URL=database_url, FP_ENV="test", **settings_env)
+    url = normalise_database_url(database_url, service=spec.name)
+    app = create_app(spec, settings, url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
