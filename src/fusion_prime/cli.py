@@ -73,6 +73,31 @@ def list_services() -> None:
         typer.echo(f"{name}\t{spec.default_port}\t{spec.description}")
 
 
+# Command groups that live beside the code they administer; added when shipped.
+_GROUPS: dict[str, str] = {
+    "events": "fusion_prime.platform.bus.cli",
+    "settlement": "fusion_prime.settlement.cli",
+    "compliance": "fusion_prime.compliance.cli",
+    "risk": "fusion_prime.risk.cli",
+}
+
+
+def _add_groups() -> None:
+    import importlib
+    import importlib.util
+
+    for name, module in _GROUPS.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            app.add_typer(importlib.import_module(module).app, name=name)
+
+
+_add_groups()
+
+
 def main() -> None:
     app()
 

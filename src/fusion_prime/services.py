@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 
 from fusion_prime.platform.spec import ServiceSpec
 
-# name -> "module:attribute" of its ServiceSpec. Only real, implemented services belong here.
-_REGISTRY: dict[str, str] = {}
+# name -> "module:attribute" of its ServiceSpec. A service is listed only when its package
+# is part of this build, so nothing unimplemented is ever launched.
+_KNOWN: dict[str, str] = {
+    "settlement": "fusion_prime.settlement.spec:SPEC",
+    "compliance": "fusion_prime.compliance.spec:SPEC",
+    "risk": "fusion_prime.risk.spec:SPEC",
+    "alerts": "fusion_prime.alerts.spec:SPEC",
+    "oracle": "fusion_prime.oracle.spec:SPEC",
+}
+
+
+def _shipped(target: str) -> bool:
+    module = target.split(":")[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+_REGISTRY: dict[str, str] = {name: t for name, t in _KNOWN.items() if _shipped(t)}
 
 
 def service_names() -> list[str]:

@@ -31,6 +31,8 @@ class ServiceSpec:
     settings_cls: type[BaseServiceSettings] = BaseServiceSettings
     background: Callable[[Runtime], Sequence[BackgroundTask]] = lambda runtime: ()
     description: str = ""
+    # topics this service publishes through its outbox (see platform/bus/registry.py)
+    publishes: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -1,0 +1,1 @@
+"""The event bus: envelopes, the topic registry, outbox, inbox, brokers (DESIGN.md "Events")."""
