@@ -82,12 +82,24 @@ class DatabaseFactory:
     created: list[str] = field(default_factory=list)
     _templates: dict[str, str] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _conn: asyncpg.Connection | None = None
+    _conn_loop: asyncio.AbstractEventLoop | None = None
+    _version: int = 0
 
     def url(self, database: str) -> str:
         return make_url(self.admin_url).set(database=database).render_as_string(hide_password=False)
 
     async def _admin(self) -> asyncpg.Connection:
         return await asyncpg.connect(asyncpg_dsn(self.admin_url))
+
+    async def _shared(self) -> asyncpg.Connection:
+        """One admin connection per event loop: connecting costs more than cloning."""
+        loop = asyncio.get_running_loop()
+        if self._conn is None or self._conn_loop is not loop or self._conn.is_closed():
+            self._conn = await self._admin()
+            self._conn_loop = loop
+            self._version = int(await self._conn.fetchval("SHOW server_version_num"))
+        return self._conn
 
     async def template(self, name: str, migrations_dir: Path) -> str:
         key = f"{name}:{migrations_dir}"
@@ -121,19 +133,15 @@ class DatabaseFactory:
     async def create(self, name: str, migrations_dir: Path | None) -> str:
         """A new database for `name`, migrated (cloned from the template) when dirs given."""
         db = f"fp_t_{name}_{uuid.uuid4().hex[:10]}"
-        conn = await self._admin()
-        try:
-            if migrations_dir is None:
-                await conn.execute(f"CREATE DATABASE {quote_ident(db)}")
-            else:
-                tpl = await self.template(name, migrations_dir)
-                version = await conn.fetchval("SHOW server_version_num")
-                strategy = " STRATEGY FILE_COPY" if int(version) >= 150000 else ""
-                await conn.execute(
-                    f"CREATE DATABASE {quote_ident(db)} TEMPLATE {quote_ident(tpl)}{strategy}"
-                )
-        finally:
-            await conn.close()
+        tpl = await self.template(name, migrations_dir) if migrations_dir else None
+        conn = await self._shared()
+        if tpl is None:
+            await conn.execute(f"CREATE DATABASE {quote_ident(db)}")
+        else:
+            strategy = " STRATEGY FILE_COPY" if self._version >= 150000 else ""
+            await conn.execute(
+                f"CREATE DATABASE {quote_ident(db)} TEMPLATE {quote_ident(tpl)}{strategy}"
+            )
         self.created.append(db)
         return self.url(db)
 
@@ -141,11 +149,8 @@ class DatabaseFactory:
         db = make_url(url).database
         assert db is not None
         assert db.startswith("fp_t_")
-        conn = await self._admin()
-        try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(db)} WITH (FORCE)")
-        finally:
-            await conn.close()
+        conn = await self._shared()
+        await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(db)} WITH (FORCE)")
 
 
 # -- direct database reads (the "database validation utilities") -------------------
