@@ -7,6 +7,7 @@ reported as one line on stderr with a non-zero exit code.
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import NoReturn
 
 import uvicorn
@@ -43,7 +44,9 @@ class StartupRefusedError(Exception):
 
 
 def _fail(spec: ServiceSpec, message: str, code: int) -> NoReturn:
-    redact_text(message).replace("\n", " ")
+    line = redact_text(message).replace("\n", " ")
+    sys.stderr.write(f"fusion-prime {spec.name}: refusing to start: {line}\n")
+    sys.stderr.flush()
     raise SystemExit(code)
 
 
