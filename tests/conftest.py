@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,20 +32,28 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def embedded_admin_url(pg_admin_url: str) -> str:
+def embedded_admin_url(pg_admin_url: str) -> Iterator[str]:
     """An embedded server even when the suite runs on TEST_DATABASE_URL (for embedded checks)."""
     if not os.environ.get("TEST_DATABASE_URL"):
-        return pg_admin_url
-    return EmbeddedPostgres(TEST_DATA_DIR, settings=TEST_SERVER_SETTINGS).start()
+        yield pg_admin_url
+        return
+    server = EmbeddedPostgres(TEST_DATA_DIR, settings=TEST_SERVER_SETTINGS)
+    was_running = server.running()
+    yield server.start()
+    if not was_running:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url() -> str:
+def pg_admin_url() -> Iterator[str]:
+    """The suite's server; an embedded one started here is stopped when the session ends."""
     try:
-        url, _server = admin_url_from_env()
+        url, server = admin_url_from_env()
     except HarnessConfigError as exc:
         pytest.exit(str(exc), returncode=2)
-    return url
+    yield url
+    if server is not None and server.started_here:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -75,6 +75,8 @@ def _stop_children(children: list[Child]) -> None:
 
 def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # keep URLs whole when the output is a file or pipe
     started = time.monotonic()
     data_dir = (data_dir or data_dir_from_env()).resolve()
     server = EmbeddedPostgres(data_dir)

@@ -84,6 +84,7 @@ class EmbeddedPostgres:
         self.port_file = self.data_dir / "port"
         self.extra_settings = dict(settings or {})
         self._as_root = os.geteuid() == 0
+        self.started_here = False  # True when start() had to start the server process
 
     # -- process plumbing -------------------------------------------------
     def _run(self, args: list[str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -158,6 +159,7 @@ class EmbeddedPostgres:
                 self._initdb()
             if not self.running():
                 self._start()
+                self.started_here = True
             return self.url()
 
     def _initdb(self) -> None:

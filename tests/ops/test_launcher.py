@@ -1,0 +1,79 @@
+"""`fusion-prime up`: starts the embedded server and every service, stops on Ctrl-C, keeps data."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from fusion_prime.platform.embedded import EmbeddedPostgres
+from fusion_prime.services import service_names
+from tests.harness import REPO_ROOT, fetchval
+
+
+def _up(data_dir: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "FP_BUS_URL"}}
+    env["FP_DATA_DIR"] = str(data_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusion_prime.cli", "up"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("ready in") or "not ready" in line or time.monotonic() > deadline:
+            break
+    return proc, lines
+
+
+def _stop(proc: subprocess.Popen[str], lines: list[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    lines.extend(out.splitlines(keepends=True))
+
+
+async def test_up_serves_every_service_and_keeps_data(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fp"
+    proc, lines = _up(data_dir)
+    try:
+        text = "".join(lines)
+        assert any(line.startswith("ready in") for line in lines), text
+        server = EmbeddedPostgres(data_dir)
+        assert server.running()
+        for name in service_names():
+            match = re.search(rf"{name}\s+.*?(http://127\.0\.0\.1:\d+)", text)
+            assert match, text
+            ready = httpx.get(f"{match.group(1)}/health/ready", timeout=10)
+            assert ready.status_code == 200
+            assert ready.json()["database"]["embedded"] is True
+        admin = server.url()
+        assert await fetchval(admin, "SELECT count(*) FROM pg_database WHERE datname = 'fp_bus'")
+        conn_url = server.url("fp_bus")
+        await fetchval(conn_url, "CREATE TABLE IF NOT EXISTS kept (v text)")
+        await fetchval(conn_url, "INSERT INTO kept VALUES ('still here')")
+    finally:
+        _stop(proc, lines)
+    assert proc.returncode == 0, "".join(lines)
+    assert not EmbeddedPostgres(data_dir).running()
+
+    proc, lines = _up(data_dir)
+    try:
+        assert any(line.startswith("ready in") for line in lines), "".join(lines)
+        assert "starting embedded" in "".join(lines)
+        value = await fetchval(EmbeddedPostgres(data_dir).url("fp_bus"), "SELECT v FROM kept")
+        assert value == "still here"
+    finally:
+        _stop(proc, lines)
+    assert proc.returncode == 0
