@@ -83,3 +83,14 @@ def test_harness_refuses_sqlite_test_database_url() -> None:
     )
     assert result.returncode != 0
     assert "PostgreSQL only" in result.stdout + result.stderr
+
+
+def test_unreachable_database_exits_after_bounded_retry(log_dir: Path) -> None:
+    from tests.harness import free_port
+
+    url = f"postgresql://fp:pw@127.0.0.1:{free_port()}/fp_nothing_listens_here"
+    code, out, elapsed = _start_and_wait_exit(url, log_dir, FP_DB_CONNECT_TIMEOUT="1.5")
+    assert code == 3
+    assert 1.5 <= elapsed < 10
+    assert "did not answer within 1.5 s" in out
+    assert ":pw@" not in out
