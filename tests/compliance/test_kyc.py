@@ -79,6 +79,9 @@ async def test_invalid_transition_and_bad_input(db: str, client: httpx.AsyncClie
     r = await client.post("/kyc/cases", json={"user_id": "x", "documents": [inline]})
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "documents.0.reference"
+    second = await client.post("/kyc/cases", json={"user_id": "u-7"})
+    assert second.status_code == 409
+    assert second.json()["case_id"] == case["id"]
     missing = await client.get("/kyc/cases/6f1c1f3e-5a43-4c8b-9a59-4f7e9d1c0a11")
     assert missing.status_code == 404
     assert await count_rows(db, "kyc_cases") == 1

@@ -213,3 +213,22 @@ async def test_screen_input_errors_name_fields(client: httpx.AsyncClient) -> Non
     assert r.status_code == 422
     fields = {e["field"] for e in r.json()["errors"]}
     assert fields == {"names.0", "threshold"}
+
+
+async def test_index_follows_new_loads_and_lists_are_listed(
+    db: str, client: httpx.AsyncClient
+) -> None:
+    before = await client.post("/sanctions/screen", json={"names": ["Amara Bello"]})
+    assert before.json()["status"] == "clear"  # nothing loaded yet
+    await load_fixture(db, "opensanctions.jsonl")
+    after = await client.post("/sanctions/screen", json={"names": ["Amara Bello"]})
+    assert after.json()["status"] == "hit"
+    assert after.json()["candidates"][0]["match_kind"] == "alias"
+    lists = (await client.get("/sanctions/lists")).json()["items"]
+    assert [(x["list"], x["version_date"], x["current"], x["entities"]) for x in lists] == [
+        ("OpenSanctions", "2026-11-20", True, 2)
+    ]
+    assert lists[0]["files"][0]["format"] == "ftm"
+    events = await fetch(db, "SELECT event_type, envelope FROM outbox ORDER BY seq")
+    assert [e["event_type"] for e in events] == ["sanctions.screened", "sanctions.screened"]
+    assert await count_rows(db, "audit_log", "kind = 'sanctions.screened'") == 2

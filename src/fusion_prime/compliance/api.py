@@ -283,6 +283,12 @@ async def sanctions_screen(
     )
 
 
+@router.get("/sanctions/lists", tags=["sanctions"])
+async def sanctions_lists(session: Session) -> dict[str, Any]:
+    """Loaded list versions (load them with `fusion-prime compliance load-sanctions`)."""
+    return {"items": await service.list_versions(session)}
+
+
 # -- cases, status, audit ------------------------------------------------------------
 
 

@@ -137,6 +137,24 @@ async def create_kyc_case(
             raise ConflictError(
                 f"provider inquiry {provider_inquiry_id} already belongs to case {taken.id}"
             )
+    # one user's case openings are serialised, so "one open case per user" holds
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"kyc:{user_id}"}
+    )
+    open_case = (
+        await session.execute(
+            text(
+                "SELECT id, status FROM kyc_cases WHERE user_id = :u "
+                "AND status NOT IN ('verified', 'rejected')"
+            ),
+            {"u": user_id},
+        )
+    ).first()
+    if open_case is not None:
+        raise ConflictError(
+            f"user {user_id} already has an open KYC case {open_case.id} ({open_case.status})",
+            case_id=str(open_case.id),
+        )
     case_id = uuid.uuid4()
     await session.execute(
         text(
@@ -522,6 +540,32 @@ async def screen_sanctions(
     )
     SANCTIONS_SCREENINGS_TOTAL.labels(SERVICE, status).inc()
     return result
+
+
+async def list_versions(session: AsyncSession) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        text(
+            "SELECT v.id, v.list_name, v.version_date, v.created_at, v.superseded_at, "
+            "(SELECT count(*) FROM sanctions_entities e WHERE e.version_id = v.id) AS entities, "
+            "coalesce((SELECT jsonb_agg(jsonb_build_object('format', f.format, 'file', "
+            "f.file_name, 'sha256', f.sha256, 'records', f.records) ORDER BY f.id) "
+            "FROM sanctions_files f WHERE f.version_id = v.id), '[]') AS files "
+            "FROM sanctions_list_versions v ORDER BY v.list_name, v.id DESC"
+        )
+    )
+    return [
+        {
+            "id": r.id,
+            "list": r.list_name,
+            "version_date": r.version_date.isoformat(),
+            "current": r.superseded_at is None,
+            "loaded_at": _iso(r.created_at),
+            "superseded_at": _iso(r.superseded_at),
+            "entities": int(r.entities),
+            "files": r.files,
+        }
+        for r in rows
+    ]
 
 
 # -- AML -----------------------------------------------------------------------------
