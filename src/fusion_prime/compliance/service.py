@@ -13,12 +13,14 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
 from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fusion_prime.compliance import models, repository
 from fusion_prime.compliance.domain import (
+    KYC_TRANSITIONS,
     PROVIDER_EVENTS,
     KycStatus,
     PastTransaction,
@@ -235,8 +237,6 @@ async def transition_kyc(
 
 
 def _allowed(current: KycStatus) -> frozenset[KycStatus]:
-    from fusion_prime.compliance.domain import KYC_TRANSITIONS
-
     return KYC_TRANSITIONS[current]
 
 
@@ -762,8 +762,6 @@ async def list_cases(
     limit: int,
     offset: int,
 ) -> list[dict[str, Any]]:
-    import sqlalchemy as sa
-
     t = models.cases
     query = sa.select(t).order_by(t.c.created_at.desc(), t.c.id).limit(limit).offset(offset)
     for column, value in (
