@@ -169,6 +169,18 @@ def test_parse_sdn_fixture() -> None:
     assert parsed.entities[3].data["vessel_flag"] == "Malta"
 
 
+def test_crypto_remarks_with_network() -> None:
+    row = (
+        '7,"X",-0- ,"CYBER2",-0- ,-0- ,-0- ,-0- ,-0- ,-0- ,-0- ,"Digital Currency Address - '
+        "USDT TRC20 TXm8aFhLMSGb4YHy4fdJ8dP1rtmo2WM8xY; alt. Digital Currency Address - XBT "
+        '1FzWLkAahHooV3kzTgyx6qsswXJ6sCXkSR."\n'
+    )
+    assert parse_sdn([row]).entities[0].crypto == [
+        ("USDT", "TXm8aFhLMSGb4YHy4fdJ8dP1rtmo2WM8xY"),
+        ("XBT", "1FzWLkAahHooV3kzTgyx6qsswXJ6sCXkSR"),
+    ]
+
+
 def test_parse_errors_name_the_line() -> None:
     lines = [
         '1,"A",-0- ,"P",-0- ,-0- ,-0- ,-0- ,-0- ,-0- ,-0- ,-0- \n',

@@ -171,6 +171,8 @@ async def test_name_screening_hits_and_near_misses(db: str, client: httpx.AsyncC
     )
     assert strict.json()["status"] == "clear"
     assert await count_rows(db, "sanctions_screenings") == 4
+    # scores and candidates went into the hash chain and survive the jsonb round trip
+    assert (await run_cli(db, "verify-audit")).exit_code == 0
 
 
 async def test_address_screening_exact_after_normalisation(

@@ -26,7 +26,8 @@ OFAC_NULL = "-0-"
 _SDN_COLUMNS = 12
 _ALT_COLUMNS = 5
 _ADD_COLUMNS = 6
-_CRYPTO = re.compile(r"Digital Currency Address - ([A-Za-z0-9]+)\s+([A-Za-z0-9:]+)")
+# "Digital Currency Address - XBT 1abc...;" (a network may sit between currency and address)
+_CRYPTO = re.compile(r"Digital Currency Address - ([^;]+)")
 _FTM_PARTIES = frozenset(
     {"Person", "Organization", "Company", "LegalEntity", "PublicBody", "Vessel", "Airplane"}
 )
@@ -164,8 +165,11 @@ def parse_sdn(lines: Iterable[str]) -> ParsedFile:
             },
         )
         if remarks:
-            for currency, address in _CRYPTO.findall(remarks):
-                entity.crypto.append((currency.upper(), address.rstrip(".")))
+            for found in _CRYPTO.findall(remarks):
+                tokens = found.replace(",", " ").split()
+                if len(tokens) < 2:
+                    raise ListFormatError(line, f"digital currency address without value: {found}")
+                entity.crypto.append((tokens[0].upper(), tokens[-1].rstrip(".")))
         out.entities.append(entity)
     return out
 
