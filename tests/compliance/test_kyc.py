@@ -181,3 +181,25 @@ async def test_unsigned_or_forged_webhooks_are_401_and_store_nothing(
     fields = {e["field"] for e in r.json()["errors"]}
     assert "data.attributes.name" in fields
     assert await count_rows(db, "kyc_webhook_events") == 0
+
+
+async def test_idempotency_key_replays_the_first_answer(db: str, client: httpx.AsyncClient) -> None:
+    body = {"user_id": "u-11", "documents": DOCS}
+    headers = {"Idempotency-Key": "req-1"}
+    first = await client.post("/kyc/cases", json=body, headers=headers)
+    again = await client.post("/kyc/cases", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replay"] == "true"
+    assert await count_rows(db, "kyc_cases") == 1
+    assert await count_rows(db, "audit_log") == 1
+    other = await client.post("/kyc/cases", json={"user_id": "u-12"}, headers=headers)
+    assert other.status_code == 422
+    assert other.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert await count_rows(db, "kyc_cases") == 1
+
+    screen = {"names": ["Someone Unlisted"], "user_id": "u-11"}
+    for _ in range(2):
+        r = await client.post("/sanctions/screen", json=screen, headers={"Idempotency-Key": "s1"})
+        assert r.status_code == 200
+    assert await count_rows(db, "sanctions_screenings") == 1

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from fusion_prime.compliance import repository, service
 from fusion_prime.compliance.domain import KycStatus, SignatureError, verify_webhook_signature
@@ -87,16 +92,54 @@ class TransitionIn(_Strict):
     reason: Reason
 
 
-@router.post("/kyc/cases", status_code=201, tags=["kyc"])
-async def create_kyc_case(body: KycCaseIn, session: Session) -> dict[str, Any]:
-    return await service.create_kyc_case(
-        session,
-        user_id=body.user_id,
-        documents=[service.DocumentRef(**d.model_dump()) for d in body.documents],
-        actor=body.actor,
-        provider=body.provider,
-        provider_inquiry_id=body.provider_inquiry_id,
-    )
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=200, description="retry-safe key"),
+]
+
+
+async def _idempotent(
+    session: AsyncSession,
+    endpoint: str,
+    key: str | None,
+    body: BaseModel,
+    status_code: int,
+    work: Callable[[], Awaitable[dict[str, Any]]],
+) -> JSONResponse:
+    """Run `work` once per key; a retry with the same key and body gets the same answer."""
+    if key is None:
+        return JSONResponse(jsonable_encoder(await work()), status_code=status_code)
+    digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    stored = await repository.claim_idempotency_key(session, endpoint, key, digest)
+    if stored is not None:
+        if stored.request_sha256 != digest:
+            raise InvalidError(
+                "this Idempotency-Key was already used with a different request body",
+                field="Idempotency-Key",
+            )
+        return JSONResponse(
+            stored.response, status_code=stored.status_code, headers={"Idempotent-Replay": "true"}
+        )
+    result = jsonable_encoder(await work())
+    await repository.store_idempotent_response(session, endpoint, key, status_code, result)
+    return JSONResponse(result, status_code=status_code)
+
+
+@router.post("/kyc/cases", status_code=201, tags=["kyc"], response_model=None)
+async def create_kyc_case(
+    body: KycCaseIn, session: Session, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
+    async def work() -> dict[str, Any]:
+        return await service.create_kyc_case(
+            session,
+            user_id=body.user_id,
+            documents=[service.DocumentRef(**d.model_dump()) for d in body.documents],
+            actor=body.actor,
+            provider=body.provider,
+            provider_inquiry_id=body.provider_inquiry_id,
+        )
+
+    return await _idempotent(session, "POST /kyc/cases", idempotency_key, body, 201, work)
 
 
 @router.get("/kyc/cases/{case_id}", tags=["kyc"])
@@ -266,21 +309,28 @@ class SanctionsScreenIn(_Strict):
     actor: Text = "api"
 
 
-@router.post("/sanctions/screen", tags=["sanctions"])
+@router.post("/sanctions/screen", tags=["sanctions"], response_model=None)
 async def sanctions_screen(
-    body: SanctionsScreenIn, runtime: RuntimeDep, session: Session
-) -> dict[str, Any]:
+    body: SanctionsScreenIn,
+    runtime: RuntimeDep,
+    session: Session,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     if not body.names and not body.addresses:
         raise InvalidError("give at least one name or address", field="names")
-    return await service.screen_sanctions(
-        session,
-        _cache(runtime),
-        names=body.names,
-        addresses=body.addresses,
-        user_id=body.user_id,
-        threshold=body.threshold or _settings(runtime).sanctions_name_threshold,
-        actor=body.actor,
-    )
+
+    async def work() -> dict[str, Any]:
+        return await service.screen_sanctions(
+            session,
+            _cache(runtime),
+            names=body.names,
+            addresses=body.addresses,
+            user_id=body.user_id,
+            threshold=body.threshold or _settings(runtime).sanctions_name_threshold,
+            actor=body.actor,
+        )
+
+    return await _idempotent(session, "POST /sanctions/screen", idempotency_key, body, 200, work)
 
 
 @router.get("/sanctions/lists", tags=["sanctions"])

@@ -207,3 +207,56 @@ async def listed_addresses(session: AsyncSession, normalised: Sequence[str]) -> 
         {"addrs": list(normalised)},
     )
     return list(rows)
+
+
+# -- idempotency keys ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    request_sha256: str
+    status_code: int
+    response: Any
+
+
+async def claim_idempotency_key(
+    session: AsyncSession, endpoint: str, key: str, request_sha256: str
+) -> StoredResponse | None:
+    """Claim the key in this transaction, or return what the first request answered.
+
+    A concurrent request with the same key waits on the primary key until the first one
+    commits (then sees its answer) or rolls back (then claims the key itself).
+    """
+    claimed = (
+        await session.execute(
+            text(
+                "INSERT INTO idempotency_keys (endpoint, key, request_sha256, status_code) "
+                "VALUES (:e, :k, :h, 0) ON CONFLICT DO NOTHING RETURNING key"
+            ),
+            {"e": endpoint, "k": key, "h": request_sha256},
+        )
+    ).first()
+    if claimed is not None:
+        return None
+    row = (
+        await session.execute(
+            text(
+                "SELECT request_sha256, status_code, response FROM idempotency_keys "
+                "WHERE endpoint = :e AND key = :k"
+            ),
+            {"e": endpoint, "k": key},
+        )
+    ).one()
+    return StoredResponse(row.request_sha256, int(row.status_code), row.response)
+
+
+async def store_idempotent_response(
+    session: AsyncSession, endpoint: str, key: str, status_code: int, response: Any
+) -> None:
+    await session.execute(
+        text(
+            "UPDATE idempotency_keys SET status_code = :s, response = CAST(:r AS jsonb) "
+            "WHERE endpoint = :e AND key = :k"
+        ),
+        {"s": status_code, "r": json.dumps(response, default=str), "e": endpoint, "k": key},
+    )

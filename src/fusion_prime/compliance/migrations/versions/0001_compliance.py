@@ -298,6 +298,17 @@ def upgrade() -> None:
     )
     op.create_index("ix_screenings_user", "sanctions_screenings", ["user_id", "created_at"])
 
+    # -- idempotent creation (Idempotency-Key header) ------------------------------
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("endpoint", sa.Text(), primary_key=True),
+        sa.Column("key", sa.Text(), primary_key=True),
+        sa.Column("request_sha256", sa.CHAR(64), nullable=False),
+        sa.Column("status_code", sa.SmallInteger(), nullable=False),
+        sa.Column("response", pg.JSONB()),
+        _ts("created_at"),
+    )
+
     # -- audit trail -------------------------------------------------------------
     op.create_table(
         "audit_log",
@@ -347,6 +358,7 @@ def downgrade() -> None:
     op.execute("DROP TABLE audit_log, audit_chain_head CASCADE")
     op.execute("DROP FUNCTION audit_log_refuse_change()")
     for table in (
+        "idempotency_keys",
         "sanctions_screenings",
         "sanctions_locations",
         "sanctions_addresses",
