@@ -28,13 +28,13 @@ def fired(result: dict[str, Any]) -> set[str]:
 
 
 async def test_single_threshold_boundary(db: str, client: httpx.AsyncClient) -> None:
-    below = await screen(client, tx("9999.99", "2026-12-01T10:00:00-05:00", user="a"))
+    below = await screen(client, tx("9999.99", "2025-12-01T10:00:00-05:00", user="a"))
     assert below["level"] == "low"
     assert below["score"] == 0
     assert below["fired_rules"] == []
     assert below["alert_id"] is None
     assert below["rules_version"] == 1
-    at = await screen(client, tx("10000.00", "2026-12-01T10:00:00-05:00", user="b"))
+    at = await screen(client, tx("10000.00", "2025-12-01T10:00:00-05:00", user="b"))
     assert at["level"] == "medium"
     assert fired(at) == {"single_threshold"}
     assert "10,000.00 USD" in at["fired_rules"][0]["explanation"]
@@ -63,35 +63,35 @@ async def test_daily_aggregate_across_one_business_day_not_two(
     db: str, client: httpx.AsyncClient
 ) -> None:
     # 23:30 and 23:50 New York on 1 Dec are the same business day (both 2 Dec in UTC)
-    first = await screen(client, tx("6000.00", "2026-12-02T04:30:00Z"))
-    assert first["business_day"] == "2026-12-01"
-    second = await screen(client, tx("4000.00", "2026-12-02T04:50:00Z"))
+    first = await screen(client, tx("6000.00", "2025-12-02T04:30:00Z"))
+    assert first["business_day"] == "2025-12-01"
+    second = await screen(client, tx("4000.00", "2025-12-02T04:50:00Z"))
     assert "daily_aggregate" in fired(second)
     assert "10,000.00 USD" in second["fired_rules"][0]["explanation"]
     assert second["level"] == "medium"
     # 00:10 New York on 2 Dec: a new business day, so no aggregate with the day before
-    third = await screen(client, tx("5000.00", "2026-12-02T05:10:00Z"))
-    assert third["business_day"] == "2026-12-02"
+    third = await screen(client, tx("5000.00", "2025-12-02T05:10:00Z"))
+    assert third["business_day"] == "2025-12-02"
     assert "daily_aggregate" not in fired(third)
     days = await fetch(
         db,
         "SELECT business_day::text AS d, count(*) AS n FROM aml_transactions GROUP BY 1 ORDER BY 1",
     )
-    assert [(d["d"], d["n"]) for d in days] == [("2026-12-01", 2), ("2026-12-02", 1)]
+    assert [(d["d"], d["n"]) for d in days] == [("2025-12-01", 2), ("2025-12-02", 1)]
     # other users' amounts never count
-    other = await screen(client, tx("9000.00", "2026-12-02T05:20:00Z", user="u-2"))
+    other = await screen(client, tx("9000.00", "2025-12-02T05:20:00Z", user="u-2"))
     assert "daily_aggregate" not in fired(other)
 
 
 async def test_structuring_pattern_raises_alert_and_case(
     db: str, client: httpx.AsyncClient
 ) -> None:
-    amounts = [("9500.00", "2026-12-01T09:00:00-05:00"), ("9200.00", "2026-12-01T18:00:00-05:00")]
+    amounts = [("9500.00", "2025-12-01T09:00:00-05:00"), ("9200.00", "2025-12-01T18:00:00-05:00")]
     for amount, at in amounts:
         result = await screen(client, tx(amount, at, user="s"))
         assert "structuring" not in fired(result)
     # third in band within 24 h (and next business day, so no daily aggregate)
-    third = await screen(client, tx("8000.00", "2026-12-02T08:00:00-05:00", user="s"))
+    third = await screen(client, tx("8000.00", "2025-12-02T08:00:00-05:00", user="s"))
     assert fired(third) == {"structuring"}
     assert third["level"] == "medium"
     assert (
@@ -99,7 +99,7 @@ async def test_structuring_pattern_raises_alert_and_case(
         in (third["fired_rules"][0]["explanation"])
     )
     # fourth: still structuring, plus the day total (8,000 + 9,900) -> high
-    fourth = await screen(client, tx("9900.00", "2026-12-02T08:30:00-05:00", user="s"))
+    fourth = await screen(client, tx("9900.00", "2025-12-02T08:30:00-05:00", user="s"))
     assert fired(fourth) == {"structuring", "daily_aggregate"}
     assert fourth["level"] == "high"
     assert await count_rows(db, "aml_alerts", "user_id = 's'") == 3
@@ -109,9 +109,9 @@ async def test_structuring_pattern_raises_alert_and_case(
 
 async def test_velocity_and_sanctioned_counterparty(db: str, client: httpx.AsyncClient) -> None:
     for minute in range(4):
-        r = await screen(client, tx("10.00", f"2026-12-01T10:0{minute}:00Z", user="v"))
+        r = await screen(client, tx("10.00", f"2025-12-01T10:0{minute}:00Z", user="v"))
         assert "velocity" not in fired(r)
-    r = await screen(client, tx("10.00", "2026-12-01T10:04:00Z", user="v"))
+    r = await screen(client, tx("10.00", "2025-12-01T10:04:00Z", user="v"))
     assert fired(r) == {"velocity"}
     assert r["level"] == "low"  # score 30 < 40: stored, no alert
     assert r["alert_id"] is None
@@ -121,7 +121,7 @@ async def test_velocity_and_sanctioned_counterparty(db: str, client: httpx.Async
         client,
         tx(
             "50.00",
-            "2026-12-01T12:00:00Z",
+            "2025-12-01T12:00:00Z",
             user="w",
             counterparties=["Nordbridge Exchange"],
             addresses=["0x7f367cc41522ce07553e823bf3be79a889debe1b"],
@@ -136,7 +136,7 @@ async def test_velocity_and_sanctioned_counterparty(db: str, client: httpx.Async
 
 
 async def test_idempotent_transaction_id(db: str, client: httpx.AsyncClient) -> None:
-    body = tx("12000.00", "2026-12-01T10:00:00Z", transaction_id="ext-1")
+    body = tx("12000.00", "2025-12-01T10:00:00Z", transaction_id="ext-1")
     first = await screen(client, body)
     again = await screen(client, body)
     assert again["replayed"] is True
@@ -150,20 +150,23 @@ async def test_idempotent_transaction_id(db: str, client: httpx.AsyncClient) -> 
 
 async def test_bad_input_is_422_naming_fields(db: str, client: httpx.AsyncClient) -> None:
     r = await client.post(
-        "/aml/screen", json=tx("100.00", "2026-12-01T10:00:00Z") | {"currency": "EUR"}
+        "/aml/screen", json=tx("100.00", "2025-12-01T10:00:00Z") | {"currency": "EUR"}
     )
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "currency"
     r = await client.post(
         "/aml/screen",
         json={"user_id": "", "amount": 100.5, "currency": "USD", "type": "gift",
-              "occurred_at": "2026-12-01T10:00:00"},
+              "occurred_at": "2025-12-01T10:00:00"},
     )  # fmt: skip
     assert r.status_code == 422
     fields = {e["field"] for e in r.json()["errors"]}
     assert fields == {"user_id", "amount", "type", "occurred_at"}
+    r = await client.post("/aml/screen", json=tx("100.00", "2099-01-01T00:00:00Z"))
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "occurred_at"
     for amount in ("-5.00", "0", "1.001", "abc"):
-        r = await client.post("/aml/screen", json=tx(amount, "2026-12-01T10:00:00Z"))
+        r = await client.post("/aml/screen", json=tx(amount, "2025-12-01T10:00:00Z"))
         assert r.status_code == 422, amount
         assert r.json()["errors"][0]["field"] == "amount"
     assert await count_rows(db, "aml_transactions") == 0
@@ -177,7 +180,7 @@ async def test_new_rules_version_changes_thresholds(db: str, client: httpx.Async
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "version 2" in result.output
-    r = await screen(client, tx("5000.00", "2026-12-01T10:00:00Z"))
+    r = await screen(client, tx("5000.00", "2025-12-01T10:00:00Z"))
     assert r["rules_version"] == 2
     assert fired(r) == {"single_threshold"}
     assert "5,000.00 USD" in r["fired_rules"][0]["explanation"]

@@ -17,8 +17,8 @@ from tests.harness import count_rows, fetch, fetchval
 
 async def test_chain_links_and_query_by_subject(db: str, client: httpx.AsyncClient) -> None:
     await client.post("/kyc/cases", json={"user_id": "alice"})
-    await screen(client, tx("10.00", "2026-12-01T10:00:00Z", user="bob"))
-    await screen(client, tx("20.00", "2026-12-01T10:01:00Z", user="alice"))
+    await screen(client, tx("10.00", "2025-12-01T10:00:00Z", user="bob"))
+    await screen(client, tx("20.00", "2025-12-01T10:01:00Z", user="alice"))
     rows = await fetch(db, "SELECT seq, kind, subject, prev_hash, hash FROM audit_log ORDER BY seq")
     assert [r["seq"] for r in rows] == [1, 2, 3]
     assert rows[0]["prev_hash"] == "0" * 64
@@ -39,14 +39,14 @@ async def test_chain_links_and_query_by_subject(db: str, client: httpx.AsyncClie
 
 
 async def test_concurrent_decisions_keep_one_chain(db: str, client: httpx.AsyncClient) -> None:
-    bodies = [tx("5.00", f"2026-12-01T10:00:{i:02d}Z", user=f"c{i % 3}") for i in range(12)]
+    bodies = [tx("5.00", f"2025-12-01T10:00:{i:02d}Z", user=f"c{i % 3}") for i in range(12)]
     await asyncio.gather(*(screen(client, b) for b in bodies))
     assert await count_rows(db, "audit_log") == 12
     assert (await run_cli(db, "verify-audit")).exit_code == 0
 
 
 async def test_database_refuses_update_and_delete(db: str, client: httpx.AsyncClient) -> None:
-    await screen(client, tx("10.00", "2026-12-01T10:00:00Z"))
+    await screen(client, tx("10.00", "2025-12-01T10:00:00Z"))
     conn = await asyncpg.connect(asyncpg_dsn(db))
     try:
         for sql in (
@@ -63,7 +63,7 @@ async def test_database_refuses_update_and_delete(db: str, client: httpx.AsyncCl
 
 async def test_tampering_is_detected_at_the_changed_row(db: str, client: httpx.AsyncClient) -> None:
     for i in range(4):
-        await screen(client, tx("10.00", f"2026-12-01T10:0{i}:00Z", user="t"))
+        await screen(client, tx("10.00", f"2025-12-01T10:0{i}:00Z", user="t"))
     # a superuser can switch the trigger off; the chain still gives the change away
     conn = await asyncpg.connect(asyncpg_dsn(db))
     try:
@@ -111,8 +111,8 @@ async def test_cases_list_assign_resolve_and_status(db: str, client: httpx.Async
     assert status["overall"] == "clear"
     assert status["sanctions"]["status"] == "clear"
 
-    big = await screen(client, tx("15000.00", "2026-12-01T10:00:00Z", user="carol"))
-    await screen(client, tx("20000.00", "2026-12-01T10:00:00Z", user="dave"))
+    big = await screen(client, tx("15000.00", "2025-12-01T10:00:00Z", user="carol"))
+    await screen(client, tx("20000.00", "2025-12-01T10:00:00Z", user="dave"))
     status = (await client.get("/users/carol/compliance-status")).json()
     assert status["overall"] == "review"
     assert status["open_alerts"] == 1

@@ -52,7 +52,7 @@ async def test_decisions_survive_kill_9(db: str, log_dir: Path) -> None:
             aml = http.post(
                 "/aml/screen",
                 json={"user_id": "p-1", "amount": "12500.00", "currency": "USD",
-                      "type": "withdrawal", "occurred_at": "2026-12-01T15:00:00Z"},
+                      "type": "withdrawal", "occurred_at": "2025-12-01T15:00:00Z"},
             )  # fmt: skip
             assert aml.json()["level"] == "medium"
         proc.kill9()

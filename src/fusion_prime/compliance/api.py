@@ -30,6 +30,7 @@ log = get_logger(__name__)
 Text = Annotated[str, Field(min_length=1, max_length=200)]
 Reason = Annotated[str, Field(min_length=1, max_length=2000)]
 SIGNATURE_HEADER = "Persona-Signature"
+MAX_CLOCK_SKEW_S = 300
 
 
 class _Strict(BaseModel):
@@ -268,6 +269,9 @@ class AmlScreenIn(_Strict):
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("must include a timezone offset")
+        # a future-dated transaction would count in windows it has not reached yet
+        if value.timestamp() > time.time() + MAX_CLOCK_SKEW_S:
+            raise ValueError(f"is more than {MAX_CLOCK_SKEW_S} s in the future")
         return value
 
 

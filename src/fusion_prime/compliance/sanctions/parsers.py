@@ -215,6 +215,20 @@ def _strings(props: dict[str, Any], key: str, line: int) -> list[str]:
     return [v.strip() for v in value if v.strip()]
 
 
+def _refs(props: dict[str, Any], key: str, line: int) -> list[str]:
+    """Entity references: ids, or nested entities (OpenSanctions' nested export)."""
+    value = props.get(key, [])
+    if not isinstance(value, list):
+        raise ListFormatError(line, f"properties.{key} must be a list")
+    out: list[str] = []
+    for item in value:
+        ref = item.get("id") if isinstance(item, dict) else item
+        if not isinstance(ref, str) or not ref:
+            raise ListFormatError(line, f"properties.{key} holds an entry without an id")
+        out.append(ref)
+    return out
+
+
 def parse_ftm(lines: Iterable[str]) -> ParsedFile:
     """FollowTheMoney entities, one JSON object per line."""
     out = ParsedFile("ftm")
@@ -253,7 +267,7 @@ def parse_ftm(lines: Iterable[str]) -> ParsedFile:
                     ent_id,
                     keys,
                     _strings(props, "currency", line),
-                    _strings(props, "holder", line),
+                    _refs(props, "holder", line),
                 )
             )
             continue
