@@ -36,6 +36,13 @@ async def test_chain_links_and_query_by_subject(db: str, client: httpx.AsyncClie
     ok = await run_cli(db, "verify-audit")
     assert ok.exit_code == 0, ok.output
     assert "intact: 3 rows" in ok.output
+    # every published decision carries its audit row's hash (an anchor outside the database)
+    anchors = await fetch(
+        db,
+        "SELECT (envelope->'data'->'audit'->>'seq')::int AS seq, "
+        "envelope->'data'->'audit'->>'hash' AS hash FROM outbox ORDER BY seq",
+    )
+    assert [(a["seq"], a["hash"]) for a in anchors] == [(r["seq"], r["hash"]) for r in rows]
 
 
 async def test_concurrent_decisions_keep_one_chain(db: str, client: httpx.AsyncClient) -> None:

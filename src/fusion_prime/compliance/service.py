@@ -53,6 +53,13 @@ WEBHOOK_EVENTS_TOTAL = Counter(
 )
 
 
+def _anchor(entry: repository.AuditEntry) -> dict[str, Any]:
+    """The audit row behind an event. Published copies of the chain hash live outside this
+    database, so even a rewrite of the whole chain (by someone able to disable the
+    trigger and recompute every hash) disagrees with what consumers already received."""
+    return {"audit": {"seq": entry.seq, "hash": entry.hash}}
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
@@ -110,11 +117,16 @@ async def _record_kyc_change(
         "reason": reason,
         "source": source,
     }
-    await repository.append_audit(
+    entry = await repository.append_audit(
         session, kind="kyc.status_changed", subject=user_id, actor=actor, payload=data
     )
     await publish(
-        session, TOPIC, event_type="kyc.status_changed", subject=user_id, data=data, source=SERVICE
+        session,
+        TOPIC,
+        event_type="kyc.status_changed",
+        subject=user_id,
+        data=data | _anchor(entry),
+        source=SERVICE,
     )
     KYC_TRANSITIONS_TOTAL.labels(SERVICE, new.value).inc()
 
@@ -526,7 +538,7 @@ async def screen_sanctions(
     }
     subject = user_id or f"screening:{screening_id}"
     audit_payload = {**result, "names": list(names), "addresses": list(addresses)}
-    await repository.append_audit(
+    entry = await repository.append_audit(
         session, kind="sanctions.screened", subject=subject, actor=actor, payload=audit_payload
     )
     await publish(
@@ -535,7 +547,8 @@ async def screen_sanctions(
         event_type="sanctions.screened",
         subject=subject,
         data={k: v for k, v in result.items() if k != "candidates"}
-        | {"candidates": len(candidates)},
+        | {"candidates": len(candidates)}
+        | _anchor(entry),
         source=SERVICE,
     )
     SANCTIONS_SCREENINGS_TOTAL.labels(SERVICE, status).inc()
@@ -718,7 +731,7 @@ async def screen_transaction(
         )
     ).one()
     response = _aml_response(row, alert_id, case_id, False)
-    await repository.append_audit(
+    entry = await repository.append_audit(
         session,
         kind="aml.screened",
         subject=tx.user_id,
@@ -731,7 +744,8 @@ async def screen_transaction(
         event_type="aml.screened",
         subject=tx.user_id,
         data={k: response[k] for k in ("transaction_id", "score", "level", "rules_version")}
-        | {"rules": [f["rule"] for f in fired], "case_id": response["case_id"]},
+        | {"rules": [f["rule"] for f in fired], "case_id": response["case_id"]}
+        | _anchor(entry),
         source=SERVICE,
     )
     AML_SCREENINGS_TOTAL.labels(SERVICE, result.level.value).inc()
@@ -843,11 +857,16 @@ async def resolve_case(
         "reason": reason,
         "resolved_by": actor,
     }
-    await repository.append_audit(
+    entry = await repository.append_audit(
         session, kind="case.resolved", subject=subject, actor=actor, payload=data
     )
     await publish(
-        session, TOPIC, event_type="case.resolved", subject=subject, data=data, source=SERVICE
+        session,
+        TOPIC,
+        event_type="case.resolved",
+        subject=subject,
+        data=data | _anchor(entry),
+        source=SERVICE,
     )
     return await get_case(session, case_id)
 
