@@ -1,0 +1,1 @@
+"""Sanctions lists: parsers for OFAC SDN CSVs and FollowTheMoney JSON lines, and the matcher."""
