@@ -16,7 +16,9 @@ def engine_url() -> str:
 
 def deploy(name: str, *flags: str) -> str:
     """A Cloud Build file whose last step is `gcloud run deploy NAME FLAGS...`."""
-    args = "\n".join(f"      - '{f}'" for f in ("run", "deploy", name, "--region", "us-central1", *flags))
+    args = "\n".join(
+        f"      - '{f}'" for f in ("run", "deploy", name, "--region", "us-central1", *flags)
+    )
     return f"""
 steps:
   - name: gcr.io/cloud-builders/docker
@@ -187,7 +189,10 @@ def test_fp201_defaults_of_every_shape(audit_tree: AuditTree) -> None:
             class Settings(BaseSettings):
                 database_url: str = "postgresql://localhost:5432/app"
             """,
-            "app/f.py": 'from os import environ\nURL = environ.get("SQLALCHEMY_DATABASE_URI", "x")\n',
+            "app/f.py": """
+            from os import environ
+            URL = environ.get("SQLALCHEMY_DATABASE_URI", "x")
+            """,
         }
     )
     assert rules_of(bad) == ["FP201"] * 6
@@ -200,7 +205,11 @@ def test_fp201_defaults_of_every_shape(audit_tree: AuditTree) -> None:
 def test_fp201_no_default_is_fine(audit_tree: AuditTree) -> None:
     good = audit_tree(
         {
-            "app/a.py": 'import os\nURL = os.environ["DATABASE_URL"]\nX = os.getenv("DATABASE_URL")\n',
+            "app/a.py": """
+            import os
+            URL = os.environ["DATABASE_URL"]
+            X = os.getenv("DATABASE_URL")
+            """,
             "app/b.py": """
             from pydantic import Field
             from pydantic_settings import BaseSettings
@@ -279,10 +288,14 @@ def test_fp301_credentials_in_env_vars_and_files(audit_tree: AuditTree) -> None:
                 "--set-env-vars",
                 "ETH_RPC_URL=https://mainnet.infura.io/v3/9aa3d95b3bc440fa88ea12eaa4456161",
             ),
-            "svc/config.py": f'SIGNER_PRIVATE_KEY = "{key}"\nHEADERS = {{"api_key": "sk_live_4f9a8b7c6d5e"}}\n',
+            "svc/config.py": f"""
+            SIGNER_PRIVATE_KEY = "{key}"
+            HEADERS = {{"api_key": "sk_live_4f9a8b7c6d5e"}}
+            """,
             "svc/.env": "DB_PASSWORD=hunter22-real\n",
             "svc/app.yaml": "env:\n  DATABASE_URL: postgresql://fp:Sup3rS3cret@10.0.0.3/fp\n",
-            "svc/pem.py": 'K = """-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----"""\n',
+            "svc/pem.py": "K = '''-----BEGIN RSA PRIVATE KEY-----\\nMIIB\\n"
+            "-----END RSA PRIVATE KEY-----'''\n",
             "infra/run.tf": 'resource "x" "y" {\n  api_token = "tok_abcdef123456"\n}\n',
         }
     )
@@ -398,7 +411,9 @@ def test_fp501_public_service_with_its_own_auth_or_private(audit_tree: AuditTree
         == []
     )
     private = deploy("web", "--no-allow-unauthenticated")
-    assert audit_tree({"services/web/cloudbuild.yaml": private, "services/web/x.py": "X = 1\n"}) == []
+    assert (
+        audit_tree({"services/web/cloudbuild.yaml": private, "services/web/x.py": "X = 1\n"}) == []
+    )
 
 
 # -- FP601: dead letters ---------------------------------------------------------------------
@@ -445,7 +460,11 @@ def test_fp601_dead_letter_policies_and_the_hold_subscription(audit_tree: AuditT
             "app/setup.py": """
             def setup(client):
                 client.create_subscription(
-                    request={"name": "s", "topic": "t", "dead_letter_policy": {"dead_letter_topic": "d"}}
+                    request={
+                        "name": "s",
+                        "topic": "t",
+                        "dead_letter_policy": {"dead_letter_topic": "d"},
+                    }
                 )
             """,
         }

@@ -38,8 +38,13 @@ def verify(
     from rich.console import Console
     from rich.table import Table
 
-    from fusion_prime.ops.verify import check, endpoint, local_endpoints, read_targets_file
-    from fusion_prime.ops.verify import summary_rows
+    from fusion_prime.ops.verify import (
+        check,
+        endpoint,
+        local_endpoints,
+        read_targets_file,
+        summary_rows,
+    )
 
     endpoints = [endpoint(u) for u in urls or []]
     try:

@@ -168,11 +168,16 @@ class _Collector:
 
         if words[:2] == ["run", "deploy"] and len(words) > 2:
             self._deploy(self._target("service", words[2], line_of(2)), flags)
-        elif words[:2] == ["run", "jobs"] and len(words) > 3 and words[2] in {
-            "deploy",
-            "create",
-            "update",
-        }:
+        elif (
+            words[:2] == ["run", "jobs"]
+            and len(words) > 3
+            and words[2]
+            in {
+                "deploy",
+                "create",
+                "update",
+            }
+        ):
             self._deploy(self._target("job", words[3], line_of(3)), flags)
         elif words[:3] == ["run", "services", "update"] and len(words) > 3:
             self._deploy(self._target("service", words[3], line_of(3)), flags)

@@ -272,9 +272,7 @@ class _Visitor(ast.NodeVisitor):
                     for alt in node.values[i + 1 :]:
                         why = _describe_default(alt)
                         if why:
-                            self._add(
-                                "FP201", node, f"{read[0]} falls back to {why} through `or`"
-                            )
+                            self._add("FP201", node, f"{read[0]} falls back to {why} through `or`")
                             break
         self.generic_visit(node)
 

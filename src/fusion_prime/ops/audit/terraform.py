@@ -69,15 +69,20 @@ def _label(child: Any) -> str | None:
         if str(child.data) == "identifier":
             return "".join(str(t) for t in child.children if isinstance(t, LarkToken))
         if str(child.data) == "string":
-            parts = []
-            for sub in child.iter_subtrees_topdown():
-                if str(sub.data) == "string_part":
-                    parts.extend(str(t) for t in sub.children if isinstance(t, LarkToken))
+            parts: list[str] = []
+            stack: list[Any] = [child]
+            while stack:  # depth-first, in source order
+                node = stack.pop()
+                if isinstance(node, Tree):
+                    if str(node.data) == "string_part":
+                        parts.extend(str(t) for t in node.children if isinstance(t, LarkToken))
+                    else:
+                        stack.extend(reversed(node.children))
             return "".join(parts)
     return None
 
 
-def _block_lines(tree: Tree) -> dict[tuple[str, ...], int]:
+def _block_lines(tree: Tree[Any]) -> dict[tuple[str, ...], int]:
     """(block type, label, label) -> line of each top-level block."""
     lines: dict[tuple[str, ...], int] = {}
     body = next((c for c in tree.children if isinstance(c, Tree) and c.data == "body"), None)
