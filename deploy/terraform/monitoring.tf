@@ -13,11 +13,12 @@ locals {
   run_logs = "resource.type=(\"cloud_run_revision\" OR \"cloud_run_job\")"
 }
 
-# Readiness failures, unreachable databases, refused start-ups (missing or non-PostgreSQL
-# DATABASE_URL, migrations behind).
+# Readiness failures (a structured log line from /health/ready) and refused start-ups: the
+# runner's one stderr line `fusion-prime SERVICE: refusing to start: ...` for a missing or
+# non-PostgreSQL DATABASE_URL, an unreachable server or migrations behind the code.
 resource "google_logging_metric" "database_errors" {
   name   = "fp_database_errors"
-  filter = "${local.run_logs} AND (jsonPayload.event=\"readiness check failed\" OR jsonPayload.event:\"database did not answer\" OR textPayload:\"DATABASE_URL\" OR textPayload:\"database did not answer\" OR textPayload:\"run `fusion-prime migrate\")"
+  filter = "${local.run_logs} AND (jsonPayload.event=\"readiness check failed\" OR textPayload:\"refusing to start\" OR textPayload:\"database did not answer\")"
   metric_descriptor {
     metric_kind = "DELTA"
     value_type  = "INT64"
@@ -131,7 +132,7 @@ resource "google_monitoring_alert_policy" "uptime" {
   conditions {
     display_name = "uptime check on /health/ready failing"
     condition_threshold {
-      filter          = "metric.type=\"monitoring.googleapis.com/uptime_check/check_passed\" AND resource.type=\"uptime_url\" AND metric.label.check_id=starts_with(\"fp-\")"
+      filter          = "metric.type=\"monitoring.googleapis.com/uptime_check/check_passed\" AND resource.type=\"uptime_url\""
       comparison      = "COMPARISON_GT"
       threshold_value = 1
       duration        = "120s"
@@ -139,7 +140,7 @@ resource "google_monitoring_alert_policy" "uptime" {
         alignment_period     = "300s"
         per_series_aligner   = "ALIGN_NEXT_OLDER"
         cross_series_reducer = "REDUCE_COUNT_FALSE"
-        group_by_fields      = ["resource.label.host"]
+        group_by_fields      = ["metric.label.check_id"]
       }
     }
   }
