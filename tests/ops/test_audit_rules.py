@@ -193,9 +193,10 @@ def test_fp201_defaults_of_every_shape(audit_tree: AuditTree) -> None:
             from os import environ
             URL = environ.get("SQLALCHEMY_DATABASE_URI", "x")
             """,
+            "app/g.py": 'import os\nos.environ.setdefault("DATABASE_URL", "sqlite://")\n',
         }
     )
-    assert rules_of(bad) == ["FP201"] * 6
+    assert rules_of(bad) == ["FP201"] * 7
     messages = {f.path: f.message for f in bad}
     assert "SQLite" in messages["app/a.py"]
     assert "empty string" in messages["app/b.py"]
@@ -267,6 +268,8 @@ def test_fp202_refusing_is_not_a_fallback(audit_tree: AuditTree) -> None:
                 database_url = os.getenv("DATABASE_URL")
                 if not database_url:
                     raise SystemExit("DATABASE_URL is not set")
+                if "sqlite" in database_url:
+                    raise SystemExit("sqlite is not supported")
                 if debug:
                     return MockClock()  # unrelated to the database URL
                 return RiskCalculator(database_url)

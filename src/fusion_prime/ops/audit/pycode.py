@@ -34,8 +34,19 @@ DB_URL_NAMES = frozenset(
     }
 )
 DB_URL_SUFFIXES = ("_DATABASE_URL", "_DATABASE_URI", "_DB_URL", "_DB_URI", "_DB_DSN")
-ENV_GETTERS = frozenset({"getenv", "get"})
-FALLBACK_WORDS = ("mock", "fake", "inmemory", "in_memory", "memory", "stub", "dummy", "sqlite")
+ENV_GETTERS = frozenset({"getenv", "get", "setdefault"})
+FALLBACK_WORDS = (
+    "mock",
+    "fake",
+    "inmemory",
+    "in_memory",
+    "memorystore",
+    "memorycache",
+    "memoryrepo",
+    "stub",
+    "dummy",
+    "sqlite",
+)
 AUTH_NAMES = frozenset(
     {
         "HTTPBearer",
@@ -100,7 +111,9 @@ def _env_read(node: ast.AST) -> tuple[str, ast.AST | None, bool] | None:
         getter = _callee_name(func)
         if getter not in ENV_GETTERS or not node.args:
             return None
-        if getter == "get" and not (isinstance(func, ast.Attribute) and _is_environ(func.value)):
+        if getter in {"get", "setdefault"} and not (
+            isinstance(func, ast.Attribute) and _is_environ(func.value)
+        ):
             return None
         if getter == "getenv" and isinstance(func, ast.Attribute):
             if not (isinstance(func.value, ast.Name) and func.value.id == "os"):
@@ -163,7 +176,7 @@ def _fallback_in(nodes: list[ast.stmt] | ast.AST) -> tuple[ast.AST, str] | None:
             value = _const_str(sub)
             if value is not None:
                 low = value.lower()
-                if low.startswith("sqlite") or low == ":memory:":
+                if low.startswith(("sqlite:", "sqlite+")) or low == ":memory:":
                     return sub, repr(value)
     return None
 
@@ -354,7 +367,9 @@ class _Visitor(ast.NodeVisitor):
     def _service_spec(self, node: ast.Call) -> None:
         kwargs = {kw.arg: kw.value for kw in node.keywords if kw.arg}
         name = _const_str(kwargs.get("name")) or _const_str(node.args[0] if node.args else None)
-        slug = _const_str(kwargs.get("db_slug"))
+        slug = _const_str(kwargs.get("db_slug")) or _const_str(
+            node.args[1] if len(node.args) > 1 else None
+        )
         if name and slug:
             self.facts.specs.append((name, slug, node.lineno))
             self.facts.reads_db_url = True  # the platform reads DATABASE_URL for every spec
