@@ -1,1 +1,1 @@
-"""Benchmarks: `.venv/bin/python -m bench.<area>`; each prints a table with its baseline."""
+"""Benchmarks: each prints a table and compares against a baseline measured in the same run."""

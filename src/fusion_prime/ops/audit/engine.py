@@ -249,7 +249,11 @@ def _shared_database(targets: list[Target]) -> Iterable[Finding]:
 
 def _dead_letters(deploy: DeployFacts) -> Iterable[Finding]:
     def key(expr: str) -> str:
-        return expr.split("[", 1)[0].rsplit(".id", 1)[0].rsplit(".name", 1)[0]
+        """`google_pubsub_topic.dl[each.key].id` -> `google_pubsub_topic.dl`; names as-is."""
+        head = expr.split("[", 1)[0]
+        for suffix in (".id", ".name"):
+            head = head.removesuffix(suffix)
+        return head
 
     dead_letter_topics = {key(s.dead_letter_topic) for s in deploy.subscriptions if s.dead_letter}
     for sub in deploy.subscriptions:
