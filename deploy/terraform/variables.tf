@@ -45,6 +45,16 @@ variable "invokers" {
   default     = {}
 }
 
+variable "github_repository" {
+  description = "GitHub repository (connected to Cloud Build) whose pushes to `branch` deploy; null: no triggers."
+  type = object({
+    owner  = string
+    name   = string
+    branch = string
+  })
+  default = null
+}
+
 # --- generated (generated.auto.tfvars.json) --------------------------------------------
 
 variable "databases" {

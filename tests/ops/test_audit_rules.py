@@ -167,6 +167,47 @@ def test_fp103_terraform_cloud_run_without_cloudsql_volume(audit_tree: AuditTree
     assert audit_tree({"infra/run.tf": tf(volume)}) == []
 
 
+def test_fp101_fp103_in_a_cloud_run_service_manifest(audit_tree: AuditTree) -> None:
+    def manifest(env: str, annotations: str) -> str:
+        return f"""
+        apiVersion: serving.knative.dev/v1
+        kind: Service
+        metadata:
+          name: ledger
+        spec:
+          template:
+            metadata:
+              annotations:
+                autoscaling.knative.dev/maxScale: '10'{annotations}
+            spec:
+              containers:
+                - image: img
+                  env:
+                    - name: GCP_PROJECT
+                      value: p{env}
+        """
+
+    bad = audit_tree(
+        {"services/ledger/service.yaml": manifest("", ""), "services/ledger/db.py": CODE_READS_DB}
+    )
+    assert rules_of(bad) == ["FP101", "FP103"]
+    assert bad[0].line == 4
+    secret = """
+                    - name: DATABASE_URL
+                      valueFrom:
+                        secretKeyRef:
+                          name: fp-ledger-db-connection-string
+                          key: latest"""
+    sql = "\n                run.googleapis.com/cloudsql-instances: p:r:fp-ledger-db"
+    good = audit_tree(
+        {
+            "services/ledger/service.yaml": manifest(secret, sql),
+            "services/ledger/db.py": CODE_READS_DB,
+        }
+    )
+    assert good == []
+
+
 # -- FP201 / FP202: defaults and fallbacks in code -----------------------------------------
 
 

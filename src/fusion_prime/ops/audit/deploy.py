@@ -328,6 +328,56 @@ def _walk_yaml_values(node: yaml.Node, key: str | None, collector: _Collector) -
             )
 
 
+def _path(node: yaml.Node | None, *keys: str) -> yaml.Node | None:
+    for key in keys:
+        if node is None:
+            return None
+        node = _mapping(node).get(key)
+    return node
+
+
+def _knative(collector: _Collector, root: yaml.Node) -> bool:
+    """A Cloud Run service/job manifest (`gcloud run services replace FILE`)."""
+    fields = _mapping(root)
+    api = _scalar(fields.get("apiVersion")) or ""
+    kind = _scalar(fields.get("kind")) or ""
+    if not (api.startswith(("serving.knative.dev/", "run.googleapis.com/"))) or kind not in {
+        "Service",
+        "Job",
+    }:
+        return False
+    name_node = _path(root, "metadata", "name")
+    name = _scalar(name_node) or "?"
+    line = (name_node or root).start_mark.line + 1
+    target = collector._target("service" if kind == "Service" else "job", name, line)
+    template = _path(root, "spec", "template")
+    if kind == "Job":
+        template = _path(template, "spec", "template")
+    annotations = _mapping(_path(template, "metadata", "annotations") or yaml.MappingNode("", []))
+    sql = annotations.get("run.googleapis.com/cloudsql-instances")
+    if isinstance(sql, yaml.ScalarNode):
+        target.cloudsql.extend((v, sql.start_mark.line + 1) for v in split_list(str(sql.value)))
+    containers = _path(template, "spec", "containers")
+    for container in containers.value if isinstance(containers, yaml.SequenceNode) else []:
+        for key in ("command", "args"):
+            values = _mapping(container).get(key)
+            if isinstance(values, yaml.SequenceNode):
+                target.args.extend(str(v.value) for v in values.value if _scalar(v) is not None)
+        env = _mapping(container).get("env")
+        for item in env.value if isinstance(env, yaml.SequenceNode) else []:
+            entry = _mapping(item)
+            env_name = _scalar(entry.get("name")) or ""
+            at = item.start_mark.line + 1
+            secret = _scalar(_path(item, "valueFrom", "secretKeyRef", "name"))
+            value = _scalar(entry.get("value"))
+            if secret is not None:
+                target.secrets[env_name] = (secret, at)
+            elif value is not None:
+                target.env[env_name] = (value, at)
+                collector.env_value(env_name, value, at, "the plain environment variable")
+    return True
+
+
 def analyse_yaml(text: str, path: str, facts: DeployFacts) -> None:
     try:
         documents = list(yaml.compose_all(text, Loader=_Loader))
@@ -353,7 +403,7 @@ def analyse_yaml(text: str, path: str, facts: DeployFacts) -> None:
                         if value and "=" in value:
                             name, _, val = value.partition("=")
                             collector.env_value(name, val, item.start_mark.line + 1, "step env")
-        else:
+        elif not _knative(collector, root):
             _walk_yaml_values(root, None, collector)
 
 
