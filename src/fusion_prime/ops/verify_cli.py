@@ -58,7 +58,11 @@ def verify(
     if not endpoints:
         typer.echo("verify: no service to check (give URLs, --file or --local)", err=True)
         raise typer.Exit(2)
-    token = token_file.read_text(encoding="utf-8").strip() if token_file else None
+    try:
+        token = token_file.read_text(encoding="utf-8").strip() if token_file else None
+    except OSError as exc:
+        typer.echo(f"verify: cannot read the token file: {exc}", err=True)
+        raise typer.Exit(2) from None
     verdicts = check(
         endpoints,
         expect_production=expect_production,

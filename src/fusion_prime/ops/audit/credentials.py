@@ -39,7 +39,6 @@ PLACEHOLDERS = frozenset(
         "example",
         "redacted",
         "placeholder",
-        "changeme-in-secret-manager",
     }
 )
 PEM_PRIVATE = "PRIVATE KEY-----"
