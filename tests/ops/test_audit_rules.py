@@ -291,9 +291,17 @@ def test_fp202_switch_to_mock_or_memory_store(audit_tree: AuditTree) -> None:
                     return create_engine("sqlite:///:memory:")
                 return create_engine(os.environ["DATABASE_URL"])
             """,
+            "app/try.py": """
+            import os
+
+            try:
+                ENGINE = create_engine(os.environ["DATABASE_URL"])
+            except KeyError:
+                ENGINE = create_engine("sqlite+aiosqlite:///./local.db")
+            """,
         }
     )
-    assert rules_of(bad) == ["FP202"] * 3
+    assert rules_of(bad) == ["FP202"] * 4
     risk = next(f for f in bad if f.path == "app/risk.py")
     assert risk.line == 7
     assert "MockRiskCalculator" in risk.message

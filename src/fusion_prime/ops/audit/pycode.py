@@ -293,13 +293,21 @@ class _Visitor(ast.NodeVisitor):
         self._branch(node.test, [node.body, node.orelse], node)
         self.generic_visit(node)
 
+    def visit_Try(self, node: ast.Try) -> None:
+        # try: connect(os.environ["DATABASE_URL"]) except KeyError: sqlite / in-memory
+        if any(_mentions(stmt, self.tainted) for stmt in node.body):
+            self._branch_bodies([h.body for h in node.handlers], node)
+        self.generic_visit(node)
+
     def visit_IfExp(self, node: ast.IfExp) -> None:
         self._branch(node.test, [[ast.Expr(node.body)], [ast.Expr(node.orelse)]], node)
         self.generic_visit(node)
 
     def _branch(self, test: ast.expr, branches: list[list[ast.stmt]], node: ast.AST) -> None:
-        if not _mentions(test, self.tainted):
-            return
+        if _mentions(test, self.tainted):
+            self._branch_bodies(branches, node)
+
+    def _branch_bodies(self, branches: list[list[ast.stmt]], node: ast.AST) -> None:
         for branch in branches:
             found = _fallback_in(branch)
             if found is not None:
