@@ -123,3 +123,19 @@ def test_generate_command_writes_checks_and_removes(tmp_path: Path) -> None:
     out = runner.invoke(app, ["deploy", "generate", "--dir", d, "--service", "risk"])
     assert not (tmp_path / "cloudbuild" / "settlement.yaml").exists()  # no longer listed
     assert runner.invoke(app, ["deploy", "generate", "--service", "nope"]).exit_code == 2
+
+
+def test_terraform_declares_every_generated_variable() -> None:
+    import hcl2
+
+    declared: dict[str, str] = {}
+    for block in hcl2.loads((REPO_ROOT / "deploy/terraform/variables.tf").read_text())["variable"]:
+        for name, body in block.items():
+            declared[name.strip('"')] = str(body["type"])
+    generated = json.loads((REPO_ROOT / "deploy/terraform" / TFVARS_NAME).read_text())
+    assert set(generated) <= set(declared)
+    # the object types name every field the generator writes
+    for field in ("db_slug", "publishes", "consumes"):
+        assert field in declared["services"]
+    for field in ("service", "max_delivery_attempts", "push_path"):
+        assert field in declared["topics"]
