@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format lock bench clean-data
+.PHONY: up test lint format lock bench clean-data deploy-check
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -37,6 +37,11 @@ lock: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Offline checks of deploy/ (generated files, audit, terraform fmt, checkov, hadolint);
+# the tools are installed once into .cache/deploy-tools.
+deploy-check: $(STAMP)
+	bash deploy/check.sh
 
 clean-data:
 	rm -rf .fusion-prime

@@ -8,6 +8,9 @@ from typing import Annotated
 
 import typer
 
+from fusion_prime.ops.audit.cli import audit as audit_command
+from fusion_prime.ops.deploy_cli import app as deploy_app
+from fusion_prime.ops.verify_cli import verify as verify_command
 from fusion_prime.platform.spec import ServiceSpec
 from fusion_prime.services import load_spec, service_names
 
@@ -71,6 +74,12 @@ def list_services() -> None:
     for name in service_names():
         spec = load_spec(name)
         typer.echo(f"{name}\t{spec.default_port}\t{spec.description}")
+
+
+# Operator tools; their modules import their heavy dependencies only when run.
+app.command("audit")(audit_command)
+app.command("verify")(verify_command)
+app.add_typer(deploy_app, name="deploy")
 
 
 # Command groups that live beside the code they administer; added when shipped.

@@ -1,0 +1,98 @@
+# Topics and subscriptions from the event registry (fusion_prime.platform.bus.registry).
+# Every subscription gets a retry policy and its own dead-letter topic; a "-dead-letter-hold"
+# subscription keeps the dead letters for `fusion-prime events dead-letters` / replay.
+
+locals {
+  subscriptions = merge([
+    for topic, t in var.topics : {
+      for name, s in t.subscriptions : name => merge(s, { topic = topic })
+    }
+  ]...)
+  publisher_bindings = merge([
+    for svc, s in var.services : {
+      for topic in s.publishes : "${svc}/${topic}" => { service = svc, topic = topic }
+      if contains(keys(var.topics), topic)
+    }
+  ]...)
+}
+
+resource "google_pubsub_topic" "topic" {
+  #checkov:skip=CKV_GCP_83:Google-managed encryption; event payloads carry identifiers and amounts already held in the services' databases, and a CMEK per topic adds a KMS dependency to every publish.
+  for_each                   = var.topics
+  name                       = each.key
+  message_retention_duration = "604800s"
+  labels                     = { app = "fusion-prime", publisher = replace(each.value.publisher, ".", "-") }
+  depends_on                 = [google_project_service.api]
+}
+
+resource "google_pubsub_topic" "dead_letter" {
+  #checkov:skip=CKV_GCP_83:Same as the source topics: Google-managed encryption.
+  for_each                   = local.subscriptions
+  name                       = "${each.key}-dead-letter"
+  message_retention_duration = "604800s"
+  labels                     = { app = "fusion-prime", dead_letter_of = each.key }
+  depends_on                 = [google_project_service.api]
+}
+
+resource "google_pubsub_subscription" "sub" {
+  for_each                   = local.subscriptions
+  name                       = each.key
+  topic                      = google_pubsub_topic.topic[each.value.topic].id
+  ack_deadline_seconds       = 60
+  message_retention_duration = "604800s"
+  labels                     = { app = "fusion-prime", consumer = each.value.service }
+
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter[each.key].id
+    max_delivery_attempts = each.value.max_delivery_attempts
+  }
+
+  expiration_policy {
+    ttl = "" # never expire while the consumer is scaled down
+  }
+
+  dynamic "push_config" {
+    for_each = each.value.push_path != null && contains(keys(local.run_services), each.value.service) ? [each.value] : []
+    content {
+      push_endpoint = "${google_cloud_run_v2_service.service[push_config.value.service].uri}${push_config.value.push_path}"
+      oidc_token {
+        service_account_email = google_service_account.push.email
+      }
+    }
+  }
+}
+
+# The end of the line for messages that exhausted their attempts: kept 7 days for inspection
+# and replay, never dead-lettered again.
+resource "google_pubsub_subscription" "dead_letter_hold" {
+  for_each                   = local.subscriptions
+  name                       = "${each.key}-dead-letter-hold"
+  topic                      = google_pubsub_topic.dead_letter[each.key].id
+  ack_deadline_seconds       = 60
+  message_retention_duration = "604800s"
+  labels                     = { app = "fusion-prime", dead_letter_of = each.key }
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+# Pub/Sub's own service agent moves messages to the dead-letter topic: it must publish
+# there and acknowledge on the source subscription.
+resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
+  for_each = local.subscriptions
+  topic    = google_pubsub_topic.dead_letter[each.key].id
+  role     = "roles/pubsub.publisher"
+  member   = local.pubsub_agent
+}
+
+resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
+  for_each     = local.subscriptions
+  subscription = google_pubsub_subscription.sub[each.key].id
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_agent
+}

@@ -1,0 +1,84 @@
+variable "project_id" {
+  description = "Google Cloud project that hosts Fusion Prime."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of Cloud Run, Cloud SQL and Artifact Registry."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "image" {
+  description = "Image for the first creation of the Cloud Run services (Cloud Build deploys later revisions). Null: no Cloud Run service yet."
+  type        = string
+  default     = null
+}
+
+variable "postgres_version" {
+  description = "Cloud SQL PostgreSQL major version."
+  type        = string
+  default     = "POSTGRES_18"
+}
+
+variable "db_tier" {
+  description = "Cloud SQL machine tier of each service's instance."
+  type        = string
+  default     = "db-custom-1-3840"
+}
+
+variable "deletion_protection" {
+  description = "Protect databases and services against terraform destroy."
+  type        = bool
+  default     = true
+}
+
+variable "alert_email" {
+  description = "E-mail address that receives the database and readiness alerts (null: no channel)."
+  type        = string
+  default     = null
+}
+
+variable "invokers" {
+  description = "Extra members allowed to call a service (service name -> IAM members), e.g. another service's account."
+  type        = map(list(string))
+  default     = {}
+}
+
+variable "github_repository" {
+  description = "GitHub repository (connected to Cloud Build) whose pushes to `branch` deploy; null: no triggers."
+  type = object({
+    owner  = string
+    name   = string
+    branch = string
+  })
+  default = null
+}
+
+# --- generated (generated.auto.tfvars.json) --------------------------------------------
+
+variable "databases" {
+  description = "db_slug of every service that owns a database: fp-<slug>-db, fp-<slug>-db-connection-string."
+  type        = list(string)
+}
+
+variable "services" {
+  description = "Shipped services: their db_slug, the topics they publish and the subscriptions they consume."
+  type = map(object({
+    db_slug   = string
+    publishes = list(string)
+    consumes  = list(string)
+  }))
+}
+
+variable "topics" {
+  description = "The event registry: topic -> publisher and subscriptions (consumer service, delivery attempts, push path)."
+  type = map(object({
+    publisher = string
+    subscriptions = map(object({
+      service               = string
+      max_delivery_attempts = number
+      push_path             = string
+    }))
+  }))
+}

@@ -1,0 +1,460 @@
+"""What a Python file does with its database URL, read from its syntax tree.
+
+Finds: reads of a database URL from the environment or a settings class (and their
+defaults), branches that swap in a mock/in-memory/SQLite store when the URL is missing,
+committed credentials in string constants, signs of the service's own authentication,
+ServiceSpec declarations (this repository's services: each has a database), and Pub/Sub
+subscriptions created without a dead-letter policy.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from fusion_prime.ops.audit.credentials import credential_in
+from fusion_prime.ops.audit.model import Finding
+
+DB_URL_NAMES = frozenset(
+    {
+        "DATABASE_URL",
+        "DATABASE_URI",
+        "DATABASE_DSN",
+        "DB_URL",
+        "DB_URI",
+        "DB_DSN",
+        "SQLALCHEMY_DATABASE_URI",
+        "SQLALCHEMY_DATABASE_URL",
+        "POSTGRES_URL",
+        "POSTGRES_DSN",
+        "POSTGRESQL_URL",
+        "PG_DSN",
+        "PG_URL",
+    }
+)
+DB_URL_SUFFIXES = ("_DATABASE_URL", "_DATABASE_URI", "_DB_URL", "_DB_URI", "_DB_DSN")
+ENV_GETTERS = frozenset({"getenv", "get", "setdefault"})
+FALLBACK_WORDS = (
+    "mock",
+    "fake",
+    "inmemory",
+    "in_memory",
+    "memorystore",
+    "memorycache",
+    "memoryrepo",
+    "stub",
+    "dummy",
+    "sqlite",
+)
+AUTH_NAMES = frozenset(
+    {
+        "HTTPBearer",
+        "HTTPBasic",
+        "HTTPDigest",
+        "APIKeyHeader",
+        "APIKeyQuery",
+        "APIKeyCookie",
+        "OAuth2PasswordBearer",
+        "OAuth2AuthorizationCodeBearer",
+        "OpenIdConnect",
+        "SecurityScopes",
+        "Security",
+        "verify_oauth2_token",
+        "verify_token",
+        "verify_firebase_token",
+        "UnauthorizedError",
+    }
+)
+
+
+def is_db_url_name(name: str) -> bool:
+    upper = name.upper()
+    return upper in DB_URL_NAMES or upper.endswith(DB_URL_SUFFIXES)
+
+
+@dataclass
+class PyFacts:
+    path: str
+    reads_db_url: bool = False
+    has_auth: bool = False
+    # ServiceSpec(name=..., db_slug=...) declared here: (name, db_slug, line)
+    specs: list[tuple[str, str, int]] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+
+def _const_str(node: ast.AST | None) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    return None
+
+
+def _callee_name(func: ast.AST) -> str:
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return ""
+
+
+def _is_environ(node: ast.AST) -> bool:
+    """`os.environ` or a bare `environ` (from os import environ)."""
+    if isinstance(node, ast.Attribute):
+        return node.attr == "environ"
+    return isinstance(node, ast.Name) and node.id == "environ"
+
+
+def _env_read(node: ast.AST) -> tuple[str, ast.AST | None, bool] | None:
+    """(variable name, default expression, has_default) of an environment read."""
+    if isinstance(node, ast.Call):
+        func = node.func
+        getter = _callee_name(func)
+        if getter not in ENV_GETTERS or not node.args:
+            return None
+        if getter in {"get", "setdefault"} and not (
+            isinstance(func, ast.Attribute) and _is_environ(func.value)
+        ):
+            return None
+        if getter == "getenv" and isinstance(func, ast.Attribute):
+            if not (isinstance(func.value, ast.Name) and func.value.id == "os"):
+                return None
+        name = _const_str(node.args[0])
+        if name is None:
+            return None
+        default: ast.AST | None = node.args[1] if len(node.args) > 1 else None
+        for kw in node.keywords:
+            if kw.arg == "default":
+                default = kw.value
+        return name, default, default is not None
+    if isinstance(node, ast.Subscript) and _is_environ(node.value):
+        name = _const_str(node.slice)
+        if name is not None:
+            return name, None, False
+    return None
+
+
+def _describe_default(node: ast.AST) -> str | None:
+    """None when the default is harmless (None); otherwise what kind of fallback it is."""
+    if isinstance(node, ast.Constant):
+        if node.value is None:
+            return None
+        if isinstance(node.value, str):
+            v = node.value.strip().lower()
+            if not v:
+                return "an empty string"
+            if v.startswith("sqlite"):
+                return f"a SQLite URL ({node.value!r})"
+            if "localhost" in v or "127.0.0.1" in v:
+                return "a localhost URL"
+            return f"a hard-coded URL ({node.value[:40]!r})"
+        return f"the constant {node.value!r}"
+    return "a computed value"
+
+
+def _mentions(node: ast.AST, tainted: set[str]) -> bool:
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name) and sub.id in tainted:
+            return True
+        if isinstance(sub, ast.Attribute) and is_db_url_name(sub.attr):
+            return True
+        read = _env_read(sub)
+        if read is not None and is_db_url_name(read[0]):
+            return True
+    return False
+
+
+def _fallback_in(nodes: list[ast.stmt] | ast.AST) -> tuple[ast.AST, str] | None:
+    """The first mock/in-memory/SQLite store construction inside these statements."""
+    roots = nodes if isinstance(nodes, list) else [nodes]
+    for root in roots:
+        for sub in ast.walk(root):
+            if isinstance(sub, ast.Call):
+                name = _callee_name(sub.func)
+                lowered = name.lower()
+                if name and any(w in lowered for w in FALLBACK_WORDS):
+                    return sub, f"{name}()"
+            value = _const_str(sub)
+            if value is not None:
+                low = value.lower()
+                if low.startswith(("sqlite:", "sqlite+")) or low == ":memory:":
+                    return sub, repr(value)
+    return None
+
+
+class _Visitor(ast.NodeVisitor):
+    def __init__(self, facts: PyFacts, *, test_file: bool) -> None:
+        self.facts = facts
+        self.test_file = test_file
+        self.tainted: set[str] = set()
+        self.docstrings: set[int] = set()
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _add(self, rule: str, node: ast.AST, message: str) -> None:
+        if rule == "FP301" and self.test_file:
+            return  # tests carry throw-away credentials on purpose (redaction tests)
+        line = getattr(node, "lineno", 1)
+        self.facts.findings.append(Finding(rule, self.facts.path, line, message))
+
+    def _taint_targets(self, targets: list[ast.expr]) -> None:
+        for t in targets:
+            for sub in ast.walk(t):
+                if isinstance(sub, ast.Name):
+                    self.tainted.add(sub.id)
+
+    # -- visits ---------------------------------------------------------------------
+
+    def visit_Module(self, node: ast.Module) -> None:
+        self._note_docstring(node)
+        self.generic_visit(node)
+
+    def _note_docstring(self, node: ast.AST) -> None:
+        body = getattr(node, "body", None)
+        if body and isinstance(body[0], ast.Expr) and _const_str(body[0].value) is not None:
+            self.docstrings.add(id(body[0].value))
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._function(node)
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
+        self._function(node)
+
+    def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self._note_docstring(node)
+        outer = self.tainted
+        self.tainted = set(outer)
+        self.generic_visit(node)
+        self.tainted = outer
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._note_docstring(node)
+        settings_class = any(
+            _callee_name(b).endswith(("Settings", "BaseModel", "Config")) for b in node.bases
+        )
+        if settings_class:
+            for stmt in node.body:
+                if (
+                    isinstance(stmt, ast.AnnAssign)
+                    and isinstance(stmt.target, ast.Name)
+                    and is_db_url_name(stmt.target.id)
+                ):
+                    self.facts.reads_db_url = True
+                    default = stmt.value
+                    if isinstance(default, ast.Call) and _callee_name(default.func) == "Field":
+                        continue  # the Field() call is checked by visit_Call
+                    if default is not None:
+                        why = _describe_default(default)
+                        if why:
+                            self._add(
+                                "FP201",
+                                stmt,
+                                f"settings field {stmt.target.id} defaults to {why}",
+                            )
+        self.generic_visit(node)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self._assignment(node.targets, node.value)
+        self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None:
+            self._assignment([node.target], node.value)
+        self.generic_visit(node)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self._assignment([node.target], node.value)
+        self.generic_visit(node)
+
+    def _assignment(self, targets: list[ast.expr], value: ast.expr) -> None:
+        if _mentions(value, self.tainted):
+            self._taint_targets(targets)
+        text = _const_str(value)
+        if text is not None:
+            for t in targets:
+                name = t.id if isinstance(t, ast.Name) else _callee_name(t)
+                reason = credential_in(name or None, text)
+                if reason:
+                    self._add("FP301", value, f"{reason} assigned to {name or 'a target'}")
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> None:
+        # os.environ.get("DATABASE_URL") or "sqlite:///./x.db"
+        if isinstance(node.op, ast.Or):
+            for i, value in enumerate(node.values[:-1]):
+                read = _env_read(value)
+                if read is not None and is_db_url_name(read[0]):
+                    for alt in node.values[i + 1 :]:
+                        why = _describe_default(alt)
+                        if why:
+                            self._add("FP201", node, f"{read[0]} falls back to {why} through `or`")
+                            break
+        self.generic_visit(node)
+
+    def visit_If(self, node: ast.If) -> None:
+        self._branch(node.test, [node.body, node.orelse], node)
+        self.generic_visit(node)
+
+    def visit_Try(self, node: ast.Try) -> None:
+        # try: connect(os.environ["DATABASE_URL"]) except KeyError: sqlite / in-memory
+        if any(_mentions(stmt, self.tainted) for stmt in node.body):
+            self._branch_bodies([h.body for h in node.handlers], node)
+        self.generic_visit(node)
+
+    def visit_IfExp(self, node: ast.IfExp) -> None:
+        self._branch(node.test, [[ast.Expr(node.body)], [ast.Expr(node.orelse)]], node)
+        self.generic_visit(node)
+
+    def _branch(self, test: ast.expr, branches: list[list[ast.stmt]], node: ast.AST) -> None:
+        if _mentions(test, self.tainted):
+            self._branch_bodies(branches, node)
+
+    def _branch_bodies(self, branches: list[list[ast.stmt]], node: ast.AST) -> None:
+        for branch in branches:
+            found = _fallback_in(branch)
+            if found is not None:
+                where, what = found
+                self._add(
+                    "FP202",
+                    where if hasattr(where, "lineno") else node,
+                    f"switches to {what} depending on the database URL",
+                )
+                return
+
+    def visit_Call(self, node: ast.Call) -> None:
+        read = _env_read(node)
+        if read is not None and is_db_url_name(read[0]):
+            self.facts.reads_db_url = True
+            name, default, has_default = read
+            if has_default and default is not None:
+                why = _describe_default(default)
+                if why:
+                    self._add("FP201", node, f"{name} is read with a default: {why}")
+        callee = _callee_name(node.func)
+        if callee == "Field":
+            self._settings_field(node)
+        elif callee == "ServiceSpec":
+            self._service_spec(node)
+        elif callee == "create_subscription":
+            self._subscription(node)
+        if callee in AUTH_NAMES:
+            self.facts.has_auth = True
+        for kw in node.keywords:
+            text = _const_str(kw.value)
+            if kw.arg and text is not None:
+                reason = credential_in(kw.arg, text)
+                if reason:
+                    self._add("FP301", kw.value, f"{reason} passed as {kw.arg}=")
+        self.generic_visit(node)
+
+    def visit_Subscript(self, node: ast.Subscript) -> None:
+        read = _env_read(node)
+        if read is not None and is_db_url_name(read[0]):
+            self.facts.reads_db_url = True
+        self.generic_visit(node)
+
+    def _settings_field(self, node: ast.Call) -> None:
+        aliases = [
+            _const_str(kw.value)
+            for kw in node.keywords
+            if kw.arg in {"alias", "validation_alias", "env"}
+        ]
+        names = [a for a in aliases if a and is_db_url_name(a)]
+        if not names:
+            return
+        self.facts.reads_db_url = True
+        default: ast.AST | None = node.args[0] if node.args else None
+        for kw in node.keywords:
+            if kw.arg == "default":
+                default = kw.value
+        if default is not None and not (
+            isinstance(default, ast.Constant) and default.value is Ellipsis
+        ):
+            why = _describe_default(default)
+            if why:
+                self._add("FP201", node, f"settings field {names[0]} defaults to {why}")
+
+    def _service_spec(self, node: ast.Call) -> None:
+        kwargs = {kw.arg: kw.value for kw in node.keywords if kw.arg}
+        name = _const_str(kwargs.get("name")) or _const_str(node.args[0] if node.args else None)
+        slug = _const_str(kwargs.get("db_slug")) or _const_str(
+            node.args[1] if len(node.args) > 1 else None
+        )
+        if name and slug:
+            self.facts.specs.append((name, slug, node.lineno))
+            self.facts.reads_db_url = True  # the platform reads DATABASE_URL for every spec
+
+    def _subscription(self, node: ast.Call) -> None:
+        def has_dlq(expr: ast.AST) -> bool:
+            for sub in ast.walk(expr):
+                if isinstance(sub, ast.keyword) and sub.arg == "dead_letter_policy":
+                    return True
+                if _const_str(sub) == "dead_letter_policy":
+                    return True
+            return False
+
+        if not has_dlq(node):
+            self._add("FP601", node, "create_subscription() without a dead_letter_policy")
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if node.id in AUTH_NAMES:
+            self.facts.has_auth = True
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr in AUTH_NAMES:
+            self.facts.has_auth = True
+        self.generic_visit(node)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if any(alias.name in AUTH_NAMES for alias in node.names):
+            self.facts.has_auth = True
+        if node.module and node.module.endswith("platform.auth"):
+            self.facts.has_auth = True
+
+    def visit_Dict(self, node: ast.Dict) -> None:
+        for key, value in zip(node.keys, node.values, strict=True):
+            k, v = _const_str(key), _const_str(value)
+            if k is not None and v is not None:
+                reason = credential_in(k, v)
+                if reason:
+                    self._add("FP301", value, f"{reason} under key {k!r}")
+        self.generic_visit(node)
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        # bare strings: PEM keys and URLs with passwords, whatever they are bound to
+        if isinstance(node.value, str) and id(node) not in self.docstrings:
+            reason = credential_in(None, node.value)
+            if reason:
+                self._add("FP301", node, reason)
+
+
+def _dedupe(findings: list[Finding]) -> Iterator[Finding]:
+    seen: set[tuple[str, int]] = set()
+    for f in findings:
+        key = (f.rule, f.line)
+        if key not in seen:
+            seen.add(key)
+            yield f
+
+
+def is_test_file(path: str) -> bool:
+    parts = path.split("/")
+    name = parts[-1]
+    return (
+        "tests" in parts[:-1]
+        or "test" in parts[:-1]
+        or name.startswith("test_")
+        or name.endswith("_test.py")
+        or name == "conftest.py"
+    )
+
+
+def analyse_python(source: str, path: str) -> PyFacts:
+    """Facts and per-file findings of one Python file. Credentials (FP301) are not reported
+    in test files, which hold throw-away ones on purpose; everything else is."""
+    facts = PyFacts(path)
+    try:
+        tree = ast.parse(source, filename=path)
+    except (SyntaxError, ValueError):
+        return facts
+    _Visitor(facts, test_file=is_test_file(path)).visit(tree)
+    facts.findings = list(_dedupe(facts.findings))
+    return facts
