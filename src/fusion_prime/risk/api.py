@@ -101,7 +101,7 @@ async def get_account(account_id: AccountId, session: Session) -> dict[str, Any]
         sides[r.side].append(
             {
                 "asset": r.asset,
-                "amount": str(r.amount),
+                "amount": str(int(r.amount)),
                 "decimals": r.decimals,
                 "escrows": r.escrows,
             }
