@@ -25,7 +25,9 @@ PARAMS = {
 }
 
 
-def price_event(asset: str, price: str, at: datetime | None = None, source: str = "test") -> Envelope:
+def price_event(
+    asset: str, price: str, at: datetime | None = None, source: str = "test"
+) -> Envelope:
     return Envelope(
         type="price.updated",
         source="oracle",
@@ -62,7 +64,9 @@ class Risk:
             return await fn(s, *args, **kw)
 
     async def put_positions(self, account: str, *positions: dict[str, Any]) -> httpx.Response:
-        return await self.client.put(f"/accounts/{account}/positions", json={"positions": positions})
+        return await self.client.put(
+            f"/accounts/{account}/positions", json={"positions": positions}
+        )
 
 
 @pytest.fixture

@@ -48,10 +48,12 @@ async def test_hand_computed_account_through_the_api(risk: Risk) -> None:
     # healthy from the start is not an event
     assert await count_rows(risk.url, "margin_events") == 0
     live = (await risk.client.get("/accounts/acct-1/health")).json()
-    assert live["factor"] == "1.55" and live["price_drop_to_liquidation"].startswith("0.3548387")
+    assert live["factor"] == "1.55"
+    assert live["price_drop_to_liquidation"].startswith("0.3548387")
     # no debt -> infinite factor rendered as null
     r = await risk.put_positions("acct-2", ETH2)
-    assert r.json()["health"]["factor"] is None and r.json()["health"]["status"] == "healthy"
+    assert r.json()["health"]["factor"] is None
+    assert r.json()["health"]["status"] == "healthy"
     # replacing positions is whole: acct-1 now holds only WBTC
     r = await risk.put_positions("acct-1", WBTC01)
     assert await count_rows(risk.url, "positions", "account_id = 'acct-1'") == 1
@@ -86,7 +88,8 @@ async def test_bad_input_is_422_naming_the_field_and_writes_nothing(risk: Risk) 
             "max_price_age_seconds": 60,
         },
     )
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "ltv"
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "ltv"
 
 
 async def test_risk_parameters_are_versioned_never_overwritten(risk: Risk) -> None:
@@ -97,7 +100,8 @@ async def test_risk_parameters_are_versioned_never_overwritten(risk: Risk) -> No
         "max_price_age_seconds": 600,
     }
     r = await risk.client.put("/risk-parameters/ETH", json=body)
-    assert r.status_code == 201 and r.json()["version"] == 2
+    assert r.status_code == 201
+    assert r.json()["version"] == 2
     got = (await risk.client.get("/risk-parameters/ETH")).json()
     assert got["current"]["liquidation_threshold"] == "0.78"
     assert [v["version"] for v in got["versions"]] == [2, 1]
@@ -119,10 +123,12 @@ async def test_price_ticks_drive_tier_events_and_are_idempotent(risk: Risk) -> N
     ev = await fetch(
         risk.url, "SELECT * FROM margin_events WHERE to_tier = 'margin_call' ORDER BY created_at"
     )
-    assert len(ev) == 1 and ev[0]["from_tier"] == "warning"
+    assert len(ev) == 1
+    assert ev[0]["from_tier"] == "warning"
     assert Decimal(ev[0]["factor"]) == Decimal("1.04")
     data = ev[0]["data"]
-    assert '"ETH": "2600"' in data and '"debt_value": "4000"' in data
+    assert '"ETH": "2600"' in data
+    assert '"debt_value": "4000"' in data
     outbox = await fetch(risk.url, "SELECT * FROM outbox WHERE id = $1", ev[0]["id"])
     assert outbox[0]["topic"] == "alerts.margin.v1"
     assert outbox[0]["event_type"] == "margin.tier_changed"
@@ -135,12 +141,14 @@ async def test_price_ticks_drive_tier_events_and_are_idempotent(risk: Risk) -> N
     await risk.prices(price_event("ETH", "2400", t0 + timedelta(seconds=1)))  # 0.96
     r = await risk.client.get("/margin-events", params={"tier": "liquidation"})
     (liq,) = r.json()["events"]
-    assert liq["from_tier"] == "margin_call" and liq["data"]["max_repay_value"] == "2000"
+    assert liq["from_tier"] == "margin_call"
+    assert liq["data"]["max_repay_value"] == "2000"
     since = (t0 + timedelta(days=1)).isoformat()
     assert (await risk.client.get("/margin-events", params={"since": since})).json()["events"] == []
     assert (await risk.client.get("/margin-events", params={"tier": "bogus"})).status_code == 422
     stats = (await risk.client.get("/stats")).json()
-    assert stats["tiers"]["liquidation"] == 1 and stats["accounts_with_positions"] == 1
+    assert stats["tiers"]["liquidation"] == 1
+    assert stats["accounts_with_positions"] == 1
     acct = (await risk.client.get("/accounts/a1/events")).json()["events"]
     assert [e["to_tier"] for e in acct] == ["liquidation", "margin_call", "warning"]
     snaps = (await risk.client.get("/accounts/a1/snapshots")).json()["snapshots"]
@@ -201,7 +209,8 @@ async def test_reminders_and_periodic_snapshots(risk: Risk) -> None:
             "snapshot_interval_seconds": 1800,
         },
     )
-    assert r.status_code == 200 and r.json()["version"] == 2
+    assert r.status_code == 200
+    assert r.json()["version"] == 2
     await risk.put_positions("m1", ETH2, usdc_debt(4500))  # 4800 / 4500 = 1.0667 margin_call
     await risk.put_positions("ok", ETH2)
     t = datetime.now(UTC)

@@ -61,13 +61,15 @@ def test_hand_computed_healthy_account() -> None:
     # collateral prices x (1 - d) so that 9300 (1 - d) = 6000
     assert h.price_drop_to_liquidation is not None
     assert abs(h.price_drop_to_liquidation - (1 - D(6000) / D(9300))) < D("1e-20")
-    assert h.max_repay_value == 0 and h.seizures == ()
+    assert h.max_repay_value == 0
+    assert h.seizures == ()
 
 
 def test_liquidation_with_half_close_factor_and_bonus() -> None:
     h = evaluate(book(9500), PARAMS, prices(), CFG, NOW)
     assert h.status is Tier.LIQUIDATION
-    assert h.factor is not None and D("0.95") < h.factor < 1  # 9300/9500
+    assert h.factor is not None
+    assert D("0.95") < h.factor < 1
     assert h.max_repay_value == D(4750)
     eth, wbtc = sorted(h.seizures, key=lambda s: s.asset)
     assert eth.seize_value == D("4987.5")  # 4750 x 1.05
@@ -80,14 +82,17 @@ def test_liquidation_full_close_factor_caps_at_collateral() -> None:
     h = evaluate(book(10000), PARAMS, prices(), CFG, NOW)  # factor 0.93
     assert h.max_repay_value == D(10000)
     eth = next(s for s in h.seizures if s.asset == "ETH")
-    assert eth.seize_value == D(6000) and eth.seize_units == 2 * 10**18
+    assert eth.seize_value == D(6000)
+    assert eth.seize_units == 2 * 10**18
     assert abs(eth.repay_value - D(6000) / D("1.05")) < D("1e-20")
     assert h.borrow_capacity == 0
 
 
 def test_no_debt_is_healthy_with_infinite_factor() -> None:
     h = evaluate([Position("ETH", 10**18, 0, 18)], PARAMS, prices(), CFG, NOW)
-    assert h.status is Tier.HEALTHY and h.factor is None and h.infinite
+    assert h.status is Tier.HEALTHY
+    assert h.factor is None
+    assert h.infinite
     assert h.price_drop_to_liquidation is None
 
 
@@ -119,12 +124,15 @@ def test_missing_and_stale_prices_give_unknown_never_liquidation() -> None:
     p = prices()
     del p["WBTC"]
     h = evaluate(book(20000), PARAMS, p, CFG, NOW)
-    assert h.status is Tier.UNKNOWN_PRICE and h.missing_prices == ("WBTC",)
-    assert h.max_repay_value == 0 and h.factor is None
+    assert h.status is Tier.UNKNOWN_PRICE
+    assert h.missing_prices == ("WBTC",)
+    assert h.max_repay_value == 0
+    assert h.factor is None
     p = prices()
     p["ETH"] = Price("ETH", D(3000), NOW - HOUR - timedelta(seconds=1))
     h = evaluate(book(20000), PARAMS, p, CFG, NOW)
-    assert h.status is Tier.UNKNOWN_PRICE and h.stale_prices == ("ETH",)
+    assert h.status is Tier.UNKNOWN_PRICE
+    assert h.stale_prices == ("ETH",)
     p["ETH"] = Price("ETH", D(3000), NOW - HOUR)  # exactly max age: still fresh
     assert evaluate(book(20000), PARAMS, p, CFG, NOW).status is Tier.LIQUIDATION
 
@@ -151,17 +159,21 @@ def _h(factor: str) -> object:
 def test_decide_events_hysteresis_reminders_and_episodes() -> None:
     s = State()
     d = decide(s, _h("1.5"), CFG, NOW)  # type: ignore[arg-type]
-    assert d.events == () and d.state.status is Tier.HEALTHY and d.snapshot == "tier_change"
+    assert d.events == ()
+    assert d.state.status is Tier.HEALTHY
+    assert d.snapshot == "tier_change"
     s = d.state
     d = decide(s, _h("1.2"), CFG, NOW)  # type: ignore[arg-type]
-    assert d.events == ("margin.tier_changed",) and d.to_tier is Tier.WARNING
+    assert d.events == ("margin.tier_changed",)
+    assert d.to_tier is Tier.WARNING
     s = d.state
     for f in ("1.26", "1.24", "1.26"):  # hovering: no flapping
         d = decide(s, _h(f), CFG, NOW)  # type: ignore[arg-type]
         assert d.events == ()
         s = d.state
     d = decide(s, _h("1.05"), CFG, NOW + timedelta(minutes=1))  # type: ignore[arg-type]
-    assert d.events == ("margin.tier_changed",) and d.to_tier is Tier.MARGIN_CALL
+    assert d.events == ("margin.tier_changed",)
+    assert d.to_tier is Tier.MARGIN_CALL
     s = d.state
     d = decide(s, _h("1.05"), CFG, NOW + timedelta(minutes=30))  # type: ignore[arg-type]
     assert d.events == ()
@@ -170,17 +182,21 @@ def test_decide_events_hysteresis_reminders_and_episodes() -> None:
     s = d.state
     unknown = evaluate(book(1), PARAMS, {}, CFG, NOW)
     d = decide(s, unknown, CFG, NOW + HOUR * 2)
-    assert d.events == ("margin.price_unavailable",) and d.state.known_tier is Tier.MARGIN_CALL
+    assert d.events == ("margin.price_unavailable",)
+    assert d.state.known_tier is Tier.MARGIN_CALL
     s = d.state
     for k in range(3):  # one event per episode, not per tick
         d = decide(s, unknown, CFG, NOW + HOUR * 2 + timedelta(minutes=k + 1))
         assert d.events == ()
     # prices back, same tier as before the outage: no tier event
     d = decide(s, _h("1.05"), CFG, NOW + HOUR * 2 + timedelta(minutes=10))  # type: ignore[arg-type]
-    assert d.events == () and d.state.status is Tier.MARGIN_CALL and d.snapshot == "tier_change"
+    assert d.events == ()
+    assert d.state.status is Tier.MARGIN_CALL
+    assert d.snapshot == "tier_change"
     # but a different tier after the outage is a tier change from the last known tier
     d = decide(s, _h("0.9"), CFG, NOW + HOUR * 2 + timedelta(minutes=10))  # type: ignore[arg-type]
-    assert d.events == ("margin.tier_changed",) and d.from_tier is Tier.MARGIN_CALL
+    assert d.events == ("margin.tier_changed",)
+    assert d.from_tier is Tier.MARGIN_CALL
 
 
 amounts = st.integers(min_value=0, max_value=10**30)
@@ -210,7 +226,8 @@ def test_factor_never_decreases_when_a_collateral_price_rises(
     after[which] = Price(which, before[which].price + rise, NOW)
     h0 = evaluate(ps, PARAMS, before, CFG, NOW)
     h1 = evaluate(ps, PARAMS, after, CFG, NOW)
-    assert h0.factor is not None and h1.factor is not None
+    assert h0.factor is not None
+    assert h1.factor is not None
     assert h1.factor >= h0.factor
     ladder = [Tier.HEALTHY, Tier.WARNING, Tier.MARGIN_CALL, Tier.LIQUIDATION]
     assert ladder.index(h1.status) <= ladder.index(h0.status)

@@ -105,7 +105,9 @@ def test_incremental_matches_full_and_decimal_after_many_ticks() -> None:
             res = book.set_valid(asset, not bool(book.valid[asset]))
         else:
             move = Decimal(str(round(float(rng.uniform(0.9, 1.1)), 4)))
-            price = max(Decimal("0.0001"), (book.price_exact[asset] * move).quantize(Decimal("1e-4")))
+            price = max(
+                Decimal("0.0001"), (book.price_exact[asset] * move).quantize(Decimal("1e-4"))
+            )
             res = book.tick(asset, price)
         # reported changes are exactly the tier differences
         changed = np.flatnonzero(book.tier != tiers)
