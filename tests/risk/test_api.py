@@ -126,7 +126,8 @@ async def test_price_ticks_drive_tier_events_and_are_idempotent(risk: Risk) -> N
     assert len(ev) == 1
     assert ev[0]["from_tier"] == "warning"
     assert Decimal(ev[0]["factor"]) == Decimal("1.04")
-    data = ev[0]["data"]
+    assert '"ETH": "2600"' in ev[0]["prices"]
+    data = await fetchval(risk.url, "SELECT envelope::text FROM outbox WHERE id = $1", ev[0]["id"])
     assert '"ETH": "2600"' in data
     assert '"debt_value": "4000"' in data
     outbox = await fetch(risk.url, "SELECT * FROM outbox WHERE id = $1", ev[0]["id"])
@@ -142,7 +143,7 @@ async def test_price_ticks_drive_tier_events_and_are_idempotent(risk: Risk) -> N
     r = await risk.client.get("/margin-events", params={"tier": "liquidation"})
     (liq,) = r.json()["events"]
     assert liq["from_tier"] == "margin_call"
-    assert liq["data"]["max_repay_value"] == "2000"
+    assert liq["max_repay_value"] == "2000"
     since = (t0 + timedelta(days=1)).isoformat()
     assert (await risk.client.get("/margin-events", params={"since": since})).json()["events"] == []
     assert (await risk.client.get("/margin-events", params={"tier": "bogus"})).status_code == 422

@@ -145,8 +145,13 @@ def _event(r: Any) -> dict[str, Any]:
         "from_tier": r.from_tier,
         "to_tier": r.to_tier,
         "factor": dec_str(r.factor),
+        "collateral_value": dec_str(r.collateral_value),
+        "weighted_collateral": dec_str(r.weighted_collateral),
+        "debt_value": dec_str(r.debt_value),
+        "borrow_capacity": dec_str(r.borrow_capacity),
+        "max_repay_value": dec_str(r.max_repay_value),
+        "prices": r.prices,
         "created_at": r.created_at.isoformat(),
-        "data": r.data,
     }
 
 

@@ -109,10 +109,10 @@ class Book:
         self.debt_value = np.bincount(
             self.pos_account, weights=self.debt_units * self.price[self.pos_asset], minlength=self.n
         ).astype(np.float64, copy=False)
-        bad = ~self.valid
-        self.invalid = np.bincount(
-            self.pos_account, weights=bad[self.pos_asset], minlength=self.n
-        ).astype(np.int16)
+        # holders of assets without a usable price, from the per-asset index (usually none)
+        self.invalid = np.zeros(self.n, dtype=np.int16)
+        for a in np.flatnonzero(~self.valid).tolist():
+            self.invalid[self.a_account[self.asset_ptr[a] : self.asset_ptr[a + 1]]] += 1
         idx = np.arange(self.n, dtype=np.int32)
         self.factor, self.tier = self._classify(idx, self.weighted, self.debt_value, self.invalid)
         return self.tier

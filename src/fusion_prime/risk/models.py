@@ -102,8 +102,11 @@ margin_events = sa.Table(
     sa.Column("to_tier", sa.Text),
     sa.Column("factor", sa.Numeric),
     sa.Column("collateral_value", sa.Numeric),
+    sa.Column("weighted_collateral", sa.Numeric),
     sa.Column("debt_value", sa.Numeric),
-    sa.Column("data", pg.JSONB),
+    sa.Column("borrow_capacity", sa.Numeric),
+    sa.Column("max_repay_value", sa.Numeric),
+    sa.Column("prices", pg.JSONB),
     sa.Column("created_at", TS),
 )
 

@@ -377,8 +377,11 @@ EVENT_COLUMNS = [
     "to_tier",
     "factor",
     "collateral_value",
+    "weighted_collateral",
     "debt_value",
-    "data",
+    "borrow_capacity",
+    "max_repay_value",
+    "prices",
     "created_at",
 ]
 
@@ -406,8 +409,11 @@ async def copy_events(apg: Any, envelopes: Sequence[Envelope]) -> None:
                 e.data["to_tier"],
                 _dec(e.data["factor"]),
                 Decimal(e.data["collateral_value"]),
+                Decimal(e.data["weighted_collateral"]),
                 Decimal(e.data["debt_value"]),
-                json.dumps(e.data),
+                Decimal(e.data["borrow_capacity"]),
+                Decimal(e.data["max_repay_value"]),
+                json.dumps(e.data["prices"]),
                 e.time,
             )
             for e in envelopes

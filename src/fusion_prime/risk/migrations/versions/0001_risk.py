@@ -130,8 +130,12 @@ def upgrade() -> None:
         sa.Column("to_tier", sa.Text(), nullable=False),
         sa.Column("factor", sa.Numeric()),
         sa.Column("collateral_value", sa.Numeric(), nullable=False),
+        sa.Column("weighted_collateral", sa.Numeric(), nullable=False),
         sa.Column("debt_value", sa.Numeric(), nullable=False),
-        sa.Column("data", pg.JSONB(), nullable=False),
+        sa.Column("borrow_capacity", sa.Numeric(), nullable=False),
+        sa.Column("max_repay_value", sa.Numeric(), nullable=False),
+        # prices used; the full payload (seizures, missing assets...) is the outbox envelope
+        sa.Column("prices", pg.JSONB(), nullable=False),
         sa.Column("created_at", TS, nullable=False),
     )
     op.create_index("ix_margin_events_account", "margin_events", ["account_id", "created_at"])
