@@ -47,6 +47,8 @@ DECIMALS = [(6, 8, 18)[a % 3] for a in range(N_ASSETS)]
 ASSETS = [f"A{a:02d}" for a in range(N_ASSETS)]
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 CONFIG = TierConfig()
+# the engine reports raw tier changes; without hysteresis each of them is a persisted change
+NO_HYSTERESIS = TierConfig(hysteresis=Decimal(0))
 
 
 def peak_rss_mb() -> float:
@@ -123,6 +125,7 @@ def domain_inputs(book: Book) -> tuple[dict[str, RiskParams], dict[str, Price]]:
             book.lt_exact[i],
             Decimal("0.05"),
             timedelta(hours=1),
+            decimals=DECIMALS[i],
         )
         for i in range(N_ASSETS)
     }
@@ -180,7 +183,7 @@ async def persist_outcomes(
         d = decide(
             State(prev, prev, NOW - timedelta(minutes=10), NOW - timedelta(minutes=10)),
             h,
-            CONFIG,
+            NO_HYSTERESIS,
             NOW,
         )
         states.append(repo.StateRow(account_id, d.state, h.factor, NOW))

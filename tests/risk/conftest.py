@@ -19,9 +19,24 @@ from fusion_prime.risk.spec import SPEC
 from tests.harness import asgi_client
 
 PARAMS = {
-    "USDC": {"ltv": "0.80", "liquidation_threshold": "0.85", "liquidation_bonus": "0.04"},
-    "WBTC": {"ltv": "0.70", "liquidation_threshold": "0.75", "liquidation_bonus": "0.10"},
-    "ETH": {"ltv": "0.75", "liquidation_threshold": "0.80", "liquidation_bonus": "0.05"},
+    "USDC": {
+        "ltv": "0.80",
+        "liquidation_threshold": "0.85",
+        "liquidation_bonus": "0.04",
+        "decimals": 6,
+    },
+    "WBTC": {
+        "ltv": "0.70",
+        "liquidation_threshold": "0.75",
+        "liquidation_bonus": "0.10",
+        "decimals": 8,
+    },
+    "ETH": {
+        "ltv": "0.75",
+        "liquidation_threshold": "0.80",
+        "liquidation_bonus": "0.05",
+        "decimals": 18,
+    },
 }
 
 

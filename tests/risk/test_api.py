@@ -70,6 +70,7 @@ async def test_bad_input_is_422_naming_the_field_and_writes_nothing(risk: Risk) 
         ("keep", [{"asset": "ETH", "collateral": 1.5, "decimals": 18}], "positions.0.collateral"),
         ("bad id!", [ETH2], "account_id"),
         ("keep", [ETH2, ETH2], "positions.1.asset"),
+        ("keep", [{"asset": "ETH", "collateral": 1, "decimals": 6}], "positions.0.decimals"),
     ]
     for account, positions, field in cases:
         r = await risk.client.put(f"/accounts/{account}/positions", json={"positions": positions})
@@ -86,6 +87,7 @@ async def test_bad_input_is_422_naming_the_field_and_writes_nothing(risk: Risk) 
             "liquidation_threshold": "0.8",
             "liquidation_bonus": "0.05",
             "max_price_age_seconds": 60,
+            "decimals": 18,
         },
     )
     assert r.status_code == 422
@@ -98,6 +100,7 @@ async def test_risk_parameters_are_versioned_never_overwritten(risk: Risk) -> No
         "liquidation_threshold": "0.78",
         "liquidation_bonus": "0.06",
         "max_price_age_seconds": 600,
+        "decimals": 18,
     }
     r = await risk.client.put("/risk-parameters/ETH", json=body)
     assert r.status_code == 201
@@ -111,6 +114,9 @@ async def test_risk_parameters_are_versioned_never_overwritten(risk: Risk) -> No
     )
     assert [(r[0], r[1]) for r in rows] == [(1, Decimal("0.80")), (2, Decimal("0.78"))]
     assert (await risk.client.get("/risk-parameters/NOPE")).status_code == 404
+    r = await risk.client.put("/risk-parameters/ETH", json={**body, "decimals": 8})
+    assert r.status_code == 409
+    assert await count_rows(risk.url, "risk_parameters", "asset = 'ETH'") == 2
 
 
 async def test_price_ticks_drive_tier_events_and_are_idempotent(risk: Risk) -> None:

@@ -216,6 +216,7 @@ class RiskParamsIn(BaseModel):
     liquidation_threshold: Fraction
     liquidation_bonus: Fraction
     max_price_age_seconds: int = Field(gt=0, le=7 * 86400)
+    decimals: int = Field(ge=0, le=MAX_DECIMALS, description="base-unit decimals of the asset")
 
 
 def _params_json(rp: RiskParams, created_at: datetime | None = None) -> dict[str, Any]:
@@ -226,6 +227,7 @@ def _params_json(rp: RiskParams, created_at: datetime | None = None) -> dict[str
         "liquidation_threshold": dec_str(rp.liquidation_threshold),
         "liquidation_bonus": dec_str(rp.liquidation_bonus),
         "max_price_age_seconds": int(rp.max_price_age.total_seconds()),
+        "decimals": rp.decimals,
     }
     if created_at is not None:
         out["created_at"] = created_at.isoformat()
@@ -261,6 +263,7 @@ async def put_params(asset: AssetPath, body: RiskParamsIn, session: Session) -> 
         body.liquidation_threshold,
         body.liquidation_bonus,
         timedelta(seconds=body.max_price_age_seconds),
+        decimals=body.decimals,
     )
     return _params_json(await service.put_params(session, rp))
 

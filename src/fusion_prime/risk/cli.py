@@ -134,13 +134,21 @@ async def _import(path: Path, fmt: str) -> int:
         async with engine_scope(url, pool_size=1, app_name="risk-import") as engine:
             async with async_sessionmaker(engine, expire_on_commit=False)() as session:
                 async with session.begin():
-                    known = set(await repo.current_params(session))
-                    for (_account, asset), n in parsed.lines.items():
+                    known = await repo.current_params(session)
+                    for (account, asset), n in parsed.lines.items():
                         if asset not in known:
                             parsed.errors.append(f"line {n}: asset: unknown asset {asset}")
+                            continue
+                        decimals = known[asset].decimals
+                        pos = next(p for p in parsed.accounts[account] if p.asset == asset)
+                        if decimals != pos.decimals:
+                            parsed.errors.append(
+                                f"line {n}: decimals: {asset} has {decimals} decimals"
+                            )
                     if parsed.errors:
                         await session.rollback()
                         return _report_errors(parsed)
+                    await repo.lock_evaluation(session)
                     items = list(parsed.accounts.items())
                     write = progress.add_task("writing", total=len(items))
                     for i in range(0, len(items), CHUNK):

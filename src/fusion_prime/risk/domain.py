@@ -84,6 +84,7 @@ class RiskParams:
     liquidation_bonus: Decimal
     max_price_age: timedelta
     version: int = 1
+    decimals: int | None = None  # base-unit decimals every position in the asset must use
 
     def __post_init__(self) -> None:
         if not (ZERO <= self.ltv <= self.liquidation_threshold <= ONE):
@@ -368,15 +369,16 @@ def validate_account_id(value: str) -> str:
     return value
 
 
-def validate_positions(positions: Iterable[Position], known_assets: Iterable[str]) -> list[str]:
+def validate_positions(positions: Iterable[Position], known: Mapping[str, RiskParams]) -> list[str]:
     """Field-named problems (e.g. 'positions.2.asset: unknown asset DOGE'); empty = valid."""
-    known = set(known_assets)
     problems: list[str] = []
     seen: set[str] = set()
     for i, p in enumerate(positions):
         where = f"positions.{i}"
         if p.asset not in known:
             problems.append(f"{where}.asset: unknown asset {p.asset}")
+        elif known[p.asset].decimals not in (None, p.decimals):
+            problems.append(f"{where}.decimals: {p.asset} has {known[p.asset].decimals} decimals")
         if p.asset in seen:
             problems.append(f"{where}.asset: duplicate asset {p.asset}")
         seen.add(p.asset)

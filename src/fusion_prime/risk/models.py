@@ -17,6 +17,7 @@ risk_parameters = sa.Table(
     sa.Column("liquidation_threshold", sa.Numeric),
     sa.Column("liquidation_bonus", sa.Numeric),
     sa.Column("max_price_age_seconds", sa.Integer),
+    sa.Column("decimals", sa.SmallInteger),
     sa.Column("created_at", TS),
 )
 

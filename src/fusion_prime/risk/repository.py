@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -86,6 +86,7 @@ def _params(row: Any) -> RiskParams:
         liquidation_bonus=row.liquidation_bonus,
         max_price_age=timedelta(seconds=row.max_price_age_seconds),
         version=row.version,
+        decimals=row.decimals,
     )
 
 
@@ -113,8 +114,8 @@ async def insert_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
     version = await session.scalar(
         text(
             "INSERT INTO risk_parameters (asset, version, ltv, liquidation_threshold, "
-            "liquidation_bonus, max_price_age_seconds) SELECT :asset, "
-            "coalesce(max(version), 0) + 1, :ltv, :lt, :bonus, :age FROM risk_parameters "
+            "liquidation_bonus, max_price_age_seconds, decimals) SELECT :asset, "
+            "coalesce(max(version), 0) + 1, :ltv, :lt, :bonus, :age, :dec FROM risk_parameters "
             "WHERE asset = :asset RETURNING version"
         ),
         {
@@ -123,17 +124,22 @@ async def insert_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
             "lt": rp.liquidation_threshold,
             "bonus": rp.liquidation_bonus,
             "age": int(rp.max_price_age.total_seconds()),
+            "dec": rp.decimals,
         },
     )
     assert version is not None
-    return RiskParams(
-        rp.asset,
-        rp.ltv,
-        rp.liquidation_threshold,
-        rp.liquidation_bonus,
-        rp.max_price_age,
-        int(version),
-    )
+    return replace(rp, version=int(version))
+
+
+async def lock_evaluation(session: AsyncSession, *, wait: bool = True) -> bool:
+    """Serialise re-evaluations across instances and consumers (transaction-scoped).
+
+    Two passes deciding on the same account at once could both emit its tier change;
+    holding this lock, a pass also sees every state the previous one committed.
+    """
+    fn = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+    got = await session.scalar(text(f"SELECT {fn}(hashtext('risk:reevaluate'))"))
+    return bool(got) if not wait else True
 
 
 # -- prices ---------------------------------------------------------------------------
@@ -398,6 +404,11 @@ async def copy_events(apg: Any, envelopes: Sequence[Envelope]) -> None:
     for e in envelopes:
         if e.type not in allowed:
             raise ValueError(f"{e.type!r} is not an event type of {MARGIN_TOPIC}")
+    await copy_margin_events(apg, envelopes)
+    await copy_outbox(apg, envelopes)
+
+
+async def copy_margin_events(apg: Any, envelopes: Sequence[Envelope]) -> None:
     await apg.copy_records_to_table(
         "margin_events",
         records=[
@@ -420,6 +431,10 @@ async def copy_events(apg: Any, envelopes: Sequence[Envelope]) -> None:
         ],
         columns=EVENT_COLUMNS,
     )
+
+
+async def copy_outbox(apg: Any, envelopes: Sequence[Envelope]) -> None:
+    """The platform's outbox rows (same columns `outbox.publish` writes), in one COPY."""
     await apg.copy_records_to_table(
         "outbox",
         records=[(e.id, MARGIN_TOPIC, e.subject, e.type, e.to_json()) for e in envelopes],

@@ -20,10 +20,11 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fusion_prime.platform.bus.envelope import Envelope
-from fusion_prime.platform.errors import InvalidError, NotFoundError
+from fusion_prime.platform.errors import ConflictError, InvalidError, NotFoundError
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.risk import repository as repo
 from fusion_prime.risk.domain import (
+    EXACT,
     Decision,
     Health,
     Position,
@@ -59,9 +60,8 @@ def dec_str(value: Decimal | None) -> str | None:
     """Decimal as a plain string, trimmed to 18 places for display (None stays None)."""
     if value is None:
         return None
-    q = value.quantize(Decimal("1e-18")) if value.adjusted() < 40 else value
-    text = format(q.normalize(), "f")
-    return text
+    q = value.quantize(Decimal("1e-18"), context=EXACT) if value.adjusted() < 100 else value
+    return format(q.normalize(EXACT), "f")
 
 
 @dataclass
@@ -182,6 +182,7 @@ async def reevaluate_assets(
     """Price change: the database filters the holders of `assets` that need attention."""
     now = now or now_utc()
     started = time.perf_counter()
+    await repo.lock_evaluation(session)
     ids = await repo.attention(session, now, assets=assets)
     out = await reevaluate_accounts(session, ids, now, "price")
     REEVAL_SECONDS.labels("price").observe(time.perf_counter() - started)
@@ -192,6 +193,8 @@ async def sweep(session: AsyncSession, now: datetime | None = None) -> Outcome:
     """Time-driven work: prices going stale, reminders, periodic snapshots."""
     now = now or now_utc()
     started = time.perf_counter()
+    if not await repo.lock_evaluation(session, wait=False):
+        return Outcome()  # another instance is sweeping or re-evaluating right now
     ids = await repo.attention(session, now, assets=None)
     out = await reevaluate_accounts(session, ids, now, "sweep")
     REEVAL_SECONDS.labels("sweep").observe(time.perf_counter() - started)
@@ -207,6 +210,7 @@ async def set_positions(
     now: datetime | None = None,
 ) -> Outcome:
     """Replace each account's positions atomically, then re-evaluate those accounts."""
+    await repo.lock_evaluation(session)
     params = await repo.current_params(session)
     problems: list[tuple[str, str]] = []
     for account_id, positions in items:
@@ -255,12 +259,20 @@ async def apply_prices(
 
 
 async def put_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
+    """A new parameter version; the asset's decimals are fixed by its first version."""
+    versions = await repo.param_versions(session, rp.asset)
+    if versions and versions[0][0].decimals != rp.decimals:
+        raise ConflictError(
+            f"{rp.asset} has {versions[0][0].decimals} decimals; positions are stored in them",
+            field="decimals",
+        )
     stored = await repo.insert_params(session, rp)
     await reevaluate_assets(session, [rp.asset])
     return stored
 
 
 async def put_config(session: AsyncSession, cfg: TierConfig) -> int:
+    await repo.lock_evaluation(session)
     version = await repo.insert_config(session, cfg)
     # thresholds moved: every account with positions may change tier
     ids = await repo.attention(session, now_utc(), assets=list(await repo.current_params(session)))

@@ -37,8 +37,10 @@ def upgrade() -> None:
         sa.Column("liquidation_threshold", sa.Numeric(), nullable=False),
         sa.Column("liquidation_bonus", sa.Numeric(), nullable=False),
         sa.Column("max_price_age_seconds", sa.Integer(), nullable=False),
+        sa.Column("decimals", sa.SmallInteger(), nullable=False),
         sa.Column("created_at", TS, nullable=False, server_default=_now()),
         sa.CheckConstraint("version >= 1"),
+        sa.CheckConstraint("decimals BETWEEN 0 AND 36"),
         sa.CheckConstraint(
             "0 <= ltv AND ltv <= liquidation_threshold AND liquidation_threshold <= 1"
         ),
