@@ -218,6 +218,12 @@ async def test_reminders_and_periodic_snapshots(risk: Risk) -> None:
     )
     assert r.status_code == 200
     assert r.json()["version"] == 2
+    bad = {**r.json(), "warning": "1.30"}
+    del bad["version"]
+    r = await risk.client.put("/config", json=bad)
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "warning"
+    assert (await risk.client.get("/config")).json()["version"] == 2
     await risk.put_positions("m1", ETH2, usdc_debt(4500))  # 4800 / 4500 = 1.0667 margin_call
     await risk.put_positions("ok", ETH2)
     t = datetime.now(UTC)
