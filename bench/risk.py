@@ -369,8 +369,9 @@ def main() -> None:
     live: dict[str, Any] | None = None
     if not args.no_db:
         target = max(1, book.n // 100)
-        chosen = changed_order[:target]
-        if len(chosen) < target:  # pad with unchanged accounts (their snapshot is due)
+        # accounts whose tier differs after the ticks from before them (net changes)
+        chosen = [a for a in changed_order if int(book.tier[a]) != old_tiers[a]][:target]
+        if len(chosen) < target:  # pad with unchanged accounts (state rows only)
             extra = [a for a in range(book.n) if a not in old_tiers][: target - len(chosen)]
             for a in extra:
                 old_tiers[a] = int(book.tier[a])

@@ -20,6 +20,14 @@ from enum import StrEnum
 EXACT = decimal.Context(prec=160, rounding=decimal.ROUND_HALF_EVEN)
 ZERO = Decimal(0)
 ONE = Decimal(1)
+# Reported ratios (factor, price drop, repay at a bonus) are quotients; 18 places is far
+# below any decision's resolution (tiers are decided on exact sums, see `classify`).
+RATIO_PLACES = Decimal("1e-18")
+
+
+def ratio(numerator: Decimal, denominator: Decimal) -> Decimal:
+    return EXACT.divide(numerator, denominator).quantize(RATIO_PLACES, context=EXACT)
+
 
 ACCOUNT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 ASSET_RE = re.compile(r"^[A-Z0-9][A-Z0-9._\-]{0,31}$")
@@ -241,11 +249,11 @@ def evaluate(
             evaluated_at=now,
         )
     tier = classify(weighted, debt, config)
-    factor = EXACT.divide(weighted, debt) if debt > ZERO else None
+    factor = ratio(weighted, debt) if debt > ZERO else None
     drop: Decimal | None = None
     if factor is not None and weighted > ZERO:
         # all collateral prices x (1 - d), debt prices fixed: factor x (1 - d) = 1
-        drop = max(ZERO, ONE - EXACT.divide(debt, weighted))
+        drop = max(ZERO, ONE - ratio(debt, weighted))
     repay = ZERO
     seizures: tuple[Seizure, ...] = ()
     if factor is not None and tier is Tier.LIQUIDATION:
@@ -280,7 +288,7 @@ def _seizure(
     capped by what the account holds (then the repayable amount shrinks accordingly)."""
     factor = ONE + rp.liquidation_bonus
     seize = min(EXACT.multiply(repay, factor), value)
-    repay_here = EXACT.divide(seize, factor)
+    repay_here = ratio(seize, factor)
     units = int(
         EXACT.divide(seize, price)
         .scaleb(pos.decimals, EXACT)
