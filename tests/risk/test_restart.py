@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import httpx
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from fusion_prime.platform.admin import asyncpg_dsn
 from fusion_prime.platform.bus.inbox import consume_batch
 from fusion_prime.platform.database import normalise_database_url
 from fusion_prime.risk.handlers import handle_prices
@@ -68,3 +72,19 @@ async def test_state_survives_kill9_and_restart(
             assert health["factor"].startswith("1.0434782608")
             stats = (await c.get("/stats")).json()
             assert stats["accounts"] == 1
+        # the background sweep of the real process notices a price going stale
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            await conn.execute("UPDATE prices SET source_time = now() - interval '2 hours'")
+        finally:
+            await conn.close()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if await count_rows(url, "margin_events", "event_type = 'margin.price_unavailable'"):
+                break
+            await asyncio.sleep(0.2)
+        assert await count_rows(url, "account_state", "status = 'unknown_price'") == 1
+        await asyncio.sleep(1.5)  # several more sweeps: still one event for the episode
+        assert (
+            await count_rows(url, "margin_events", "event_type = 'margin.price_unavailable'") == 1
+        )
