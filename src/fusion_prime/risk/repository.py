@@ -265,18 +265,23 @@ async def states_of(session: AsyncSession, ids: Sequence[str]) -> dict[str, Stat
 # accounts with due reminders/snapshots, no state yet, or a missing/stale price.
 _ATTENTION = """
 WITH params AS (
-  SELECT DISTINCT ON (asset) asset, liquidation_threshold AS lt, max_price_age_seconds AS age
+  SELECT DISTINCT ON (asset) asset, liquidation_threshold AS lt, max_price_age_seconds AS age,
+         decimals
   FROM risk_parameters ORDER BY asset, version DESC
 ), cfg AS (SELECT * FROM risk_config ORDER BY version DESC LIMIT 1),
+assetk AS (  -- per asset, exact: USD per base unit (x threshold); positions use its decimals
+  SELECT pa.asset,
+    pr.price IS NULL OR pr.source_time
+      < CAST(:now AS timestamptz) - make_interval(secs => pa.age) AS bad,
+    coalesce(pr.price * pa.lt * power(10::numeric, -pa.decimals), 0) AS kw,
+    coalesce(pr.price * power(10::numeric, -pa.decimals), 0) AS kd
+  FROM params pa LEFT JOIN prices pr USING (asset)
+),
 target AS ({target}),
 agg AS (
-  SELECT p.account_id,
-    coalesce(sum(p.collateral * power(10::numeric, -p.decimals) * pr.price * pa.lt), 0) AS w,
-    coalesce(sum(p.debt * power(10::numeric, -p.decimals) * pr.price), 0) AS d,
-    bool_or(pr.price IS NULL OR pr.source_time
-            < CAST(:now AS timestamptz) - make_interval(secs => pa.age)) AS unknown
-  FROM target t JOIN positions p USING (account_id) JOIN params pa USING (asset)
-  LEFT JOIN prices pr USING (asset)
+  SELECT p.account_id, sum(p.collateral * k.kw) AS w, sum(p.debt * k.kd) AS d,
+         bool_or(k.bad) AS unknown
+  FROM target t JOIN positions p USING (account_id) JOIN assetk k USING (asset)
   GROUP BY p.account_id
 )
 SELECT a.account_id FROM agg a CROSS JOIN cfg LEFT JOIN account_state s USING (account_id)
