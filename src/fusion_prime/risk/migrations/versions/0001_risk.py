@@ -109,7 +109,6 @@ def upgrade() -> None:
         sa.Column("evaluated_at", TS, nullable=False),
         sa.CheckConstraint(f"status IN {TIERS}"),
     )
-    op.create_index("ix_account_state_status", "account_state", ["status"])
     op.create_table(
         "health_snapshots",
         sa.Column("id", sa.BigInteger(), sa.Identity(), primary_key=True),
