@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
 from fusion_prime.platform.bus.envelope import Envelope
 from fusion_prime.risk import service
+from fusion_prime.risk.repository import PriceUpdate
 from tests.harness import count_rows, fetch, fetchval
 from tests.risk.conftest import Risk, price_event
 
@@ -267,3 +272,28 @@ async def test_escrow_events_keep_party_exposure(risk: Risk) -> None:
     await risk.escrow(ev("escrow.approved", 11))  # late, older: must not reopen
     assert await fetchval(risk.url, "SELECT status FROM escrows") == "released"
     assert (await risk.client.get(f"/accounts/{payer}")).status_code == 404
+
+
+async def test_concurrent_price_batches_emit_each_tier_change_once(risk: Risk) -> None:
+    await _base_prices(risk)
+    for i in range(20):
+        await risk.put_positions(f"c{i}", ETH2, WBTC01, usdc_debt(7000))  # 9300/7000 healthy
+    t = datetime.now(UTC)
+    sessions = async_sessionmaker(risk.engine, expire_on_commit=False)
+    # batch A (ETH -> 1000: every account to liquidation) stays open while B arrives
+    async with sessions() as a:
+        await a.begin()
+        update = PriceUpdate("ETH", Decimal(1000), "test", t, uuid.uuid4())
+        out = await service.apply_prices(a, [update])
+        assert len(out.events) == 20
+        b = asyncio.create_task(risk.prices(price_event("WBTC", "10000", t)))
+        await asyncio.sleep(0.5)
+        assert not b.done()  # B waits for A's evaluation to commit
+        await a.commit()
+    await asyncio.wait_for(b, 30)
+    rows = await fetch(
+        risk.url, "SELECT from_tier, to_tier, count(*) AS n FROM margin_events GROUP BY 1, 2"
+    )
+    assert [(r["from_tier"], r["to_tier"], r["n"]) for r in rows] == [
+        ("healthy", "liquidation", 20)
+    ]
