@@ -10,7 +10,7 @@ from __future__ import annotations
 import decimal
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -399,11 +399,3 @@ def validate_positions(positions: Iterable[Position], known: Mapping[str, RiskPa
         if not 0 <= p.decimals <= MAX_DECIMALS:
             problems.append(f"{where}.decimals: must be in [0, {MAX_DECIMALS}]")
     return problems
-
-
-@dataclass
-class EscrowExposure:
-    """Open escrow amounts per asset where the account pays (locked) or receives (pending)."""
-
-    locked: dict[str, int] = field(default_factory=dict)
-    pending: dict[str, int] = field(default_factory=dict)

@@ -28,7 +28,6 @@ from fusion_prime.risk.domain import (
     Decision,
     Health,
     Position,
-    Price,
     RiskParams,
     State,
     Tier,
@@ -278,7 +277,3 @@ async def put_config(session: AsyncSession, cfg: TierConfig) -> int:
     ids = await repo.attention(session, now_utc(), assets=list(await repo.current_params(session)))
     await reevaluate_accounts(session, ids, now_utc(), "config")
     return version
-
-
-def price_map(prices: dict[str, Price]) -> dict[str, str | None]:
-    return {a: dec_str(p.price) for a, p in prices.items()}
