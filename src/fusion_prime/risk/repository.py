@@ -1,0 +1,578 @@
+"""Reads and writes of the risk database. Never commits: the caller owns the transaction.
+
+Bulk writes (states, snapshots, margin events and their outbox rows) go through the
+asyncpg connection under the session with COPY / unnest, so persisting thousands of
+outcomes costs a few statements, not thousands.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fusion_prime.platform.bus.envelope import Envelope
+from fusion_prime.platform.bus.registry import topic as lookup_topic
+from fusion_prime.risk import models as m
+from fusion_prime.risk.domain import Position, Price, RiskParams, State, Tier, TierConfig
+
+MARGIN_TOPIC = "alerts.margin.v1"
+
+
+async def driver(session: AsyncSession) -> Any:
+    """The asyncpg connection inside the session's transaction (for COPY)."""
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
+
+
+# -- configuration and parameters ----------------------------------------------------
+
+
+def _config(row: Any) -> TierConfig:
+    return TierConfig(
+        healthy=row.healthy,
+        warning=row.warning,
+        margin_call=row.margin_call,
+        hysteresis=row.hysteresis,
+        reminder_interval=timedelta(seconds=row.reminder_interval_seconds),
+        snapshot_interval=timedelta(seconds=row.snapshot_interval_seconds),
+        close_factor=row.close_factor,
+        full_close_below=row.full_close_below,
+    )
+
+
+async def get_config(session: AsyncSession) -> tuple[int, TierConfig]:
+    row = (
+        await session.execute(
+            sa.select(m.risk_config).order_by(m.risk_config.c.version.desc()).limit(1)
+        )
+    ).one()
+    return row.version, _config(row)
+
+
+async def insert_config(session: AsyncSession, cfg: TierConfig) -> int:
+    version = await session.scalar(
+        sa.insert(m.risk_config)
+        .values(
+            healthy=cfg.healthy,
+            warning=cfg.warning,
+            margin_call=cfg.margin_call,
+            hysteresis=cfg.hysteresis,
+            reminder_interval_seconds=int(cfg.reminder_interval.total_seconds()),
+            snapshot_interval_seconds=int(cfg.snapshot_interval.total_seconds()),
+            close_factor=cfg.close_factor,
+            full_close_below=cfg.full_close_below,
+        )
+        .returning(m.risk_config.c.version)
+    )
+    assert version is not None
+    return int(version)
+
+
+def _params(row: Any) -> RiskParams:
+    return RiskParams(
+        asset=row.asset,
+        ltv=row.ltv,
+        liquidation_threshold=row.liquidation_threshold,
+        liquidation_bonus=row.liquidation_bonus,
+        max_price_age=timedelta(seconds=row.max_price_age_seconds),
+        version=row.version,
+        decimals=row.decimals,
+    )
+
+
+async def current_params(session: AsyncSession) -> dict[str, RiskParams]:
+    rows = await session.execute(
+        text("SELECT DISTINCT ON (asset) * FROM risk_parameters ORDER BY asset, version DESC")
+    )
+    return {r.asset: _params(r) for r in rows}
+
+
+async def param_versions(session: AsyncSession, asset: str) -> list[tuple[RiskParams, datetime]]:
+    rows = await session.execute(
+        sa.select(m.risk_parameters)
+        .where(m.risk_parameters.c.asset == asset)
+        .order_by(m.risk_parameters.c.version.desc())
+    )
+    return [(_params(r), r.created_at) for r in rows]
+
+
+async def insert_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
+    """A new version row; earlier versions are never modified."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext('risk_parameters:' || :a))"), {"a": rp.asset}
+    )
+    version = await session.scalar(
+        text(
+            "INSERT INTO risk_parameters (asset, version, ltv, liquidation_threshold, "
+            "liquidation_bonus, max_price_age_seconds, decimals) SELECT :asset, "
+            "coalesce(max(version), 0) + 1, :ltv, :lt, :bonus, :age, :dec FROM risk_parameters "
+            "WHERE asset = :asset RETURNING version"
+        ),
+        {
+            "asset": rp.asset,
+            "ltv": rp.ltv,
+            "lt": rp.liquidation_threshold,
+            "bonus": rp.liquidation_bonus,
+            "age": int(rp.max_price_age.total_seconds()),
+            "dec": rp.decimals,
+        },
+    )
+    assert version is not None
+    return replace(rp, version=int(version))
+
+
+async def lock_evaluation(session: AsyncSession, *, wait: bool = True) -> bool:
+    """Serialise re-evaluations across instances and consumers (transaction-scoped).
+
+    Two passes deciding on the same account at once could both emit its tier change;
+    holding this lock, a pass also sees every state the previous one committed.
+    """
+    fn = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+    got = await session.scalar(text(f"SELECT {fn}(hashtext('risk:reevaluate'))"))
+    return bool(got) if not wait else True
+
+
+# -- prices ---------------------------------------------------------------------------
+
+
+async def all_prices(session: AsyncSession) -> dict[str, Price]:
+    rows = await session.execute(sa.select(m.prices))
+    return {r.asset: Price(r.asset, r.price, r.source_time, r.source) for r in rows}
+
+
+@dataclass(frozen=True)
+class PriceUpdate:
+    asset: str
+    price: Decimal
+    source: str
+    source_time: datetime
+    event_id: uuid.UUID
+
+
+async def upsert_prices(session: AsyncSession, updates: Sequence[PriceUpdate]) -> list[str]:
+    """Store prices newer than what is held; returns the assets that actually changed.
+
+    An update with the same or an older source time than the stored one is ignored, so a
+    redelivered or reordered event cannot move a price backwards.
+    """
+    if not updates:
+        return []
+    rows = await session.execute(
+        text(
+            "INSERT INTO prices (asset, price, source, source_time, event_id) "
+            "SELECT * FROM unnest(CAST(:a AS text[]), CAST(:p AS numeric[]), CAST(:s AS text[]), "
+            "CAST(:t AS timestamptz[]), CAST(:e AS uuid[])) "
+            "ON CONFLICT (asset) DO UPDATE SET price = EXCLUDED.price, source = EXCLUDED.source, "
+            "source_time = EXCLUDED.source_time, event_id = EXCLUDED.event_id, updated_at = now() "
+            "WHERE prices.source_time < EXCLUDED.source_time RETURNING asset"
+        ),
+        {
+            "a": [u.asset for u in updates],
+            "p": [u.price for u in updates],
+            "s": [u.source for u in updates],
+            "t": [u.source_time for u in updates],
+            "e": [u.event_id for u in updates],
+        },
+    )
+    return sorted({r.asset for r in rows})
+
+
+# -- accounts and positions -----------------------------------------------------------
+
+
+async def account_exists(session: AsyncSession, account_id: str) -> bool:
+    return (
+        await session.scalar(sa.select(m.accounts.c.id).where(m.accounts.c.id == account_id))
+    ) is not None
+
+
+async def replace_positions(
+    session: AsyncSession, items: Sequence[tuple[str, Sequence[Position]]]
+) -> None:
+    """Make each listed account hold exactly the given positions (zero rows dropped)."""
+    if not items:
+        return
+    ids = [a for a, _ in items]
+    await session.execute(
+        text(
+            "INSERT INTO accounts (id) SELECT unnest(CAST(:ids AS text[])) "
+            "ON CONFLICT (id) DO UPDATE SET updated_at = now()"
+        ),
+        {"ids": ids},
+    )
+    await session.execute(
+        text("DELETE FROM positions WHERE account_id = ANY(CAST(:ids AS text[]))"), {"ids": ids}
+    )
+    rows = [
+        (a, p.asset, p.collateral, p.debt, p.decimals)
+        for a, ps in items
+        for p in ps
+        if p.collateral or p.debt
+    ]
+    if rows:
+        apg = await driver(session)
+        await apg.copy_records_to_table(
+            "positions",
+            records=rows,
+            columns=["account_id", "asset", "collateral", "debt", "decimals"],
+        )
+
+
+async def positions_of(session: AsyncSession, ids: Sequence[str]) -> dict[str, list[Position]]:
+    rows = await session.execute(
+        text(
+            "SELECT account_id, asset, collateral, debt, decimals FROM positions "
+            "WHERE account_id = ANY(CAST(:ids AS text[])) ORDER BY account_id, asset"
+        ),
+        {"ids": list(ids)},
+    )
+    out: dict[str, list[Position]] = {i: [] for i in ids}
+    for r in rows:
+        out[r.account_id].append(Position(r.asset, int(r.collateral), int(r.debt), r.decimals))
+    return out
+
+
+def _tier(value: str | None) -> Tier | None:
+    return Tier(value) if value is not None else None
+
+
+async def states_of(session: AsyncSession, ids: Sequence[str]) -> dict[str, State]:
+    rows = await session.execute(
+        sa.select(m.account_state).where(m.account_state.c.account_id.in_(list(ids)))
+    )
+    return {
+        r.account_id: State(
+            _tier(r.status), _tier(r.known_tier), r.last_event_at, r.last_snapshot_at
+        )
+        for r in rows
+    }
+
+
+# The set-based filter of the live path: the database computes every candidate account's
+# exact weighted collateral and debt (NUMERIC, no rounding) and returns only the accounts
+# whose status, reminder or snapshot needs attention; Python then applies the Decimal rules
+# to those few. Candidates: holders of the given assets, or the given accounts, or (sweep)
+# accounts with due reminders/snapshots, no state yet, or a missing/stale price.
+_ATTENTION = """
+WITH params AS (
+  SELECT DISTINCT ON (asset) asset, liquidation_threshold AS lt, max_price_age_seconds AS age,
+         decimals
+  FROM risk_parameters ORDER BY asset, version DESC
+), cfg AS (SELECT * FROM risk_config ORDER BY version DESC LIMIT 1),
+assetk AS (  -- per asset, exact: USD per base unit (x threshold); positions use its decimals
+  SELECT pa.asset,
+    pr.price IS NULL OR pr.source_time
+      < CAST(:now AS timestamptz) - make_interval(secs => pa.age) AS bad,
+    coalesce(pr.price * pa.lt * power(10::numeric, -pa.decimals), 0) AS kw,
+    coalesce(pr.price * power(10::numeric, -pa.decimals), 0) AS kd
+  FROM params pa LEFT JOIN prices pr USING (asset)
+),
+target AS ({target}),
+agg AS (
+  SELECT p.account_id, sum(p.collateral * k.kw) AS w, sum(p.debt * k.kd) AS d,
+         bool_or(k.bad) AS unknown
+  FROM target t JOIN positions p USING (account_id) JOIN assetk k USING (asset)
+  GROUP BY p.account_id
+)
+SELECT a.account_id FROM agg a CROSS JOIN cfg LEFT JOIN account_state s USING (account_id)
+WHERE s.account_id IS NULL
+   OR a.unknown IS DISTINCT FROM (s.status = 'unknown_price')
+   OR (NOT a.unknown AND s.status IS DISTINCT FROM (CASE
+        WHEN a.d = 0 OR a.w >= cfg.healthy * a.d THEN 'healthy'
+        WHEN a.w >= cfg.warning * a.d THEN 'warning'
+        WHEN a.w >= cfg.margin_call * a.d THEN 'margin_call'
+        ELSE 'liquidation' END))
+   OR (s.status IN ('margin_call', 'liquidation') AND (s.last_event_at IS NULL
+        OR s.last_event_at <= CAST(:now AS timestamptz)
+           - make_interval(secs => cfg.reminder_interval_seconds)))
+   OR s.last_snapshot_at IS NULL
+   OR s.last_snapshot_at <= CAST(:now AS timestamptz)
+      - make_interval(secs => cfg.snapshot_interval_seconds)
+ORDER BY a.account_id
+"""
+
+_BY_ASSETS = "SELECT DISTINCT account_id FROM positions WHERE asset = ANY(CAST(:assets AS text[]))"
+_SWEEP = """
+  SELECT s.account_id FROM account_state s CROSS JOIN cfg
+   WHERE (s.status IN ('margin_call', 'liquidation') AND (s.last_event_at IS NULL
+          OR s.last_event_at <= CAST(:now AS timestamptz)
+             - make_interval(secs => cfg.reminder_interval_seconds)))
+      OR s.last_snapshot_at IS NULL
+      OR s.last_snapshot_at <= CAST(:now AS timestamptz)
+         - make_interval(secs => cfg.snapshot_interval_seconds)
+  UNION SELECT a.id FROM accounts a
+   WHERE NOT EXISTS (SELECT 1 FROM account_state s WHERE s.account_id = a.id)
+  UNION SELECT p.account_id FROM positions p JOIN params pa USING (asset)
+   LEFT JOIN prices pr USING (asset)
+   WHERE pr.price IS NULL
+      OR pr.source_time < CAST(:now AS timestamptz) - make_interval(secs => pa.age)
+"""
+
+
+async def attention(
+    session: AsyncSession, now: datetime, *, assets: Sequence[str] | None = None
+) -> list[str]:
+    """Accounts to re-evaluate: holders of `assets`, or (assets=None) the sweep set."""
+    target = _BY_ASSETS if assets is not None else _SWEEP
+    params: dict[str, Any] = {"now": now}
+    if assets is not None:
+        params["assets"] = list(assets)
+    rows = await session.execute(text(_ATTENTION.format(target=target)), params)
+    return [r.account_id for r in rows]
+
+
+# -- outcomes: states, snapshots, events ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateRow:
+    account_id: str
+    state: State
+    factor: Decimal | None
+    evaluated_at: datetime
+
+
+async def upsert_states(session: AsyncSession, rows: Sequence[StateRow]) -> None:
+    if not rows:
+        return
+    apg = await driver(session)
+
+    def v(t: Tier | None) -> str | None:
+        return t.value if t is not None else None
+
+    await apg.execute(
+        "INSERT INTO account_state (account_id, status, known_tier, factor, last_event_at, "
+        "last_snapshot_at, evaluated_at) SELECT * FROM unnest($1::text[], $2::text[], "
+        "$3::text[], $4::numeric[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[]) "
+        "ON CONFLICT (account_id) DO UPDATE SET status = EXCLUDED.status, "
+        "known_tier = EXCLUDED.known_tier, factor = EXCLUDED.factor, "
+        "last_event_at = EXCLUDED.last_event_at, last_snapshot_at = EXCLUDED.last_snapshot_at, "
+        "evaluated_at = EXCLUDED.evaluated_at",
+        [r.account_id for r in rows],
+        [v(r.state.status) for r in rows],
+        [v(r.state.known_tier) for r in rows],
+        [r.factor for r in rows],
+        [r.state.last_event_at for r in rows],
+        [r.state.last_snapshot_at for r in rows],
+        [r.evaluated_at for r in rows],
+    )
+
+
+SNAPSHOT_COLUMNS = [
+    "account_id",
+    "taken_at",
+    "reason",
+    "status",
+    "factor",
+    "collateral_value",
+    "weighted_collateral",
+    "debt_value",
+    "borrow_capacity",
+    "prices",
+]
+EVENT_COLUMNS = [
+    "id",
+    "account_id",
+    "event_type",
+    "from_tier",
+    "to_tier",
+    "factor",
+    "collateral_value",
+    "weighted_collateral",
+    "debt_value",
+    "borrow_capacity",
+    "max_repay_value",
+    "prices",
+    "created_at",
+]
+
+
+async def copy_snapshots(apg: Any, records: Iterable[tuple[Any, ...]]) -> None:
+    await apg.copy_records_to_table("health_snapshots", records=records, columns=SNAPSHOT_COLUMNS)
+
+
+async def copy_events(apg: Any, envelopes: Sequence[Envelope]) -> None:
+    """Store margin events and queue them in the outbox, one COPY each (same transaction)."""
+    if not envelopes:
+        return
+    allowed = lookup_topic(MARGIN_TOPIC).event_types
+    for e in envelopes:
+        if e.type not in allowed:
+            raise ValueError(f"{e.type!r} is not an event type of {MARGIN_TOPIC}")
+    await copy_margin_events(apg, envelopes)
+    await copy_outbox(apg, envelopes)
+
+
+async def copy_margin_events(apg: Any, envelopes: Sequence[Envelope]) -> None:
+    await apg.copy_records_to_table(
+        "margin_events",
+        records=[
+            (
+                e.id,
+                e.subject,
+                e.type,
+                e.data["from_tier"],
+                e.data["to_tier"],
+                _dec(e.data["factor"]),
+                Decimal(e.data["collateral_value"]),
+                Decimal(e.data["weighted_collateral"]),
+                Decimal(e.data["debt_value"]),
+                Decimal(e.data["borrow_capacity"]),
+                Decimal(e.data["max_repay_value"]),
+                json.dumps(e.data["prices"]),
+                e.time,
+            )
+            for e in envelopes
+        ],
+        columns=EVENT_COLUMNS,
+    )
+
+
+async def copy_outbox(apg: Any, envelopes: Sequence[Envelope]) -> None:
+    """The platform's outbox rows (same columns `outbox.publish` writes), in one COPY."""
+    await apg.copy_records_to_table(
+        "outbox",
+        records=[(e.id, MARGIN_TOPIC, e.subject, e.type, e.to_json()) for e in envelopes],
+        columns=["id", "topic", "subject", "event_type", "envelope"],
+    )
+
+
+def _dec(value: str | None) -> Decimal | None:
+    return Decimal(value) if value is not None else None
+
+
+# -- reads for the API ----------------------------------------------------------------
+
+
+async def snapshots(session: AsyncSession, account_id: str, limit: int) -> list[Any]:
+    rows = await session.execute(
+        sa.select(m.health_snapshots)
+        .where(m.health_snapshots.c.account_id == account_id)
+        .order_by(m.health_snapshots.c.taken_at.desc(), m.health_snapshots.c.id.desc())
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def events(
+    session: AsyncSession,
+    *,
+    account_id: str | None = None,
+    tier: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> list[Any]:
+    q = sa.select(m.margin_events)
+    if account_id is not None:
+        q = q.where(m.margin_events.c.account_id == account_id)
+    if tier is not None:
+        q = q.where(m.margin_events.c.to_tier == tier)
+    if since is not None:
+        q = q.where(m.margin_events.c.created_at >= since)
+    q = q.order_by(m.margin_events.c.created_at.desc(), m.margin_events.c.id).limit(limit)
+    return list(await session.execute(q))
+
+
+async def stats(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(
+        text("SELECT status, count(*) AS n FROM account_state GROUP BY status")
+    )
+    return {r.status: int(r.n) for r in rows}
+
+
+async def count_accounts(session: AsyncSession) -> tuple[int, int]:
+    row = (
+        await session.execute(
+            text(
+                "SELECT (SELECT count(*) FROM accounts) AS a, "
+                "(SELECT count(DISTINCT account_id) FROM positions) AS p"
+            )
+        )
+    ).one()
+    return int(row.a), int(row.p)
+
+
+async def state_row(session: AsyncSession, account_id: str) -> Any:
+    return (
+        await session.execute(
+            sa.select(m.account_state).where(m.account_state.c.account_id == account_id)
+        )
+    ).one_or_none()
+
+
+# -- escrows --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EscrowChange:
+    chain_id: int
+    address: str
+    payer: str | None
+    payee: str | None
+    asset: str | None
+    amount: int | None
+    decimals: int | None
+    status: str | None  # None: the event does not change the status (arbiter change)
+    block: int
+    log_index: int
+
+
+async def apply_escrow(session: AsyncSession, c: EscrowChange) -> None:
+    """Upsert one escrow; a status only moves forward in (block, log index) order."""
+    await session.execute(
+        text(
+            "INSERT INTO escrows (chain_id, address, payer, payee, asset, amount, decimals, "
+            "status, last_block, last_log_index) VALUES (:chain, :addr, :payer, :payee, :asset, "
+            ":amount, :decimals, coalesce(:status, 'open'), :block, :li) "
+            "ON CONFLICT (chain_id, address) DO UPDATE SET "
+            "payer = coalesce(EXCLUDED.payer, escrows.payer), "
+            "payee = coalesce(EXCLUDED.payee, escrows.payee), "
+            "asset = coalesce(EXCLUDED.asset, escrows.asset), "
+            "amount = coalesce(EXCLUDED.amount, escrows.amount), "
+            "decimals = coalesce(EXCLUDED.decimals, escrows.decimals), "
+            "status = CASE WHEN CAST(:status AS text) IS NOT NULL AND (EXCLUDED.last_block, "
+            "EXCLUDED.last_log_index) > (escrows.last_block, escrows.last_log_index) "
+            "THEN EXCLUDED.status ELSE escrows.status END, "
+            "last_block = greatest(escrows.last_block, EXCLUDED.last_block), "
+            "last_log_index = CASE WHEN (EXCLUDED.last_block, EXCLUDED.last_log_index) > "
+            "(escrows.last_block, escrows.last_log_index) THEN EXCLUDED.last_log_index "
+            "ELSE escrows.last_log_index END, updated_at = now()"
+        ),
+        {
+            "chain": c.chain_id,
+            "addr": c.address,
+            "payer": c.payer,
+            "payee": c.payee,
+            "asset": c.asset,
+            "amount": c.amount,
+            "decimals": c.decimals,
+            "status": c.status,
+            "block": c.block,
+            "li": c.log_index,
+        },
+    )
+
+
+async def escrow_exposure(session: AsyncSession, party: str) -> list[Any]:
+    """Open escrow amounts per asset: `locked` where the party pays, `pending` where paid."""
+    rows = await session.execute(
+        text(
+            "SELECT CASE WHEN lower(payer) = lower(:p) THEN 'locked' ELSE 'pending' END AS side, "
+            "asset, max(decimals) AS decimals, sum(amount) AS amount, count(*) AS escrows "
+            "FROM escrows WHERE status IN ('open', 'approved') "
+            "AND (lower(payer) = lower(:p) OR lower(payee) = lower(:p)) "
+            "GROUP BY 1, asset ORDER BY 1, asset"
+        ),
+        {"p": party},
+    )
+    return list(rows)

@@ -1,0 +1,279 @@
+"""Use cases of the risk service: positions, prices, re-evaluation, parameters, views.
+
+Live re-evaluation is set-based: one SQL statement computes the exact (NUMERIC) sums of
+every affected account and returns only those whose status, reminder or snapshot needs
+attention; the Decimal rules of domain.py then decide events for those few, and all
+outcomes are written with COPY. Nothing here commits.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fusion_prime.platform.bus.envelope import Envelope
+from fusion_prime.platform.errors import ConflictError, InvalidError, NotFoundError
+from fusion_prime.platform.observability import get_logger
+from fusion_prime.risk import repository as repo
+from fusion_prime.risk.domain import (
+    EXACT,
+    Decision,
+    Health,
+    Position,
+    RiskParams,
+    State,
+    Tier,
+    TierConfig,
+    decide,
+    evaluate,
+    validate_positions,
+)
+
+log = get_logger(__name__)
+
+EVALUATIONS = Counter(
+    "fp_risk_evaluations_total", "Accounts evaluated with the Decimal rules", ["trigger"]
+)
+MARGIN_EVENTS = Counter("fp_risk_margin_events_total", "Margin events emitted", ["event_type"])
+REEVAL_SECONDS = Histogram(
+    "fp_risk_reevaluation_seconds",
+    "Duration of one re-evaluation pass (filter + rules + writes)",
+    ["trigger"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def dec_str(value: Decimal | None) -> str | None:
+    """Decimal as a plain string, trimmed to 18 places for display (None stays None)."""
+    if value is None:
+        return None
+    q = value.quantize(Decimal("1e-18"), context=EXACT) if value.adjusted() < 100 else value
+    return format(q.normalize(EXACT), "f")
+
+
+@dataclass
+class Outcome:
+    """What one re-evaluation pass did (for logs, tests and the CLI)."""
+
+    evaluated: int = 0
+    changed: int = 0
+    events: list[Envelope] = field(default_factory=list)
+    snapshots: int = 0
+
+
+def health_json(h: Health) -> dict[str, Any]:
+    return {
+        "status": h.status.value,
+        "factor": dec_str(h.factor),
+        "collateral_value": dec_str(h.collateral_value),
+        "weighted_collateral": dec_str(h.weighted_collateral),
+        "debt_value": dec_str(h.debt_value),
+        "borrow_capacity": dec_str(h.borrow_capacity),
+        "price_drop_to_liquidation": dec_str(h.price_drop_to_liquidation),
+        "max_repay_value": dec_str(h.max_repay_value),
+        "seizures": [
+            {
+                "asset": s.asset,
+                "repay_value": dec_str(s.repay_value),
+                "seize_value": dec_str(s.seize_value),
+                "seize_units": str(s.seize_units),
+            }
+            for s in h.seizures
+        ],
+        "prices": {a: dec_str(p) for a, p in sorted(h.prices.items())},
+        "missing_prices": list(h.missing_prices),
+        "stale_prices": list(h.stale_prices),
+        "evaluated_at": h.evaluated_at.isoformat() if h.evaluated_at else None,
+    }
+
+
+def build_event(account_id: str, event_type: str, d: Decision, h: Health, at: datetime) -> Envelope:
+    data = {
+        "account_id": account_id,
+        "from_tier": d.from_tier.value if d.from_tier else None,
+        "to_tier": (d.to_tier or Tier.UNKNOWN_PRICE).value,
+        **health_json(h),
+    }
+    return Envelope(type=event_type, source="risk", subject=account_id, data=data, time=at)
+
+
+def snapshot_record(account_id: str, reason: str, h: Health, at: datetime) -> tuple[Any, ...]:
+    return (
+        account_id,
+        at,
+        reason,
+        h.status.value,
+        h.factor,
+        h.collateral_value,
+        h.weighted_collateral,
+        h.debt_value,
+        h.borrow_capacity,
+        json.dumps({a: dec_str(p) for a, p in sorted(h.prices.items())}),
+    )
+
+
+async def apply_outcomes(
+    session: AsyncSession,
+    items: Sequence[tuple[str, State, Health]],
+    config: TierConfig,
+    now: datetime,
+    trigger: str,
+) -> Outcome:
+    """Decide and persist tier changes, events and snapshots for evaluated accounts."""
+    out = Outcome(evaluated=len(items))
+    states: list[repo.StateRow] = []
+    snaps: list[tuple[Any, ...]] = []
+    for account_id, state, health in items:
+        d = decide(state, health, config, now)
+        if not d.anything:
+            continue
+        out.changed += 1
+        states.append(repo.StateRow(account_id, d.state, health.factor, now))
+        for et in d.events:
+            out.events.append(build_event(account_id, et, d, health, now))
+            MARGIN_EVENTS.labels(et).inc()
+        if d.snapshot is not None:
+            snaps.append(snapshot_record(account_id, d.snapshot, health, now))
+    out.snapshots = len(snaps)
+    await repo.upsert_states(session, states)
+    if snaps or out.events:
+        apg = await repo.driver(session)
+        if snaps:
+            await repo.copy_snapshots(apg, snaps)
+        await repo.copy_events(apg, out.events)
+    EVALUATIONS.labels(trigger).inc(len(items))
+    return out
+
+
+async def reevaluate_accounts(
+    session: AsyncSession, ids: Sequence[str], now: datetime, trigger: str
+) -> Outcome:
+    """Evaluate the given accounts with the Decimal rules and persist what changed."""
+    if not ids:
+        return Outcome()
+    _, config = await repo.get_config(session)
+    params = await repo.current_params(session)
+    prices = await repo.all_prices(session)
+    positions = await repo.positions_of(session, ids)
+    states = await repo.states_of(session, ids)
+    items = [
+        (a, states.get(a, State()), evaluate(positions[a], params, prices, config, now))
+        for a in ids
+    ]
+    return await apply_outcomes(session, items, config, now, trigger)
+
+
+async def reevaluate_assets(
+    session: AsyncSession, assets: Sequence[str], now: datetime | None = None
+) -> Outcome:
+    """Price change: the database filters the holders of `assets` that need attention."""
+    now = now or now_utc()
+    started = time.perf_counter()
+    await repo.lock_evaluation(session)
+    ids = await repo.attention(session, now, assets=assets)
+    out = await reevaluate_accounts(session, ids, now, "price")
+    REEVAL_SECONDS.labels("price").observe(time.perf_counter() - started)
+    return out
+
+
+async def sweep(session: AsyncSession, now: datetime | None = None) -> Outcome:
+    """Time-driven work: prices going stale, reminders, periodic snapshots."""
+    now = now or now_utc()
+    started = time.perf_counter()
+    if not await repo.lock_evaluation(session, wait=False):
+        return Outcome()  # another instance is sweeping or re-evaluating right now
+    ids = await repo.attention(session, now, assets=None)
+    out = await reevaluate_accounts(session, ids, now, "sweep")
+    REEVAL_SECONDS.labels("sweep").observe(time.perf_counter() - started)
+    return out
+
+
+# -- positions ------------------------------------------------------------------------
+
+
+async def set_positions(
+    session: AsyncSession,
+    items: Sequence[tuple[str, Sequence[Position]]],
+    now: datetime | None = None,
+) -> Outcome:
+    """Replace each account's positions atomically, then re-evaluate those accounts."""
+    await repo.lock_evaluation(session)
+    params = await repo.current_params(session)
+    problems: list[tuple[str, str]] = []
+    for account_id, positions in items:
+        for p in validate_positions(positions, params):
+            where, message = p.split(": ", 1)
+            problems.append((where, message if len(items) == 1 else f"{account_id}: {message}"))
+    if problems:
+        raise InvalidError(
+            "; ".join(f"{f}: {msg}" for f, msg in problems),
+            errors=[{"field": f, "message": msg} for f, msg in problems],
+        )
+    await repo.replace_positions(session, items)
+    return await reevaluate_accounts(session, [a for a, _ in items], now or now_utc(), "positions")
+
+
+async def account_health(
+    session: AsyncSession, account_id: str, now: datetime | None = None
+) -> Health:
+    if not await repo.account_exists(session, account_id):
+        raise NotFoundError(f"account {account_id} does not exist")
+    _, config = await repo.get_config(session)
+    params = await repo.current_params(session)
+    prices = await repo.all_prices(session)
+    positions = (await repo.positions_of(session, [account_id]))[account_id]
+    return evaluate(positions, params, prices, config, now or now_utc())
+
+
+# -- prices ---------------------------------------------------------------------------
+
+
+async def apply_prices(
+    session: AsyncSession, updates: Sequence[repo.PriceUpdate], now: datetime | None = None
+) -> Outcome:
+    """Store newer prices; re-evaluate the holders of the assets that changed."""
+    latest: dict[str, repo.PriceUpdate] = {}
+    for u in updates:
+        if u.asset not in latest or u.source_time > latest[u.asset].source_time:
+            latest[u.asset] = u
+    changed = await repo.upsert_prices(session, list(latest.values()))
+    if not changed:
+        return Outcome()
+    return await reevaluate_assets(session, changed, now)
+
+
+# -- risk parameters and configuration ------------------------------------------------
+
+
+async def put_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
+    """A new parameter version; the asset's decimals are fixed by its first version."""
+    versions = await repo.param_versions(session, rp.asset)
+    if versions and versions[0][0].decimals != rp.decimals:
+        raise ConflictError(
+            f"{rp.asset} has {versions[0][0].decimals} decimals; positions are stored in them",
+            field="decimals",
+        )
+    stored = await repo.insert_params(session, rp)
+    await reevaluate_assets(session, [rp.asset])
+    return stored
+
+
+async def put_config(session: AsyncSession, cfg: TierConfig) -> int:
+    await repo.lock_evaluation(session)
+    version = await repo.insert_config(session, cfg)
+    # thresholds moved: every account with positions may change tier
+    ids = await repo.attention(session, now_utc(), assets=list(await repo.current_params(session)))
+    await reevaluate_accounts(session, ids, now_utc(), "config")
+    return version
