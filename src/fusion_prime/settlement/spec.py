@@ -1,0 +1,52 @@
+"""The settlement service as the platform sees it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from fusion_prime.platform.observability import get_logger
+from fusion_prime.platform.runtime import BackgroundTask, Runtime
+from fusion_prime.platform.spec import ServiceSpec
+from fusion_prime.settlement.settings import SettlementSettings
+
+log = get_logger(__name__)
+
+
+def _background(runtime: Runtime) -> Sequence[BackgroundTask]:
+    from fusion_prime.settlement.service import submit_received
+    from fusion_prime.settlement.webhooks import DeliveryWorker
+
+    settings = runtime.settings
+    assert isinstance(settings, SettlementSettings)
+    worker = DeliveryWorker(runtime.sessions, settings)
+
+    async def submit_commands() -> None:
+        """Move received commands to submitted (outbox to the signer), batch by batch."""
+        while True:
+            async with runtime.sessions() as session, session.begin():
+                done = await submit_received(session)
+            if done == 0:
+                await asyncio.sleep(settings.command_poll_interval)
+
+    return [worker.run, submit_commands]
+
+
+def _routers() -> Sequence[object]:
+    from fusion_prime.settlement.api import router
+
+    return [router]
+
+
+SPEC = ServiceSpec(
+    name="settlement",
+    db_slug="settlement",
+    default_port=8101,
+    migrations_dir=Path(__file__).parent / "migrations",
+    routers=_routers,  # type: ignore[arg-type]
+    settings_cls=SettlementSettings,
+    background=_background,
+    description="escrows from chain events, settlement commands, history, signed webhooks",
+    publishes=("settlement.escrows.v1", "settlement.commands.v1"),
+)
