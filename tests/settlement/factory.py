@@ -123,3 +123,25 @@ async def deliver(engine: AsyncEngine, envelopes: Sequence[Envelope]) -> int:
 
 
 __all__ = ["SPEC", "USDC", "WEBHOOK_KEY", "Escrow", "deliver", "engine_for", "redeliver"]
+
+
+async def wait_for(check: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll an async `check()` until it returns something truthy (bounded)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s (last: {value!r})")
+        await asyncio.sleep(interval)
+
+
+FAST = {
+    "SETTLEMENT_WEBHOOK_KEY": WEBHOOK_KEY,
+    "SETTLEMENT_COMMAND_POLL_INTERVAL": "0.05",
+    "SETTLEMENT_WEBHOOK_POLL_INTERVAL": "0.05",
+}

@@ -132,7 +132,7 @@ async def get_command(command_id: uuid.UUID, session: Session) -> dict[str, Any]
 def _escrow_out(row: dict[str, Any]) -> dict[str, Any]:
     out = _jsonable(row)
     out.pop("seq", None)
-    amount = Decimal(row["amount"])
+    amount = Decimal(int(row["amount"]))
     out["amount_display"] = format(amount.scaleb(-int(row["asset_decimals"])), "f")
     return out
 
