@@ -33,6 +33,9 @@ class ServiceSpec:
     description: str = ""
     # topics this service publishes through its outbox (see platform/bus/registry.py)
     publishes: tuple[str, ...] = ()
+    # env names of secrets the service refuses to start without (beyond DATABASE_URL) that
+    # `fusion-prime up` may generate once per local data directory; never a default value
+    local_secrets: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

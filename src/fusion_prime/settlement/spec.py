@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+from fastapi import APIRouter
+
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.platform.runtime import BackgroundTask, Runtime
 from fusion_prime.platform.spec import ServiceSpec
@@ -33,7 +35,7 @@ def _background(runtime: Runtime) -> Sequence[BackgroundTask]:
     return [worker.run, submit_commands]
 
 
-def _routers() -> Sequence[object]:
+def _routers() -> Sequence[APIRouter]:
     from fusion_prime.settlement.api import router
 
     return [router]
@@ -44,9 +46,10 @@ SPEC = ServiceSpec(
     db_slug="settlement",
     default_port=8101,
     migrations_dir=Path(__file__).parent / "migrations",
-    routers=_routers,  # type: ignore[arg-type]
+    routers=_routers,
     settings_cls=SettlementSettings,
     background=_background,
     description="escrows from chain events, settlement commands, history, signed webhooks",
     publishes=("settlement.escrows.v1", "settlement.commands.v1"),
+    local_secrets=("SETTLEMENT_WEBHOOK_KEY",),
 )
