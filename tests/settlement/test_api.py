@@ -220,3 +220,18 @@ async def test_assets_are_managed(db: str) -> None:
         assert bad.status_code == 422
         assert sorted(x["field"] for x in bad.json()["errors"]) == ["address", "decimals"]
     assert await count_rows(db, "assets", "symbol = 'OPX'") == 1
+
+
+async def test_unconfirmed_command_fails_after_timeout(db: str, engine: AsyncEngine) -> None:
+    e = Escrow()
+    await deliver(engine, [e.deployed()])
+    async with asgi_client(SPEC, db, **FAST, SETTLEMENT_COMMAND_TIMEOUT="0.3") as client:
+        r = await client.post(
+            "/commands",
+            json={"action": "refund", "escrow_address": e.address},
+            headers={"Idempotency-Key": "t"},
+        )
+        await wait_for(lambda: _status(client, r.json()["id"], "failed"))
+    row = (await fetch(db, "SELECT * FROM commands"))[0]
+    assert row["submitted_at"] is not None
+    assert "no matching chain event" in row["failure_reason"]

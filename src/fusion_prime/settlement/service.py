@@ -465,3 +465,20 @@ async def submit_received(session: AsyncSession, limit: int = 100) -> int:
         COMMANDS.labels(SERVICE, "submitted").inc()
         submitted += 1
     return submitted
+
+
+async def expire_submitted(session: AsyncSession, timeout: float) -> int:
+    """Fail submitted commands that no chain event confirmed within `timeout` seconds."""
+    result = await session.execute(
+        text(
+            "UPDATE commands SET status = 'failed', failure_reason = 'no matching chain event "
+            "within ' || CAST(:t AS text) || ' s of submission', resolved_at = now(), "
+            "updated_at = now() WHERE status = 'submitted' "
+            "AND submitted_at < now() - make_interval(secs => :t)"
+        ),
+        {"t": timeout},
+    )
+    expired = int(result.rowcount)  # type: ignore[attr-defined]
+    if expired:
+        COMMANDS.labels(SERVICE, "failed").inc(expired)
+    return expired

@@ -42,6 +42,9 @@ class SettlementSettings(BaseServiceSettings):
     command_poll_interval: float = Field(
         default=1.0, alias="SETTLEMENT_COMMAND_POLL_INTERVAL", gt=0
     )
+    # A submitted command with no matching chain event after this many seconds is failed
+    # (the signer never got it on chain); default one day.
+    command_timeout: float = Field(default=86_400.0, alias="SETTLEMENT_COMMAND_TIMEOUT", gt=0)
 
     @field_validator("webhook_retry_schedule")
     @classmethod

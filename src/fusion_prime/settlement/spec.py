@@ -17,7 +17,7 @@ log = get_logger(__name__)
 
 
 def _background(runtime: Runtime) -> Sequence[BackgroundTask]:
-    from fusion_prime.settlement.service import submit_received
+    from fusion_prime.settlement.service import expire_submitted, submit_received
     from fusion_prime.settlement.webhooks import DeliveryWorker
 
     settings = runtime.settings
@@ -25,10 +25,11 @@ def _background(runtime: Runtime) -> Sequence[BackgroundTask]:
     worker = DeliveryWorker(runtime.sessions, settings)
 
     async def submit_commands() -> None:
-        """Move received commands to submitted (outbox to the signer), batch by batch."""
+        """Hand received commands to the signer; fail submitted ones that timed out."""
         while True:
             async with runtime.sessions() as session, session.begin():
                 done = await submit_received(session)
+                await expire_submitted(session, settings.command_timeout)
             if done == 0:
                 await asyncio.sleep(settings.command_poll_interval)
 
