@@ -10,7 +10,8 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from cryptography.fernet import Fernet
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
@@ -22,11 +23,22 @@ from pydantic import (
 )
 
 from fusion_prime.platform.errors import ConflictError, InvalidError, NotFoundError
-from fusion_prime.platform.runtime import Runtime, RuntimeDep, Session
+from fusion_prime.platform.runtime import Runtime, RuntimeDep, Session, get_runtime
 from fusion_prime.settlement import domain, repository, service, webhooks
 from fusion_prime.settlement.settings import SettlementSettings
 
 router = APIRouter(tags=["settlement"])
+
+
+READ_POOL = "read_pool"
+
+
+async def _read_pool(request: Request) -> Any:
+    """The service's asyncpg read pool (see spec.read_pool), None until it is open."""
+    return get_runtime(request).state.get(READ_POOL)
+
+
+ReadPool = Annotated[Any, Depends(_read_pool)]
 
 Address = Annotated[str, BeforeValidator(domain.normalise_address)]
 BaseUnits = Annotated[
@@ -181,12 +193,18 @@ async def list_escrows(
 
 
 @router.get("/escrows/{address}")
-async def get_escrow(address: str, session: Session) -> dict[str, Any]:
+async def get_escrow(address: str, pool: ReadPool, runtime: RuntimeDep) -> JSONResponse:
+    """One statement, no transaction needed: read through the plain asyncpg pool."""
     normalised = _address_param(address, "address")
-    row = await repository.get_escrow(session, normalised)
+    if pool is not None:
+        row = await repository.get_escrow_fast(pool, normalised)
+    else:
+        async with runtime.sessions() as session:
+            row = await repository.get_escrow(session, normalised)
     if row is None:
         raise NotFoundError(f"escrow {normalised} does not exist")
-    return _escrow_out(row)
+    # already JSON-ready: skip FastAPI's generic encoder on the hottest read
+    return JSONResponse(_escrow_out(row))
 
 
 @router.get("/escrows/{address}/history")

@@ -33,7 +33,35 @@ def _background(runtime: Runtime) -> Sequence[BackgroundTask]:
             if done == 0:
                 await asyncio.sleep(settings.command_poll_interval)
 
-    return [worker.run, submit_commands]
+    async def read_pool() -> None:
+        """Own a small asyncpg pool for hot single-statement reads for the app's lifetime."""
+        import asyncpg
+
+        from fusion_prime.settlement.api import READ_POOL
+
+        pool = await asyncpg.create_pool(
+            _asyncpg_dsn(runtime),
+            min_size=1,
+            max_size=4,
+            server_settings={"application_name": "settlement-reads"},
+        )
+        runtime.state[READ_POOL] = pool
+        try:
+            await asyncio.Event().wait()
+        finally:
+            runtime.state.pop(READ_POOL, None)
+            await pool.close()
+
+    return [worker.run, submit_commands, read_pool]
+
+
+def _asyncpg_dsn(runtime: Runtime) -> str:
+    """The service URL as a libpq DSN (asyncpg spells TLS `sslmode`, the engine `ssl`)."""
+    url = runtime.url.set(drivername="postgresql")
+    query = dict(url.query)
+    if "ssl" in query:
+        query["sslmode"] = query.pop("ssl")
+    return url.set(query=query).render_as_string(hide_password=False)
 
 
 def _routers() -> Sequence[APIRouter]:
