@@ -194,6 +194,7 @@ async def main(escrows: int, baseline_escrows: int, rate: float, seconds: float)
         # the endpoint is unreachable: keep the delivery worker from retrying thousands of
         # deliveries while the read latency is measured
         await fetch(url, "UPDATE webhook_endpoints SET enabled = false")
+        await fetch(url, "VACUUM ANALYZE")  # steady state, not autovacuum racing the load
         random.shuffle(addresses)
         with tempfile.TemporaryDirectory() as tmp:
             proc = ServiceProcess.for_service(

@@ -105,7 +105,7 @@ async def test_endpoint_failing_too_long_is_disabled(db: str, engine: AsyncEngin
     async with asgi_client(SPEC, db, **settings) as client:
         hook = (await client.post("/webhooks", json={"url": dead, "event_types": ALL})).json()
         e = Escrow()
-        await deliver(engine, [e.deployed()])
+        await deliver(engine, [e.deployed(required=1)])
 
         async def disabled() -> bool:
             return (await client.get(f"/webhooks/{hook['id']}")).json()["enabled"] is False
@@ -116,6 +116,12 @@ async def test_endpoint_failing_too_long_is_disabled(db: str, engine: AsyncEngin
         assert row["attempts"] >= 2
         assert await count_rows(db, "webhook_attempts") == row["attempts"]
         assert await fetchval(db, "SELECT disabled_reason FROM webhook_endpoints")
-        # a disabled endpoint gets no new deliveries
-        await deliver(engine, [e.refunded()])
+        # a disabled endpoint gets no new deliveries (this approval is a state change)
+        await deliver(engine, [e.approved(e.payer)])
+        assert await fetchval(db, "SELECT status FROM escrows") == "approved"
         assert await count_rows(db, "webhook_deliveries") == 1
+        # until its owner re-enables it
+        enabled = await client.post(f"/webhooks/{hook['id']}/enable")
+        assert enabled.json()["enabled"] is True and enabled.json()["disabled_at"] is None
+        await deliver(engine, [e.refunded()])
+        assert await count_rows(db, "webhook_deliveries") == 2

@@ -305,6 +305,11 @@ async def get_webhook(webhook_id: uuid.UUID, session: Session) -> dict[str, Any]
     return _jsonable(await webhooks.get_endpoint(session, webhook_id))
 
 
+@router.post("/webhooks/{webhook_id}/enable")
+async def enable_webhook(webhook_id: uuid.UUID, session: Session) -> dict[str, Any]:
+    return _jsonable(await webhooks.enable_endpoint(session, webhook_id))
+
+
 @router.get("/webhooks/{webhook_id}/deliveries")
 async def webhook_deliveries(
     webhook_id: uuid.UUID,

@@ -128,6 +128,28 @@ async def get_endpoint(session: AsyncSession, endpoint_id: uuid.UUID) -> dict[st
     return dict(row)
 
 
+async def enable_endpoint(session: AsyncSession, endpoint_id: uuid.UUID) -> dict[str, Any]:
+    """Re-enable an endpoint (after its owner fixed it); failures start counting afresh.
+    Deliveries failed while it was disabled are not resent."""
+    row = (
+        (
+            await session.execute(
+                text(
+                    "UPDATE webhook_endpoints SET enabled = true, failing_since = NULL, "
+                    "disabled_at = NULL, disabled_reason = NULL WHERE id = :id "
+                    f"RETURNING {_ENDPOINT_COLUMNS}"
+                ),
+                {"id": endpoint_id},
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise NotFoundError(f"webhook {endpoint_id} does not exist")
+    return dict(row)
+
+
 async def list_deliveries(
     session: AsyncSession, endpoint_id: uuid.UUID, limit: int
 ) -> list[dict[str, Any]]:
