@@ -143,6 +143,38 @@ async def _load(
     return latencies, errors
 
 
+async def _server_buckets(base_url: str, route: str) -> dict[float, float]:
+    """Cumulative counts of the service's own latency histogram for one route (200s)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=5.0) as client:
+        body = (await client.get("/metrics")).text
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(body):
+        if family.name != "fp_http_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name.endswith("_bucket")
+                and labels.get("route") == route
+                and labels.get("status") == "200"
+            ):
+                le = float(labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+    return buckets
+
+
+def _bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> str:
+    """The histogram bucket bound under which a fraction q of the new requests finished."""
+    diff = sorted((le, after.get(le, 0.0) - before.get(le, 0.0)) for le in after)
+    total = diff[-1][1] if diff else 0.0
+    for le, count in diff:
+        if total and count >= q * total:
+            return f"<= {le * 1000:g}"
+    return "n/a"
+
+
 def _pct(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
@@ -206,7 +238,10 @@ async def main(escrows: int, baseline_escrows: int, rate: float, seconds: float)
                 paths = [f"/escrows/{a}" for a in addresses]
                 await _load(proc.base_url, paths[:50], rate, 2.0)  # warm-up
                 live, live_err = await _load(proc.base_url, ["/health/live"], rate, seconds)
+                route = "/escrows/{address}"
+                before = await _server_buckets(proc.base_url, route)
                 got, got_err = await _load(proc.base_url, paths, rate, seconds)
+                after = await _server_buckets(proc.base_url, route)
             finally:
                 proc.terminate()
         lat = Table(title=f"settlement: latency at {rate:.0f} requests/s, one worker")
@@ -226,6 +261,11 @@ async def main(escrows: int, baseline_escrows: int, rate: float, seconds: float)
                 f"{statistics.fmean(values) * 1000:.2f}",
             )
         console.print(lat)
+        console.print(
+            "inside the service (its own histogram, bucket bounds): GET /escrows/{address} "
+            f"p50 {_bucket_quantile(before, after, 0.5)} ms, "
+            f"p99 {_bucket_quantile(before, after, 0.99)} ms"
+        )
         console.print("target: GET /escrows/{address} p99 <= 20 ms")
     finally:
         await factory.drop(url)
