@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from fusion_prime.settlement import models
 from fusion_prime.settlement.domain import ChainEvent, ChainRef, EscrowState
 
 # -- chain events -----------------------------------------------------------------------
@@ -496,25 +498,30 @@ async def list_escrows(
     after_seq: int | None,
     limit: int,
 ) -> list[dict[str, Any]]:
-    where = ["TRUE"]
-    params: dict[str, Any] = {"limit": limit}
+    """Keyset pagination on seq: stable under concurrent inserts, no OFFSET scans."""
+    e, a = models.escrows, models.assets
+    query = (
+        sa.select(
+            *(c for c in e.c if c.name != "last_tx_hash"),
+            a.c.symbol.label("asset_symbol"),
+        )
+        .select_from(
+            e.outerjoin(a, sa.and_(a.c.chain_id == e.c.chain_id, a.c.address == e.c.asset_address))
+        )
+        .order_by(e.c.seq)
+        .limit(limit)
+    )
     for column, value in (
-        ("payer", payer),
-        ("payee", payee),
-        ("status", status),
-        ("chain_id", chain_id),
+        (e.c.payer, payer),
+        (e.c.payee, payee),
+        (e.c.status, status),
+        (e.c.chain_id, chain_id),
     ):
         if value is not None:
-            where.append(f"e.{column} = :{column}")
-            params[column] = value
+            query = query.where(column == value)
     if after_seq is not None:
-        where.append("e.seq > :after")
-        params["after"] = after_seq
-    sql = (
-        f"SELECT {ESCROW_COLUMNS} {_ESCROW_FROM} WHERE {' AND '.join(where)} "
-        "ORDER BY e.seq LIMIT :limit"
-    )
-    rows = await session.execute(text(sql), params)
+        query = query.where(e.c.seq > after_seq)
+    rows = await session.execute(query)
     return [dict(r) for r in rows.mappings()]
 
 
