@@ -47,7 +47,8 @@ async def test_command_lifecycle_and_idempotency(db: str, engine: AsyncEngine) -
         command = first.json()
         assert command["status"] == "received"
         assert command["payer"] == e.payer  # normalised
-        assert command["asset_address"] == USDC and command["asset_decimals"] == 6
+        assert command["asset_address"] == USDC
+        assert command["asset_decimals"] == 6
         assert command["amount"] == "1000000"
 
         again = await client.post("/commands", json=body, headers={"Idempotency-Key": "k-1"})
@@ -64,7 +65,8 @@ async def test_command_lifecycle_and_idempotency(db: str, engine: AsyncEngine) -
         row = (await fetch(db, "SELECT * FROM commands"))[0]
         assert row["idempotency_key"] == "k-1"
         assert row["reference"] == "invoice-42"
-        assert row["release_delay"] == 3600 and row["approvals_required"] == 2
+        assert row["release_delay"] == 3600
+        assert row["approvals_required"] == 2
         assert row["body"]  # the whole request as given, normalised
 
         # the submitter hands it to the signer through the outbox
@@ -169,7 +171,8 @@ async def test_escrow_queries(db: str, engine: AsyncEngine) -> None:
         assert one.status_code == 200
         body = one.json()
         assert body["status"] == "refunded"
-        assert body["amount"] == "1000000" and body["amount_display"] == "1.000000"
+        assert body["amount"] == "1000000"
+        assert body["amount_display"] == "1.000000"
         assert body["asset_symbol"] == "USDC"
         assert (await client.get(f"/escrows/{new_address()}")).status_code == 404
         bad = await client.get("/escrows/0xnope")
@@ -192,7 +195,8 @@ async def test_escrow_queries(db: str, engine: AsyncEngine) -> None:
         assert pages == 3
         assert seen == [x.address for x in escrows[:5]]
         everything = (await client.get("/escrows", params={"limit": 200})).json()
-        assert len(everything["items"]) == 7 and everything["next_cursor"] is None
+        assert len(everything["items"]) == 7
+        assert everything["next_cursor"] is None
         refunded = (await client.get("/escrows", params={"status": "refunded"})).json()
         assert [x["address"] for x in refunded["items"]] == [escrows[0].address]
         assert (await client.get("/escrows", params={"chain_id": 5})).json()["items"] == []

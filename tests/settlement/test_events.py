@@ -127,7 +127,8 @@ async def test_conflicts_become_anomalies_not_state(db: str, engine: AsyncEngine
         "fp_settlement_anomalies_total",
         {"service": "settlement", "reason": "approver_not_allowed"},
     )
-    assert metric is not None and metric >= 1
+    assert metric is not None
+    assert metric >= 1
 
 
 async def test_arbiter_change_moves_the_right_to_approve(db: str, engine: AsyncEngine) -> None:

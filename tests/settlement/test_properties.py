@@ -136,7 +136,8 @@ async def test_handler_state_matches_rules_under_any_delivery(
         )
     ]
     expected = _reference(batches)
-    assert expected is not None and len(rows) == 1
+    assert expected is not None
+    assert len(rows) == 1
     row = rows[0]
     assert row["status"] == expected.status
     assert row["arbiter"] == expected.arbiter

@@ -64,7 +64,8 @@ async def test_escrows_history_commands_deliveries_survive_kill_9(db: str, log_d
             assert before["deliveries"]["items"][0]["status"] == "succeeded"
 
         proc.kill9()
-        assert proc.process is not None and proc.process.returncode == -9
+        assert proc.process is not None
+        assert proc.process.returncode == -9
         proc.start()
         proc.wait_ready()
         async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as client:

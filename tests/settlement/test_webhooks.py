@@ -28,7 +28,8 @@ async def test_state_changes_are_delivered_signed(db: str, engine: AsyncEngine) 
             assert rx.secret.startswith("whsec_")
             # the secret is shown once, stored only encrypted
             shown = (await client.get(f"/webhooks/{hook['id']}")).json()
-            assert "secret" not in shown and "secret_ciphertext" not in shown
+            assert "secret" not in shown
+            assert "secret_ciphertext" not in shown
             stored = await fetchval(db, "SELECT secret_ciphertext FROM webhook_endpoints")
             assert rx.secret.encode() not in bytes(stored)
 
@@ -90,7 +91,8 @@ async def test_failed_attempts_are_retried_and_recorded(db: str, engine: AsyncEn
             assert by_url[rx.url] == [500, 500, 200]
             assert by_url[down.url] == [500, 500, 500, 500]  # first try + 3 retries
             failed = (await client.get(f"/webhooks/{broken['id']}/deliveries")).json()["items"]
-            assert failed[0]["status"] == "failed" and failed[0]["attempts"] == 4
+            assert failed[0]["status"] == "failed"
+            assert failed[0]["attempts"] == 4
             # every request carried a valid signature, also the refused ones
             assert all(r.verified for r in rx.requests + down.requests)
 
@@ -122,6 +124,7 @@ async def test_endpoint_failing_too_long_is_disabled(db: str, engine: AsyncEngin
         assert await count_rows(db, "webhook_deliveries") == 1
         # until its owner re-enables it
         enabled = await client.post(f"/webhooks/{hook['id']}/enable")
-        assert enabled.json()["enabled"] is True and enabled.json()["disabled_at"] is None
+        assert enabled.json()["enabled"] is True
+        assert enabled.json()["disabled_at"] is None
         await deliver(engine, [e.refunded()])
         assert await count_rows(db, "webhook_deliveries") == 2
