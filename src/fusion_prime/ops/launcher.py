@@ -112,7 +112,7 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
 
     asyncio.run(_create())
     bus_url = server.url(BUS_DATABASE)
-    local = _local_secrets(data_dir, {name for s in specs for name in s.local_secrets})
+    local = _local_secrets(data_dir, {name for s in specs for name in s.required_secrets})
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
 
@@ -121,7 +121,7 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
         port = _pick_port(spec.default_port)
         db_url = server.url(spec.database_name)
         env = {
-            **{k: v for k, v in local.items() if k in spec.local_secrets},
+            **{k: v for k, v in local.items() if k in spec.required_secrets},
             **os.environ,
             "DATABASE_URL": db_url,
             "FP_BUS": "postgres",

@@ -80,5 +80,5 @@ SPEC = ServiceSpec(
     background=_background,
     description="escrows from chain events, settlement commands, history, signed webhooks",
     publishes=("settlement.escrows.v1", "settlement.commands.v1"),
-    local_secrets=("SETTLEMENT_WEBHOOK_KEY",),
+    required_secrets=("SETTLEMENT_WEBHOOK_KEY",),
 )
