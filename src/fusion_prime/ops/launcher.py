@@ -41,6 +41,24 @@ def _pick_port(preferred: int) -> int:
     return preferred if port_free(preferred) else free_port()
 
 
+def _local_secrets(data_dir: Path, names: set[str]) -> dict[str, str]:
+    """Secrets services require, generated once for this local data directory.
+
+    Kept in <data_dir>/local-secrets.json (mode 0600) beside the data they protect, so
+    what was encrypted stays readable on the next `up`. Only the local launcher does this;
+    a deployed service gets its secrets from the environment or refuses to start.
+    """
+    path = data_dir / "local-secrets.json"
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = sorted(names - stored.keys())
+    if missing:
+        stored.update({name: secrets.token_urlsafe(48) for name in missing})
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(stored, fh)
+    return stored
+
+
 def _wait_ready(children: list[Child], console: Console) -> dict[str, str]:
     status: dict[str, str] = {c.spec.name: "starting" for c in children}
     deadline = time.monotonic() + READY_TIMEOUT
@@ -73,24 +91,6 @@ def _stop_children(children: list[Child]) -> None:
         except subprocess.TimeoutExpired:
             c.process.kill()
             c.process.wait()
-
-
-def _local_secrets(data_dir: Path, names: set[str]) -> dict[str, str]:
-    """Secrets services require, generated once for this local data directory.
-
-    Kept in <data_dir>/local-secrets.json (mode 0600) beside the data they protect, so
-    what was encrypted stays readable on the next `up`. Only the local launcher does this;
-    a deployed service gets its secrets from the environment or refuses to start.
-    """
-    path = data_dir / "local-secrets.json"
-    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    missing = sorted(names - stored.keys())
-    if missing:
-        stored.update({name: secrets.token_urlsafe(48) for name in missing})
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(stored, fh)
-    return stored
 
 
 def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
