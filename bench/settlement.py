@@ -93,7 +93,7 @@ async def _ingest(url: str, raw: Sequence[str], *, batched: bool) -> float:
 async def _register_webhook(url: str) -> None:
     """One subscribed endpoint, so each state change also writes its delivery row."""
     from fusion_prime.settlement.settings import SettlementSettings
-    from fusion_prime.settlement.webhooks import cipher, create_endpoint
+    from fusion_prime.settlement.webhooks import create_endpoint, settings_cipher
 
     settings = SettlementSettings(DATABASE_URL=url, SETTLEMENT_WEBHOOK_KEY=WEBHOOK_KEY)
     engine = create_engine(normalise_database_url(url, service="bench"), pool_size=1)
@@ -101,7 +101,7 @@ async def _register_webhook(url: str) -> None:
         async with async_sessionmaker(engine)() as session, session.begin():
             await create_endpoint(
                 session,
-                cipher(settings.webhook_key.get_secret_value()),
+                settings_cipher(settings),
                 "http://127.0.0.1:9/unreachable",
                 ["escrow.created", "escrow.approved", "escrow.released"],
             )

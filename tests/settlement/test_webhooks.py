@@ -128,3 +128,37 @@ async def test_endpoint_failing_too_long_is_disabled(db: str, engine: AsyncEngin
         assert enabled.json()["disabled_at"] is None
         await deliver(engine, [e.refunded()])
         assert await count_rows(db, "webhook_deliveries") == 2
+
+
+async def test_webhook_key_rotation(db: str, engine: AsyncEngine) -> None:
+    import subprocess
+    import sys
+
+    from tests.harness import REPO_ROOT, _env
+
+    old_key, new_key = "old-" + "a" * 40, "new-" + "b" * 40
+    with receiver() as rx:
+        async with asgi_client(SPEC, db, **FAST | {"SETTLEMENT_WEBHOOK_KEY": old_key}) as client:
+            hook = (await client.post("/webhooks", json={"url": rx.url, "event_types": ALL})).json()
+            rx.secret = hook["secret"]
+        before = bytes(await fetchval(db, "SELECT secret_ciphertext FROM webhook_endpoints"))
+        env = _env(
+            db, {"SETTLEMENT_WEBHOOK_KEY": new_key, "SETTLEMENT_WEBHOOK_PREVIOUS_KEYS": old_key}
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "fusion_prime.cli", "settlement", "reencrypt-webhook-secrets"],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "re-encrypted 1" in done.stdout
+        after = bytes(await fetchval(db, "SELECT secret_ciphertext FROM webhook_endpoints"))
+        assert after != before
+        # the new key alone now signs with the same secret
+        async with asgi_client(SPEC, db, **FAST | {"SETTLEMENT_WEBHOOK_KEY": new_key}):
+            await deliver(engine, [Escrow().deployed()])
+            await wait_for(lambda: _deliveries_done(db, "succeeded", 1))
+        assert len(rx.verified_bodies()) == 1

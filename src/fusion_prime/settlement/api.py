@@ -9,7 +9,7 @@ import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import MultiFernet
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import (
@@ -277,14 +277,14 @@ class WebhookIn(BaseModel):
         return value
 
 
-def _fernet(runtime: Runtime) -> Fernet:
+def _fernet(runtime: Runtime) -> MultiFernet:
     fernet = runtime.state.get("webhook_fernet")
     if fernet is None:
         settings = runtime.settings
         assert isinstance(settings, SettlementSettings)
-        fernet = webhooks.cipher(settings.webhook_key.get_secret_value())
+        fernet = webhooks.settings_cipher(settings)
         runtime.state["webhook_fernet"] = fernet
-    assert isinstance(fernet, Fernet)
+    assert isinstance(fernet, MultiFernet)
     return fernet
 
 

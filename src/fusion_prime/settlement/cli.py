@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from fusion_prime.platform.database import (
     DatabaseConfigError,
@@ -88,3 +89,29 @@ def parked(
     for row in rows:
         table.add_row(*(str(v) for v in row))
     out.print(table)
+
+
+@app.command("reencrypt-webhook-secrets")
+def reencrypt_webhook_secrets() -> None:
+    """After rotating SETTLEMENT_WEBHOOK_KEY (old one in SETTLEMENT_WEBHOOK_PREVIOUS_KEYS):
+    re-encrypt every stored webhook secret under the new key, in one transaction."""
+    from pydantic import ValidationError
+
+    from fusion_prime.settlement.settings import SettlementSettings
+    from fusion_prime.settlement.webhooks import reencrypt_secrets, settings_cipher
+
+    try:
+        settings = SettlementSettings()
+        url = normalise_database_url(settings.database_url, service="settlement")
+    except (ValidationError, DatabaseConfigError) as exc:
+        err.print(str(exc).splitlines()[0] if isinstance(exc, DatabaseConfigError) else exc)
+        raise typer.Exit(2) from None
+
+    async def _go() -> int:
+        async with engine_scope(url, pool_size=1, app_name="settlement-cli") as engine:
+            async with engine.begin() as conn:
+                session = AsyncSession(bind=conn)
+                return await reencrypt_secrets(session, settings_cipher(settings))
+
+    count = asyncio.run(_go())
+    out.print(f"re-encrypted {count} webhook secrets under the current key")

@@ -26,6 +26,11 @@ class SettlementSettings(BaseServiceSettings):
     # Key material for encrypting webhook signing secrets at rest (any string of >= 32
     # characters; a Fernet key is derived from it with HKDF). Required, no default.
     webhook_key: SecretStr = Field(alias="SETTLEMENT_WEBHOOK_KEY", min_length=32)
+    # Comma-separated keys that were SETTLEMENT_WEBHOOK_KEY before a rotation: still
+    # accepted for decrypting until `fusion-prime settlement reencrypt-webhook-secrets` ran.
+    webhook_previous_keys: SecretStr = Field(
+        default=SecretStr(""), alias="SETTLEMENT_WEBHOOK_PREVIOUS_KEYS"
+    )
     webhook_retry_schedule: str = Field(
         default=DEFAULT_RETRY_SCHEDULE, alias="SETTLEMENT_WEBHOOK_RETRY_SCHEDULE"
     )

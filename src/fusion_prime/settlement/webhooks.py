@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from prometheus_client import Counter
@@ -50,7 +50,7 @@ DISABLED = Counter(
 )
 
 
-def cipher(key: str) -> Fernet:
+def _fernet(key: str) -> Fernet:
     derived = HKDF(
         algorithm=hashes.SHA256(),
         length=32,
@@ -58,6 +58,37 @@ def cipher(key: str) -> Fernet:
         info=b"fusion-prime/settlement/webhook-secrets/v1",
     ).derive(key.encode())
     return Fernet(base64.urlsafe_b64encode(derived))
+
+
+def cipher(key: str, previous: Sequence[str] = ()) -> MultiFernet:
+    """Encrypts with `key`; decrypts with it or any previous key (for key rotation)."""
+    return MultiFernet([_fernet(key), *(_fernet(k) for k in previous)])
+
+
+def settings_cipher(settings: SettlementSettings) -> MultiFernet:
+    return cipher(
+        settings.webhook_key.get_secret_value(),
+        [
+            k.strip()
+            for k in settings.webhook_previous_keys.get_secret_value().split(",")
+            if k.strip()
+        ],
+    )
+
+
+async def reencrypt_secrets(session: AsyncSession, fernet: MultiFernet) -> int:
+    """Re-encrypt every stored secret under the current key (after a key rotation)."""
+    rows = (
+        await session.execute(
+            text("SELECT id, secret_ciphertext FROM webhook_endpoints FOR UPDATE")
+        )
+    ).all()
+    for row in rows:
+        await session.execute(
+            text("UPDATE webhook_endpoints SET secret_ciphertext = :c WHERE id = :id"),
+            {"c": fernet.rotate(bytes(row.secret_ciphertext)), "id": row.id},
+        )
+    return len(rows)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -86,7 +117,7 @@ _ENDPOINT_COLUMNS = (
 
 
 async def create_endpoint(
-    session: AsyncSession, fernet: Fernet, url: str, event_types: Sequence[str]
+    session: AsyncSession, fernet: MultiFernet, url: str, event_types: Sequence[str]
 ) -> tuple[dict[str, Any], str]:
     """Register an endpoint; returns it and the plain secret (the only time it is seen)."""
     secret = "whsec_" + secrets.token_urlsafe(32)
@@ -206,7 +237,7 @@ class DeliveryWorker:
         self.sessions = sessions
         self.settings = settings
         self.schedule = settings.retry_schedule
-        self.fernet = cipher(settings.webhook_key.get_secret_value())
+        self.fernet = settings_cipher(settings)
         self._client = client
 
     async def run(self) -> None:
