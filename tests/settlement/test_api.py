@@ -208,6 +208,8 @@ async def test_escrow_queries(db: str, engine: AsyncEngine) -> None:
         history = (await client.get(f"/escrows/{escrows[0].address}/history")).json()
         assert [h["to_status"] for h in history["items"]] == ["created", "refunded"]
         assert history["items"][0]["tx_hash"].startswith("0x")
+        assert history["items"][0]["details"]["payer"] == payer
+        assert history["items"][0]["details"]["amount"] == "1000000"
         anomalies = (await client.get(f"/escrows/{escrows[1].address}/anomalies")).json()
         assert [a["reason"] for a in anomalies["items"]] == ["approver_not_allowed"]
         assert (await client.get(f"/escrows/{new_address()}/history")).status_code == 404
@@ -239,3 +241,25 @@ async def test_unconfirmed_command_fails_after_timeout(db: str, engine: AsyncEng
     row = (await fetch(db, "SELECT * FROM commands"))[0]
     assert row["submitted_at"] is not None
     assert "no matching chain event" in row["failure_reason"]
+
+
+async def test_fast_read_path_matches_the_orm_path(db: str, engine: AsyncEngine) -> None:
+    import asyncpg
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from fusion_prime.platform.admin import asyncpg_dsn
+    from fusion_prime.settlement import repository
+
+    e = Escrow()
+    await deliver(engine, [e.deployed(), e.approved(e.payer), e.approved(e.arbiter)])
+    pool = await asyncpg.create_pool(asyncpg_dsn(db), min_size=1, max_size=1)
+    try:
+        fast = await repository.get_escrow_fast(pool, e.address)
+        assert await repository.get_escrow_fast(pool, new_address()) is None
+    finally:
+        await pool.close()
+    async with async_sessionmaker(engine)() as session:
+        slow = await repository.get_escrow(session, e.address)
+    assert fast == slow
+    assert fast is not None
+    assert [a["approver"] for a in fast["approvals"]] == [e.payer, e.arbiter]

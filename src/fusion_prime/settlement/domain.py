@@ -244,7 +244,17 @@ def _deploy(event: Deployed) -> Applied:
         deployed=event.ref,
         last=event.ref,
     )
-    return Applied(state, None, "created", {"amount": str(event.amount)})
+    details: dict[str, str | int] = {
+        "payer": event.payer,
+        "payee": event.payee,
+        "arbiter": event.arbiter,
+        "asset": event.asset,
+        "decimals": event.decimals,
+        "amount": str(event.amount),
+        "release_delay": event.release_delay,
+        "approvals_required": event.approvals_required,
+    }
+    return Applied(state, None, "created", details)
 
 
 def _approve(state: EscrowState, event: Approved) -> Outcome:
