@@ -39,6 +39,8 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
 
 # scope="function": the commit happens before the response leaves, so a 2xx means stored.
 Session = Annotated[AsyncSession, Depends(_session, scope="function")]
+
+
 async def _runtime(request: Request) -> Runtime:
     """Async on purpose: FastAPI runs a sync dependency in its thread pool on every request."""
     return get_runtime(request)
