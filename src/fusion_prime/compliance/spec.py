@@ -25,4 +25,5 @@ SPEC = ServiceSpec(
     settings_cls=ComplianceSettings,
     description="KYC cases, AML monitoring, sanctions screening, hash-chained audit trail",
     publishes=("compliance.decisions.v1",),
+    required_secrets=("KYC_WEBHOOK_SECRET",),
 )

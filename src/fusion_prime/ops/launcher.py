@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -37,6 +39,24 @@ class Child:
 
 def _pick_port(preferred: int) -> int:
     return preferred if port_free(preferred) else free_port()
+
+
+def _local_secrets(data_dir: Path, names: set[str]) -> dict[str, str]:
+    """Secrets services require, generated once for this local data directory.
+
+    Kept in <data_dir>/local-secrets.json (mode 0600) beside the data they protect, so
+    what was encrypted stays readable on the next `up`. Only the local launcher does this;
+    a deployed service gets its secrets from the environment or refuses to start.
+    """
+    path = data_dir / "local-secrets.json"
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = sorted(names - stored.keys())
+    if missing:
+        stored.update({name: secrets.token_urlsafe(48) for name in missing})
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(stored, fh)
+    return stored
 
 
 def _wait_ready(children: list[Child], console: Console) -> dict[str, str]:
@@ -94,6 +114,7 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
 
     asyncio.run(_create())
     bus_url = server.url(BUS_DATABASE)
+    local = _local_secrets(data_dir, {name for s in specs for name in s.required_secrets})
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
 
@@ -102,6 +123,7 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
         port = _pick_port(spec.default_port)
         db_url = server.url(spec.database_name)
         env = {
+            **{k: v for k, v in local.items() if k in spec.required_secrets},
             **os.environ,
             "DATABASE_URL": db_url,
             "FP_BUS": "postgres",

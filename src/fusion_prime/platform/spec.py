@@ -33,6 +33,10 @@ class ServiceSpec:
     description: str = ""
     # topics this service publishes through its outbox (see platform/bus/registry.py)
     publishes: tuple[str, ...] = ()
+    # env names of secrets the service refuses to start without, besides DATABASE_URL:
+    # `fusion-prime up` generates them once per local data directory; deployments must
+    # provide them (Secret Manager). Never a default value in code.
+    required_secrets: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -74,6 +74,13 @@ TOPICS: tuple[Topic, ...] = (
         publisher="settlement",
         event_types=("escrow.state_changed",),
     ),
+    # Settlement commands handed to the external transaction signer (outside this system);
+    # their outcome comes back as chain events on settlement.events.v1.
+    Topic(
+        "settlement.commands.v1",
+        publisher="settlement",
+        event_types=("settlement.command_submitted",),
+    ),
     Topic(
         "compliance.decisions.v1",
         publisher="compliance",

@@ -1,0 +1,1 @@
+"""Settlement: escrows from chain events, settlement commands, history and signed webhooks."""

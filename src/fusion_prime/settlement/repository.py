@@ -1,0 +1,605 @@
+"""SQL for the settlement tables. Never commits: the caller owns the transaction.
+
+Ingestion writes are set-based (one statement per table per batch, arrays through
+unnest) because per-row round trips are what limits a consumer's throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from fusion_prime.settlement import models
+from fusion_prime.settlement.domain import ChainEvent, ChainRef, EscrowState
+
+# -- chain events -----------------------------------------------------------------------
+
+_INSERT_CHAIN_EVENTS = text(
+    "INSERT INTO chain_events "
+    "(chain_id, tx_hash, log_index, block_number, event_type, escrow_address, envelope_id, data) "
+    "SELECT * FROM unnest(CAST(:chain_ids AS bigint[]), CAST(:tx_hashes AS text[]), "
+    "CAST(:log_indexes AS integer[]), CAST(:blocks AS bigint[]), CAST(:types AS text[]), "
+    "CAST(:escrows AS text[]), CAST(:envelope_ids AS uuid[]), CAST(:datas AS jsonb[])) "
+    "ON CONFLICT ON CONSTRAINT uq_chain_events_key DO NOTHING "
+    "RETURNING id, chain_id, tx_hash, log_index"
+)
+
+
+@dataclass(frozen=True)
+class NewChainEvent:
+    envelope_id: uuid.UUID
+    event: ChainEvent
+    data_json: str
+
+
+async def insert_chain_events(
+    session: AsyncSession, items: Sequence[NewChainEvent]
+) -> dict[tuple[int, str, int], int]:
+    """Record events by their chain key; returns key -> id for the ones not seen before."""
+    if not items:
+        return {}
+    rows = await session.execute(
+        _INSERT_CHAIN_EVENTS,
+        {
+            "chain_ids": [i.event.ref.chain_id for i in items],
+            "tx_hashes": [i.event.ref.tx_hash for i in items],
+            "log_indexes": [i.event.ref.log_index for i in items],
+            "blocks": [i.event.ref.block_number for i in items],
+            "types": [i.event.type for i in items],
+            "escrows": [i.event.escrow for i in items],
+            "envelope_ids": [i.envelope_id for i in items],
+            "datas": [i.data_json for i in items],
+        },
+    )
+    return {(r.chain_id, r.tx_hash, r.log_index): r.id for r in rows}
+
+
+async def lock_escrows(session: AsyncSession, addresses: Sequence[str]) -> None:
+    """Serialise concurrent batches per escrow address (also for not-yet-deployed ones, so a
+    parked event and its deployment cannot pass each other in two transactions)."""
+    await session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(a, 7) AS k "
+            "FROM unnest(CAST(:addrs AS text[])) AS a ORDER BY k) AS keys"
+        ),
+        {"addrs": list(addresses)},
+    )
+
+
+_LOAD_STATES = text(
+    "SELECT e.address, e.chain_id, e.payer, e.payee, e.arbiter, e.asset_address, "
+    "e.asset_decimals, e.amount, e.release_delay, e.approvals_required, e.status, "
+    "e.deployed_block, e.deployed_log_index, e.deployed_tx_hash, e.last_block, "
+    "e.last_log_index, e.last_tx_hash, "
+    "coalesce(array_agg(p.approver ORDER BY p.block_number, p.log_index) "
+    "FILTER (WHERE p.approver IS NOT NULL), '{}') AS approvers "
+    "FROM escrows e LEFT JOIN escrow_approvals p ON p.escrow_address = e.address "
+    "WHERE e.address = ANY(CAST(:addrs AS text[])) GROUP BY e.address"
+)
+
+
+async def load_states(session: AsyncSession, addresses: Sequence[str]) -> dict[str, EscrowState]:
+    rows = await session.execute(_LOAD_STATES, {"addrs": list(addresses)})
+    states: dict[str, EscrowState] = {}
+    for r in rows:
+        states[r.address] = EscrowState(
+            address=r.address,
+            chain_id=r.chain_id,
+            payer=r.payer,
+            payee=r.payee,
+            arbiter=r.arbiter,
+            asset=r.asset_address,
+            decimals=r.asset_decimals,
+            amount=int(r.amount),
+            release_delay=r.release_delay,
+            approvals_required=r.approvals_required,
+            status=r.status,
+            approvers=tuple(r.approvers),
+            deployed=ChainRef(
+                r.deployed_block, r.deployed_log_index, r.chain_id, r.deployed_tx_hash
+            ),
+            last=ChainRef(r.last_block, r.last_log_index, r.chain_id, r.last_tx_hash),
+        )
+    return states
+
+
+async def take_parked(
+    session: AsyncSession, addresses: Sequence[str]
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """Remove and return (chain event id, type, data) of events parked for these escrows."""
+    if not addresses:
+        return []
+    rows = await session.execute(
+        text(
+            "WITH taken AS (DELETE FROM parked_events WHERE escrow_address = "
+            "ANY(CAST(:addrs AS text[])) RETURNING chain_event_id) "
+            "SELECT c.id, c.event_type, c.data FROM taken JOIN chain_events c "
+            "ON c.id = taken.chain_event_id"
+        ),
+        {"addrs": list(addresses)},
+    )
+    return [(r.id, r.event_type, r.data) for r in rows]
+
+
+async def park(session: AsyncSession, parked: Sequence[tuple[int, str]]) -> None:
+    if not parked:
+        return
+    await session.execute(
+        text(
+            "INSERT INTO parked_events (chain_event_id, escrow_address) "
+            "SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:addrs AS text[]))"
+        ),
+        {"ids": [p[0] for p in parked], "addrs": [p[1] for p in parked]},
+    )
+
+
+async def upsert_escrows(session: AsyncSession, states: Sequence[EscrowState]) -> None:
+    if not states:
+        return
+    await session.execute(
+        text(
+            "INSERT INTO escrows (address, chain_id, payer, payee, arbiter, asset_address, "
+            "asset_decimals, amount, release_delay, approvals_required, approvals_count, status, "
+            "deployed_block, deployed_tx_hash, deployed_log_index, last_block, last_log_index, "
+            "last_tx_hash) "
+            "SELECT * FROM unnest(CAST(:address AS text[]), CAST(:chain_id AS bigint[]), "
+            "CAST(:payer AS text[]), CAST(:payee AS text[]), CAST(:arbiter AS text[]), "
+            "CAST(:asset AS text[]), CAST(:decimals AS smallint[]), CAST(:amount AS numeric[]), "
+            "CAST(:release_delay AS bigint[]), CAST(:required AS smallint[]), "
+            "CAST(:count AS smallint[]), CAST(:status AS text[]), CAST(:dblock AS bigint[]), "
+            "CAST(:dtx AS text[]), CAST(:dlog AS integer[]), CAST(:lblock AS bigint[]), "
+            "CAST(:llog AS integer[]), CAST(:ltx AS text[])) "
+            "ON CONFLICT (address) DO UPDATE SET arbiter = excluded.arbiter, "
+            "status = excluded.status, approvals_count = excluded.approvals_count, "
+            "last_block = excluded.last_block, last_log_index = excluded.last_log_index, "
+            "last_tx_hash = excluded.last_tx_hash, updated_at = now()"
+        ),
+        {
+            "address": [s.address for s in states],
+            "chain_id": [s.chain_id for s in states],
+            "payer": [s.payer for s in states],
+            "payee": [s.payee for s in states],
+            "arbiter": [s.arbiter for s in states],
+            "asset": [s.asset for s in states],
+            "decimals": [s.decimals for s in states],
+            "amount": [Decimal(s.amount) for s in states],
+            "release_delay": [s.release_delay for s in states],
+            "required": [s.approvals_required for s in states],
+            "count": [len(s.approvers) for s in states],
+            "status": [s.status for s in states],
+            "dblock": [s.deployed.block_number for s in states],
+            "dtx": [s.deployed.tx_hash for s in states],
+            "dlog": [s.deployed.log_index for s in states],
+            "lblock": [s.last.block_number for s in states],
+            "llog": [s.last.log_index for s in states],
+            "ltx": [s.last.tx_hash for s in states],
+        },
+    )
+
+
+@dataclass(frozen=True)
+class ApprovalRow:
+    escrow: str
+    approver: str
+    role: str
+    ref: ChainRef
+
+
+async def insert_approvals(session: AsyncSession, rows: Sequence[ApprovalRow]) -> None:
+    if not rows:
+        return
+    await session.execute(
+        text(
+            "INSERT INTO escrow_approvals (escrow_address, approver, role, block_number, "
+            "tx_hash, log_index) SELECT * FROM unnest(CAST(:e AS text[]), CAST(:a AS text[]), "
+            "CAST(:r AS text[]), CAST(:b AS bigint[]), CAST(:t AS text[]), "
+            "CAST(:l AS integer[]))"
+        ),
+        {
+            "e": [r.escrow for r in rows],
+            "a": [r.approver for r in rows],
+            "r": [r.role for r in rows],
+            "b": [r.ref.block_number for r in rows],
+            "t": [r.ref.tx_hash for r in rows],
+            "l": [r.ref.log_index for r in rows],
+        },
+    )
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    escrow: str
+    chain_event_id: int
+    ref: ChainRef
+    event_type: str
+    from_status: str | None
+    to_status: str
+    details_json: str
+
+
+async def insert_history(session: AsyncSession, rows: Sequence[HistoryRow]) -> None:
+    if not rows:
+        return
+    await session.execute(
+        text(
+            "INSERT INTO escrow_history (escrow_address, chain_event_id, chain_id, tx_hash, "
+            "log_index, block_number, event_type, from_status, to_status, details) "
+            "SELECT * FROM unnest(CAST(:e AS text[]), CAST(:ce AS bigint[]), "
+            "CAST(:c AS bigint[]), CAST(:t AS text[]), CAST(:l AS integer[]), "
+            "CAST(:b AS bigint[]), CAST(:ty AS text[]), CAST(:f AS text[]), "
+            "CAST(:to AS text[]), CAST(:d AS jsonb[]))"
+        ),
+        {
+            "e": [r.escrow for r in rows],
+            "ce": [r.chain_event_id for r in rows],
+            "c": [r.ref.chain_id for r in rows],
+            "t": [r.ref.tx_hash for r in rows],
+            "l": [r.ref.log_index for r in rows],
+            "b": [r.ref.block_number for r in rows],
+            "ty": [r.event_type for r in rows],
+            "f": [r.from_status for r in rows],
+            "to": [r.to_status for r in rows],
+            "d": [r.details_json for r in rows],
+        },
+    )
+
+
+@dataclass(frozen=True)
+class AnomalyRow:
+    escrow: str
+    chain_event_id: int
+    ref: ChainRef
+    event_type: str
+    reason: str
+    detail: str
+    status_at_event: str | None
+
+
+async def insert_anomalies(session: AsyncSession, rows: Sequence[AnomalyRow]) -> None:
+    if not rows:
+        return
+    await session.execute(
+        text(
+            "INSERT INTO escrow_anomalies (escrow_address, chain_event_id, chain_id, tx_hash, "
+            "log_index, block_number, event_type, reason, detail, status_at_event) "
+            "SELECT * FROM unnest(CAST(:e AS text[]), CAST(:ce AS bigint[]), "
+            "CAST(:c AS bigint[]), CAST(:t AS text[]), CAST(:l AS integer[]), "
+            "CAST(:b AS bigint[]), CAST(:ty AS text[]), CAST(:r AS text[]), "
+            "CAST(:d AS text[]), CAST(:s AS text[]))"
+        ),
+        {
+            "e": [r.escrow for r in rows],
+            "ce": [r.chain_event_id for r in rows],
+            "c": [r.ref.chain_id for r in rows],
+            "t": [r.ref.tx_hash for r in rows],
+            "l": [r.ref.log_index for r in rows],
+            "b": [r.ref.block_number for r in rows],
+            "ty": [r.event_type for r in rows],
+            "r": [r.reason for r in rows],
+            "d": [r.detail for r in rows],
+            "s": [r.status_at_event for r in rows],
+        },
+    )
+
+
+# -- outbox and webhook deliveries (same transaction as the state change) ----------------
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: uuid.UUID
+    topic: str
+    subject: str
+    event_type: str
+    envelope_json: str
+
+
+async def insert_outbox(session: AsyncSession, rows: Sequence[OutboxRow]) -> None:
+    """Set-based equivalent of platform.bus.outbox.publish_envelope for a whole batch."""
+    if not rows:
+        return
+    await session.execute(
+        text(
+            "INSERT INTO outbox (id, topic, subject, event_type, envelope) "
+            "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[]), "
+            "CAST(:subjects AS text[]), CAST(:types AS text[]), CAST(:envs AS jsonb[]))"
+        ),
+        {
+            "ids": [r.id for r in rows],
+            "topics": [r.topic for r in rows],
+            "subjects": [r.subject for r in rows],
+            "types": [r.event_type for r in rows],
+            "envs": [r.envelope_json for r in rows],
+        },
+    )
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    event_id: uuid.UUID
+    event_type: str
+    escrow: str
+    body: str
+
+
+async def insert_deliveries(session: AsyncSession, events: Sequence[WebhookEvent]) -> None:
+    """One delivery per (enabled endpoint subscribed to the type, event), due at once."""
+    if not events:
+        return
+    await session.execute(
+        text(
+            "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, "
+            "escrow_address, body, status, next_attempt_at) "
+            "SELECT gen_random_uuid(), w.id, ev.event_id, ev.event_type, ev.escrow, ev.body, "
+            "'pending', now() "
+            "FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:escrows AS text[]), "
+            "CAST(:bodies AS text[])) AS ev(event_id, event_type, escrow, body) "
+            "JOIN webhook_endpoints w ON w.enabled AND ev.event_type = ANY(w.event_types)"
+        ),
+        {
+            "ids": [e.event_id for e in events],
+            "types": [e.event_type for e in events],
+            "escrows": [e.escrow for e in events],
+            "bodies": [e.body for e in events],
+        },
+    )
+
+
+# -- commands matched by chain events -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandMatch:
+    escrow: str
+    action: str
+    actor: str | None
+    chain_event_id: int
+
+
+async def confirm_commands(session: AsyncSession, matches: Sequence[CommandMatch]) -> int:
+    if not matches:
+        return 0
+    result = await session.execute(
+        text(
+            "UPDATE commands c SET status = 'confirmed', "
+            "confirmed_chain_event_id = ev.chain_event_id, resolved_at = now(), "
+            "updated_at = now() "
+            "FROM unnest(CAST(:escrows AS text[]), CAST(:actions AS text[]), "
+            "CAST(:actors AS text[]), CAST(:ids AS bigint[])) "
+            "AS ev(escrow, action, actor, chain_event_id) "
+            "WHERE c.status IN ('received', 'submitted') AND c.escrow_address = ev.escrow "
+            "AND c.action = ev.action AND CASE c.action WHEN 'approve' THEN c.approver = ev.actor "
+            "WHEN 'change_arbiter' THEN c.new_arbiter = ev.actor ELSE true END "
+            "RETURNING c.id"
+        ),
+        {
+            "escrows": [m.escrow for m in matches],
+            "actions": [m.action for m in matches],
+            "actors": [m.actor for m in matches],
+            "ids": [m.chain_event_id for m in matches],
+        },
+    )
+    return len(result.all())
+
+
+async def confirm_creations(
+    session: AsyncSession, deployed: Sequence[tuple[EscrowState, int]]
+) -> int:
+    """A deployment confirms the oldest pending create_escrow command with the same terms."""
+    if not deployed:
+        return 0
+    result = await session.execute(
+        text(
+            "WITH d AS (SELECT * FROM unnest(CAST(:addrs AS text[]), CAST(:chains AS bigint[]), "
+            "CAST(:payers AS text[]), CAST(:payees AS text[]), CAST(:arbiters AS text[]), "
+            "CAST(:assets AS text[]), CAST(:amounts AS numeric[]), CAST(:reqs AS smallint[]), "
+            "CAST(:delays AS bigint[]), CAST(:ids AS bigint[])) AS d(address, chain_id, payer, "
+            "payee, arbiter, asset, amount, req, delay, chain_event_id)), "
+            "m AS (SELECT DISTINCT ON (d.address) d.address, d.chain_event_id, c.id "
+            "FROM d JOIN commands c ON c.action = 'create_escrow' "
+            "AND c.status IN ('received', 'submitted') AND c.chain_id = d.chain_id "
+            "AND c.payer = d.payer AND c.payee = d.payee AND c.arbiter = d.arbiter "
+            "AND c.asset_address = d.asset AND c.amount = d.amount "
+            "AND c.approvals_required = d.req AND c.release_delay = d.delay "
+            "ORDER BY d.address, c.created_at, c.id) "
+            "UPDATE commands c SET status = 'confirmed', escrow_address = m.address, "
+            "confirmed_chain_event_id = m.chain_event_id, resolved_at = now(), "
+            "updated_at = now() FROM m WHERE c.id = m.id RETURNING c.id"
+        ),
+        {
+            "addrs": [s.address for s, _ in deployed],
+            "chains": [s.chain_id for s, _ in deployed],
+            "payers": [s.payer for s, _ in deployed],
+            "payees": [s.payee for s, _ in deployed],
+            "arbiters": [s.arbiter for s, _ in deployed],
+            "assets": [s.asset for s, _ in deployed],
+            "amounts": [Decimal(s.amount) for s, _ in deployed],
+            "reqs": [s.approvals_required for s, _ in deployed],
+            "delays": [s.release_delay for s, _ in deployed],
+            "ids": [i for _, i in deployed],
+        },
+    )
+    return len(result.all())
+
+
+async def fail_commands_of_closed(session: AsyncSession, addresses: Sequence[str]) -> int:
+    """Pending commands on an escrow that reached a terminal state can never happen now."""
+    if not addresses:
+        return 0
+    result = await session.execute(
+        text(
+            "UPDATE commands c SET status = 'failed', "
+            "failure_reason = 'escrow is ' || e.status || ' on chain', resolved_at = now(), "
+            "updated_at = now() FROM escrows e WHERE e.address = c.escrow_address "
+            "AND c.escrow_address = ANY(CAST(:addrs AS text[])) "
+            "AND c.status IN ('received', 'submitted') AND e.status IN ('released', 'refunded')"
+        ),
+        {"addrs": list(addresses)},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# -- queries ----------------------------------------------------------------------------
+
+ESCROW_COLUMNS = (
+    "e.seq, e.address, e.chain_id, e.payer, e.payee, e.arbiter, e.asset_address, "
+    "e.asset_decimals, a.symbol AS asset_symbol, e.amount, e.release_delay, "
+    "e.approvals_required, e.approvals_count, e.status, e.deployed_block, e.deployed_tx_hash, "
+    "e.deployed_log_index, e.last_block, e.last_log_index, e.created_at, e.updated_at"
+)
+_ESCROW_FROM = (
+    "FROM escrows e LEFT JOIN assets a ON a.chain_id = e.chain_id AND a.address = e.asset_address"
+)
+
+GET_ESCROW_SQL = (
+    f"SELECT {ESCROW_COLUMNS}, coalesce((SELECT json_agg(json_build_object("
+    "'approver', p.approver, 'role', p.role, 'block_number', p.block_number, "
+    "'tx_hash', p.tx_hash, 'log_index', p.log_index) ORDER BY p.block_number, p.log_index) "
+    "FROM escrow_approvals p WHERE p.escrow_address = e.address), '[]') AS approvals "
+    f"{_ESCROW_FROM} WHERE e.address = $1"
+)
+_GET_ESCROW = text(GET_ESCROW_SQL.replace("$1", ":address"))
+
+
+async def get_escrow_fast(pool: Any, address: str) -> dict[str, Any] | None:
+    """The same read on a plain asyncpg pool: the hot path of `GET /escrows/{address}`,
+    where SQLAlchemy's per-statement overhead is several times the query itself."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(GET_ESCROW_SQL, address)
+    if row is None:
+        return None
+    out = dict(row)
+    out["approvals"] = json.loads(out["approvals"])
+    return out
+
+
+async def get_escrow(
+    session: AsyncSession | AsyncConnection, address: str
+) -> dict[str, Any] | None:
+    row = (await session.execute(_GET_ESCROW, {"address": address})).mappings().first()
+    return dict(row) if row is not None else None
+
+
+async def list_escrows(
+    session: AsyncSession,
+    *,
+    payer: str | None,
+    payee: str | None,
+    status: str | None,
+    chain_id: int | None,
+    after_seq: int | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Keyset pagination on seq: stable under concurrent inserts, no OFFSET scans."""
+    e, a = models.escrows, models.assets
+    query = (
+        sa.select(
+            *(c for c in e.c if c.name != "last_tx_hash"),
+            a.c.symbol.label("asset_symbol"),
+        )
+        .select_from(
+            e.outerjoin(a, sa.and_(a.c.chain_id == e.c.chain_id, a.c.address == e.c.asset_address))
+        )
+        .order_by(e.c.seq)
+        .limit(limit)
+    )
+    for column, value in (
+        (e.c.payer, payer),
+        (e.c.payee, payee),
+        (e.c.status, status),
+        (e.c.chain_id, chain_id),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if after_seq is not None:
+        query = query.where(e.c.seq > after_seq)
+    rows = await session.execute(query)
+    return [dict(r) for r in rows.mappings()]
+
+
+async def escrow_exists(session: AsyncSession, address: str) -> bool:
+    found = await session.execute(text("SELECT 1 FROM escrows WHERE address = :a"), {"a": address})
+    return found.first() is not None
+
+
+async def history(session: AsyncSession, address: str) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        text(
+            "SELECT id, chain_id, tx_hash, log_index, block_number, event_type, from_status, "
+            "to_status, details, recorded_at FROM escrow_history WHERE escrow_address = :a "
+            "ORDER BY block_number, log_index, id"
+        ),
+        {"a": address},
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def anomalies(session: AsyncSession, address: str) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        text(
+            "SELECT id, chain_id, tx_hash, log_index, block_number, event_type, reason, detail, "
+            "status_at_event, recorded_at FROM escrow_anomalies WHERE escrow_address = :a "
+            "ORDER BY block_number, log_index, id"
+        ),
+        {"a": address},
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+# -- assets -----------------------------------------------------------------------------
+
+
+async def find_asset(session: AsyncSession, chain_id: int, asset: str) -> dict[str, Any] | None:
+    """An asset by address or by symbol (case-insensitive) on a chain."""
+    row = (
+        (
+            await session.execute(
+                text(
+                    "SELECT chain_id, address, symbol, decimals FROM assets WHERE chain_id = :c "
+                    "AND (address = lower(:a) OR upper(symbol) = upper(:a))"
+                ),
+                {"c": chain_id, "a": asset},
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row is not None else None
+
+
+async def list_assets(session: AsyncSession) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        text(
+            "SELECT chain_id, address, symbol, decimals, created_at FROM assets "
+            "ORDER BY chain_id, symbol"
+        )
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def insert_asset(
+    session: AsyncSession, chain_id: int, address: str, symbol: str, decimals: int
+) -> dict[str, Any] | None:
+    row = (
+        (
+            await session.execute(
+                text(
+                    "INSERT INTO assets (chain_id, address, symbol, decimals) "
+                    "VALUES (:c, :a, :s, :d) ON CONFLICT DO NOTHING "
+                    "RETURNING chain_id, address, symbol, decimals, created_at"
+                ),
+                {"c": chain_id, "a": address, "s": symbol, "d": decimals},
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row is not None else None

@@ -1,0 +1,84 @@
+"""The settlement service as the platform sees it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from fastapi import APIRouter
+
+from fusion_prime.platform.observability import get_logger
+from fusion_prime.platform.runtime import BackgroundTask, Runtime
+from fusion_prime.platform.spec import ServiceSpec
+from fusion_prime.settlement.settings import SettlementSettings
+
+log = get_logger(__name__)
+
+
+def _background(runtime: Runtime) -> Sequence[BackgroundTask]:
+    from fusion_prime.settlement.service import expire_submitted, submit_received
+    from fusion_prime.settlement.webhooks import DeliveryWorker
+
+    settings = runtime.settings
+    assert isinstance(settings, SettlementSettings)
+    worker = DeliveryWorker(runtime.sessions, settings)
+
+    async def submit_commands() -> None:
+        """Hand received commands to the signer; fail submitted ones that timed out."""
+        while True:
+            async with runtime.sessions() as session, session.begin():
+                done = await submit_received(session)
+                await expire_submitted(session, settings.command_timeout)
+            if done == 0:
+                await asyncio.sleep(settings.command_poll_interval)
+
+    async def read_pool() -> None:
+        """Own a small asyncpg pool for hot single-statement reads for the app's lifetime."""
+        import asyncpg
+
+        from fusion_prime.settlement.api import READ_POOL
+
+        pool = await asyncpg.create_pool(
+            _asyncpg_dsn(runtime),
+            min_size=1,
+            max_size=4,
+            server_settings={"application_name": "settlement-reads"},
+        )
+        runtime.state[READ_POOL] = pool
+        try:
+            await asyncio.Event().wait()
+        finally:
+            runtime.state.pop(READ_POOL, None)
+            await pool.close()
+
+    return [worker.run, submit_commands, read_pool]
+
+
+def _asyncpg_dsn(runtime: Runtime) -> str:
+    """The service URL as a libpq DSN (asyncpg spells TLS `sslmode`, the engine `ssl`)."""
+    url = runtime.url.set(drivername="postgresql")
+    query = dict(url.query)
+    if "ssl" in query:
+        query["sslmode"] = query.pop("ssl")
+    return url.set(query=query).render_as_string(hide_password=False)
+
+
+def _routers() -> Sequence[APIRouter]:
+    from fusion_prime.settlement.api import router
+
+    return [router]
+
+
+SPEC = ServiceSpec(
+    name="settlement",
+    db_slug="settlement",
+    default_port=8101,
+    migrations_dir=Path(__file__).parent / "migrations",
+    routers=_routers,
+    settings_cls=SettlementSettings,
+    background=_background,
+    description="escrows from chain events, settlement commands, history, signed webhooks",
+    publishes=("settlement.escrows.v1", "settlement.commands.v1"),
+    required_secrets=("SETTLEMENT_WEBHOOK_KEY",),
+)

@@ -1,0 +1,66 @@
+"""A real HTTP webhook receiver on 127.0.0.1 that verifies signatures like a customer would."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from fusion_prime.settlement.webhooks import SIGNATURE_HEADER, verify
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    verified: bool
+
+
+@dataclass
+class Receiver:
+    url: str = ""
+    secret: str = ""
+    fail_first: int = 0  # answer 500 to this many requests, then 200
+    always_fail: bool = False
+    requests: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def verified_bodies(self) -> list[bytes]:
+        with self.lock:
+            return [r.body for r in self.requests if r.verified]
+
+
+@contextmanager
+def receiver(**options: Any) -> Iterator[Receiver]:
+    state = Receiver(**options)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length)
+            header = self.headers.get(SIGNATURE_HEADER, "")
+            ok = bool(state.secret) and verify(state.secret, header, body)
+            with state.lock:
+                state.requests.append(Received(dict(self.headers.items()), body, ok))
+                failing = state.always_fail or len(state.requests) <= state.fail_first
+            status = 500 if failing else (200 if ok else 401)
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
