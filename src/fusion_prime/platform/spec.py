@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from fusion_prime.platform.settings import BaseServiceSettings
 
 if TYPE_CHECKING:
+    from fusion_prime.platform.bus.consumer import Consumer
     from fusion_prime.platform.runtime import BackgroundTask, Runtime
 
 
@@ -33,6 +34,8 @@ class ServiceSpec:
     description: str = ""
     # topics this service publishes through its outbox (see platform/bus/registry.py)
     publishes: tuple[str, ...] = ()
+    # extra consumers beside the registry's (test-only topics); production uses the registry
+    consumes: tuple[Consumer, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
