@@ -44,7 +44,8 @@ class StartupRefusedError(Exception):
 
 
 def _fail(spec: ServiceSpec, message: str, code: int) -> NoReturn:
-    sys.stderr.write(redact_text(message).replace("\n", " ") + "\n")
+    line = redact_text(message).replace("\n", " ")
+    sys.stderr.write(f"fusion-prime {spec.name}: refusing to start: {line}\n")
     sys.stderr.flush()
     raise SystemExit(code)
 

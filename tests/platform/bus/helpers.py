@@ -56,8 +56,8 @@ async def insert_outbox(db_url: str, envelopes: Sequence[Envelope], topic: str =
         async with conn.transaction():
             await conn.execute(
                 "INSERT INTO outbox (id, topic, subject, event_type, envelope) "
-                "SELECT id, $1, subject, type, CAST(env AS jsonb) FROM "
-                "unnest($2::uuid[], $3::text[], $4::text[], $5::text[]) AS x(id, subject, type, env)",
+                "SELECT id, $1, subject, type, CAST(env AS jsonb) FROM unnest($2::uuid[], "
+                "$3::text[], $4::text[], $5::text[]) AS x(id, subject, type, env)",
                 topic,
                 [e.id for e in envelopes],
                 [e.subject for e in envelopes],
