@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import re
 import time
 import uuid
@@ -70,12 +71,12 @@ class PubSubPublisher:
             future = self.client.publish(topic_path, data, ordering_key=key, **attributes)
             pending.append((event, topic_path, future))
         accepted: set[uuid.UUID] = set()
+        paused: set[tuple[str, str]] = set()
         for event, topic_path, future in pending:
             try:
                 await asyncio.wrap_future(future)
             except Exception as exc:
-                # an ordering key pauses after a failure; resume so the relay's retry goes out
-                self.client.resume_publish(topic_path, event.subject)
+                paused.add((topic_path, event.subject))
                 log.warning(
                     "pubsub publish failed",
                     topic=event.topic,
@@ -84,6 +85,11 @@ class PubSubPublisher:
                 )
                 continue
             accepted.add(event.event_id)
+        # a failed ordering key stays paused (later messages of it fail too, which keeps
+        # the order); resume it so the relay's retry of the same rows can go out
+        for topic_path, key in paused:
+            with contextlib.suppress(RuntimeError):  # "not paused": nothing to do
+                self.client.resume_publish(topic_path, key)
         return accepted
 
 
