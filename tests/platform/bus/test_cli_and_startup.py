@@ -52,7 +52,9 @@ async def test_cli_publish_with_a_bad_line_publishes_nothing(
     code, out = await _invoke(["publish", REGISTRY_TOPIC, str(path)])
     assert code == 1
     flat = " ".join(out.split())
-    assert "line 2:" in flat and "line 4: subject" in flat and "line 6:" in flat
+    assert "line 2:" in flat
+    assert "line 4: subject" in flat
+    assert "line 6:" in flat
     assert "nothing published" in flat
     assert await count_rows(bus_url, "bus_messages") == 0
 
@@ -63,7 +65,8 @@ async def test_cli_publish_with_a_bad_line_publishes_nothing(
     # fanned out to both registry subscriptions of the topic
     assert await count_rows(bus_url, "bus_messages") == 8
     code, out = await _invoke(["status"])
-    assert code == 0 and "risk-events-consumer" in out
+    assert code == 0
+    assert "risk-events-consumer" in out
 
 
 async def test_consuming_service_without_fp_bus_url_refuses_with_one_line(
