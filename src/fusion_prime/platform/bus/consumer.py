@@ -18,7 +18,6 @@ import asyncio
 import importlib
 import traceback
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -233,18 +232,3 @@ class ConsumerLoop:
             error=error[:300],
         )
         await self.broker.nack(self.subscription, msg.id, token, error, delay)
-
-
-async def drain(
-    loops: list[ConsumerLoop], *, timeout: float, idle: Callable[[], bool] | None = None
-) -> None:
-    """Run the loops' `run_once` until a full pass leases nothing (tests, benches)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        n = sum([await loop.run_once() for loop in loops])
-        if n == 0 and (idle is None or idle()):
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("consumers did not drain in time")
-        if n == 0:
-            await asyncio.sleep(0.05)
