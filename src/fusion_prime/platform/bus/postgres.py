@@ -48,7 +48,10 @@ def asyncpg_dsn(url: str | URL) -> str:
     from sqlalchemy.engine import make_url
 
     u = make_url(url) if isinstance(url, str) else url
-    return u.set(drivername="postgresql").render_as_string(hide_password=False)
+    query = dict(u.query)
+    if "ssl" in query:  # the guard spells libpq's sslmode as asyncpg's ssl=; undo for a DSN
+        query["sslmode"] = query.pop("ssl")
+    return u.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
 
 
 @dataclass(frozen=True)
