@@ -31,6 +31,9 @@ class BaseServiceSettings(BaseSettings):
     # event bus tuning (see docs/events.md); all have safe defaults
     bus_visibility_timeout: float = Field(default=30.0, alias="FP_BUS_VISIBILITY_TIMEOUT", gt=0)
     bus_batch_size: int = Field(default=500, alias="FP_BUS_BATCH_SIZE", ge=1, le=10_000)
+    bus_consumer_concurrency: int = Field(
+        default=2, alias="FP_BUS_CONSUMER_CONCURRENCY", ge=1, le=16
+    )
     bus_poll_interval: float = Field(default=1.0, alias="FP_BUS_POLL_INTERVAL", gt=0)
     bus_retry_base: float = Field(default=2.0, alias="FP_BUS_RETRY_BASE", ge=0)
     bus_retry_max: float = Field(default=300.0, alias="FP_BUS_RETRY_MAX", ge=0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter as Counter_
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -229,8 +230,9 @@ class PostgresBroker:
             )
             for topic in sorted({e.topic for e in events}):
                 await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, topic)
-        for e in events:
-            PUBLISHED.labels(e.topic).inc()
+        per_topic = Counter_(e.topic for e in events)
+        for topic, n in per_topic.items():
+            PUBLISHED.labels(topic).inc(n)
 
     # -- consuming -----------------------------------------------------------------
     async def lease(

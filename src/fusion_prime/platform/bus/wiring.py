@@ -121,7 +121,7 @@ class BusWorkers:
         async with self._lock:
             if self.broker is None:
                 url = bus_url(self.settings, self.service)
-                size = 2 + len(self.consumers)
+                size = 2 + len(self.consumers) * self.settings.bus_consumer_concurrency
                 self.broker = await PostgresBroker(
                     url, pool_size=size, app_name=f"{self.service}-bus"
                 ).start()
@@ -149,8 +149,11 @@ class BusWorkers:
         if self.publishes:
             out.append((f"{self.service}-relay", self._run_relay))
         if self.settings.fp_bus == "postgres":
+            # several loops per subscription overlap database round trips; leasing is
+            # serialised and in-flight subjects are skipped, so order per subject holds
             for c in self.consumers:
-                out.append((f"{self.service}-consumer-{c.subscription}", self._consume(c)))
+                for i in range(self.settings.bus_consumer_concurrency):
+                    out.append((f"{self.service}-consumer-{c.subscription}-{i}", self._consume(c)))
             if self.consumers:
                 out.append((f"{self.service}-bus-cleanup", self._cleanup))
         return out
