@@ -105,3 +105,18 @@ async def test_service_refuses_an_unmigrated_bus_database_then_starts_on_a_migra
     async with broker(bus_url) as b:
         assert await b.pending("test-stream-consumer") == 0
     assert await fetchval(bus_url, "SELECT count(*) FROM bus_subscriptions") == 1
+
+
+async def test_harness_gives_a_service_process_its_own_migrated_bus_database(
+    make_database: MakeDatabase,
+) -> None:
+    from tests.harness import DatabaseFactory, create_bus_database_sync
+
+    db_url = await make_database("busconsumer", MIGRATIONS)
+    bus = await asyncio.to_thread(create_bus_database_sync, db_url)
+    try:
+        assert await fetchval(bus, "SELECT count(*) FROM bus_messages") == 0
+        assert await fetchval(bus, "SELECT version_num FROM alembic_version") == "0001"
+    finally:
+        admin = db_url.rsplit("/", 1)[0] + "/postgres"
+        await DatabaseFactory(admin).drop(bus)
