@@ -50,6 +50,7 @@ SERVICE_MIGRATIONS = REPO / "tests" / "platform" / "bus" / "consumerapp" / "migr
 TOPIC = "bench.stream.v1"
 SUBSCRIPTION = "bench-consumer"
 BATCH = 500
+CONCURRENCY = 2
 
 _EFFECTS = text(
     "INSERT INTO effects (event_id, subject, n, applied_at) "
@@ -122,6 +123,7 @@ def settings(stack: Stack, naive: bool) -> BaseServiceSettings:
         FP_BUS_URL=stack.bus_url,
         FP_BUS_BATCH_SIZE="1" if naive else str(BATCH),
         FP_BUS_POLL_INTERVAL="0.5",
+        FP_BUS_CONSUMER_CONCURRENCY=str(CONCURRENCY),
     )
 
 
@@ -240,8 +242,9 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> None:
-    global BATCH
+    global BATCH, CONCURRENCY
     BATCH = args.batch
+    CONCURRENCY = args.concurrency
     console = Console()
     server = EmbeddedPostgres(REPO / ".fusion-prime" / "bench-pg")
     started_here = not server.running()
@@ -297,6 +300,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batch", type=int, default=500, help="FP_BUS_BATCH_SIZE of the bus")
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="FP_BUS_CONSUMER_CONCURRENCY of the bus"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -139,6 +139,12 @@ FROM d RETURNING id
 """
 
 
+# Leases, acks, nacks and releases are soft state: if the server loses the last of them
+# in a crash, a message is merely delivered again (the inbox absorbs it). They skip the
+# WAL flush wait; accepting an event (publish), dead letters and replays stay durable.
+_SOFT_STATE = "SET LOCAL synchronous_commit = off"
+
+
 class PostgresBroker:
     """Publishing, leasing, acks, retries and dead letters on the bus database."""
 
@@ -239,6 +245,7 @@ class PostgresBroker:
         self, subscription: str, limit: int, visibility_timeout: float, token: uuid.UUID
     ) -> list[LeasedMessage]:
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_SOFT_STATE)
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext('fp_bus_lease:' || $1))", subscription
             )
@@ -256,7 +263,8 @@ class PostgresBroker:
         """Acknowledge leased messages; kept `retention` seconds (0 deletes at once)."""
         if not ids:
             return 0
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_SOFT_STATE)
             if retention <= 0:
                 status = await conn.execute(
                     "DELETE FROM bus_messages WHERE id = ANY($1::bigint[]) AND lease_token = $2",
@@ -279,7 +287,8 @@ class PostgresBroker:
     ) -> None:
         """Record a failed attempt and make the message available again after `delay` s."""
         FAILED.labels(subscription).inc()
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_SOFT_STATE)
             await conn.execute(
                 "UPDATE bus_messages SET lease_until = NULL, lease_token = NULL, last_error = $3, "
                 "available_at = now() + make_interval(secs => $4) "
@@ -295,7 +304,8 @@ class PostgresBroker:
         ids = list(ids)
         if not ids:
             return
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_SOFT_STATE)
             await conn.execute(
                 "UPDATE bus_messages SET lease_until = NULL, lease_token = NULL, "
                 "attempts = greatest(attempts - 1, 0) "

@@ -96,6 +96,8 @@ class Relay:
                 error = f"{type(exc).__name__}: {exc}"[:2000]
             else:
                 error = "not accepted by the broker"
+            # losing this mark in a server crash only re-sends (same ids): no flush wait
+            await conn.execute(text("SET LOCAL synchronous_commit = off"))
             done = [r.seq for r in rows if r.id in accepted]
             failed = [r.seq for r in rows if r.id not in accepted]
             if done:
