@@ -3,8 +3,9 @@
 Run: .venv/bin/python -m bench.bus [--events N] [--rate R] [--seconds S]
 
 Runs on its own embedded PostgreSQL under .fusion-prime/bench-pg with the server's
-default durability (fsync and synchronous_commit on), unlike the test server. The relay
-and the consumer run in one Python process, as they do inside a service.
+default durability (fsync and synchronous_commit on), unlike the test server. As in the
+real topology, the relay runs in the producing process and the consumer in another
+process (the consuming service), each with its own event loop.
 
 1. Throughput: N events committed to the outbox first, then the relay and the consumer
    are started and the clock runs until the last effect row is committed. Baseline, same
@@ -20,10 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import statistics
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,18 +159,59 @@ async def fill_outbox(db_url: str, batch: Sequence[Envelope]) -> None:
         await conn.close()
 
 
-def workers(stack: Stack, naive: bool) -> tuple[BusWorkers, Any]:
+def relay_workers(stack: Stack, naive: bool) -> tuple[BusWorkers, Any]:
     engine = create_engine(normalise_database_url(stack.db_url, service="bench"), pool_size=4)
-    handler = one_effect if naive else batch_effects
     w = BusWorkers(
-        "bench",
+        "bench-producer",
         settings(stack, naive),
         engine,
         async_sessionmaker(engine, expire_on_commit=False),
         publishes=True,
-        consumers=[Consumer(TOPIC, SUBSCRIPTION, handler)],
+        consumers=[],
     )
     return w, engine
+
+
+async def serve_consumer(db_url: str, bus_url: str, naive: bool, batch: int, conc: int) -> None:
+    """Body of the consumer process: the consumer loops until SIGTERM."""
+    global BATCH, CONCURRENCY
+    BATCH, CONCURRENCY = batch, conc
+    stack = Stack.__new__(Stack)
+    stack.db_url, stack.bus_url = db_url, bus_url
+    engine = create_engine(normalise_database_url(db_url, service="bench"), pool_size=4)
+    w = BusWorkers(
+        "bench-consumer",
+        settings(stack, naive),
+        engine,
+        async_sessionmaker(engine, expire_on_commit=False),
+        publishes=False,
+        consumers=[Consumer(TOPIC, SUBSCRIPTION, one_effect if naive else batch_effects)],
+    )
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with running(w):
+        await asyncio.sleep(0.3)
+        print("ready", flush=True)
+        await stop.wait()
+    await engine.dispose()
+
+
+@contextlib.contextmanager
+def consumer_process(stack: Stack, naive: bool) -> Iterator[None]:
+    args = [sys.executable, "-m", "bench.bus", "--serve-consumer", stack.db_url, stack.bus_url]
+    args += ["--batch", str(BATCH), "--concurrency", str(CONCURRENCY)]
+    if naive:
+        args.append("--naive")
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if b"ready" not in line:
+            raise RuntimeError(f"consumer process did not start: {line!r}")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 async def throughput(server: EmbeddedPostgres, n: int, naive: bool) -> float:
@@ -173,12 +219,13 @@ async def throughput(server: EmbeddedPostgres, n: int, naive: bool) -> float:
     await stack.create()
     try:
         await fill_outbox(stack.db_url, events(n))
-        w, engine = workers(stack, naive)
-        t0 = time.perf_counter()
-        async with running(w):
-            while await count(stack.db_url, "SELECT count(*) FROM effects") < n:
-                await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - t0
+        w, engine = relay_workers(stack, naive)
+        with consumer_process(stack, naive):
+            t0 = time.perf_counter()
+            async with running(w):
+                while await count(stack.db_url, "SELECT count(*) FROM effects") < n:
+                    await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - t0
         await engine.dispose()
         applied = await count(stack.db_url, "SELECT count(DISTINCT event_id) FROM effects")
         assert applied == n, f"{applied} != {n}"
@@ -194,34 +241,35 @@ async def latency(
     stack = Stack(server, "lat_naive" if naive else "lat_batched")
     await stack.create()
     try:
-        w, engine = workers(stack, naive)
+        w, engine = relay_workers(stack, naive)
         producer = create_engine(normalise_database_url(stack.db_url, service="p"), pool_size=8)
         sessions = async_sessionmaker(producer, expire_on_commit=False)
         committed: dict[uuid.UUID, float] = {}
         total = int(rate * seconds)
-        async with running(w):
-            await asyncio.sleep(0.5)  # loops up and listening
+        with consumer_process(stack, naive):
+            async with running(w):
+                await asyncio.sleep(0.5)  # loops up and listening
 
-            async def produce(env: Envelope) -> None:
-                # one transaction per event, like a request handler; requests overlap
-                async with sessions() as s, s.begin():
-                    await publish_envelope(s, TOPIC, env)
-                committed[env.id] = time.time()
+                async def produce(env: Envelope) -> None:
+                    # one transaction per event, like a request handler; requests overlap
+                    async with sessions() as s, s.begin():
+                        await publish_envelope(s, TOPIC, env)
+                    committed[env.id] = time.time()
 
-            start = time.perf_counter()
-            tasks = []
-            for i, env in enumerate(events(total)):
-                delay = start + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(produce(env)))
-            await asyncio.gather(*tasks)
-            produced_rate = total / (time.perf_counter() - start)
-            deadline = time.monotonic() + 120
-            while await count(stack.db_url, "SELECT count(*) FROM effects") < total:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("effects did not arrive")
-                await asyncio.sleep(0.05)
+                start = time.perf_counter()
+                tasks = []
+                for i, env in enumerate(events(total)):
+                    delay = start + i / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    tasks.append(asyncio.create_task(produce(env)))
+                await asyncio.gather(*tasks)
+                produced_rate = total / (time.perf_counter() - start)
+                deadline = time.monotonic() + 120
+                while await count(stack.db_url, "SELECT count(*) FROM effects") < total:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("effects did not arrive")
+                    await asyncio.sleep(0.05)
         await engine.dispose()
         await producer.dispose()
         conn = await asyncpg.connect(asyncpg_dsn(stack.db_url))
@@ -262,7 +310,7 @@ async def run(args: argparse.Namespace) -> None:
         if started_here:
             server.stop()
 
-    table = Table(title="event bus (postgres broker, fsync on, 1 Python process)")
+    table = Table(title="event bus (postgres broker, fsync on; relay and consumer processes)")
     for col in ("measure", "bus (batched)", "naive baseline", "target"):
         table.add_column(col)
     table.add_row(
@@ -295,6 +343,8 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--serve-consumer", nargs=2, metavar=("DB_URL", "BUS_URL"))
+    parser.add_argument("--naive", action="store_true")
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--naive-events", type=int, default=3_000)
     parser.add_argument("--rate", type=float, default=500.0)
@@ -303,7 +353,12 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, default=2, help="FP_BUS_CONSUMER_CONCURRENCY of the bus"
     )
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    if args.serve_consumer:
+        db_url, bus_url = args.serve_consumer
+        asyncio.run(serve_consumer(db_url, bus_url, args.naive, args.batch, args.concurrency))
+        return
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":
