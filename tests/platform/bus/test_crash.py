@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import MakeDatabase
-from tests.harness import ServiceProcess, count_rows, fetchval
+from tests.harness import ServiceProcess, count_rows, fetch, fetchval
 from tests.platform.bus.consumerapp import MIGRATIONS, SUBSCRIPTION, TOPIC
 from tests.platform.bus.helpers import broker, insert_outbox, make_events
 
@@ -77,12 +77,16 @@ async def test_kill9_three_times_mid_stream_applies_every_effect_exactly_once(
     redelivered = await count_rows(bus_url, "bus_messages", "attempts > 1")
     print(f"kills at {kills} effects; {redelivered} messages delivered more than once")
     assert redelivered > 0  # leases held by the killed process expired and were redelivered
+    # per subject, effects were first applied in publish order despite the kills
+    rows = await fetch(db_url, "SELECT subject, n FROM effects ORDER BY id")
+    last: dict[str, int] = {}
+    for r in rows:
+        assert r["n"] == last.get(r["subject"], 0) + 1, r
+        last[r["subject"]] = r["n"]
     expected = {e.id for e in events}
     got = set(await _ids(db_url))
     assert got == expected
 
 
 async def _ids(db_url: str) -> list[object]:
-    from tests.harness import fetch
-
     return [r["event_id"] for r in await fetch(db_url, "SELECT event_id FROM effects")]
