@@ -168,6 +168,14 @@ async def test_poison_message_is_dead_lettered_others_flow_and_replay_applies_on
             # the poisoned subject's later events were not blocked for ever
             assert await count_rows(db_url, "effects", "subject = $1", poison.subject) == 7
             assert await count_rows(db_url, "effects", "event_id = $1", poison.id) == 0
+            # ...but none of them overtook it: they were applied after it was dead-lettered
+            later = await fetchval(
+                db_url,
+                "SELECT min(applied_at) FROM effects WHERE subject = $1 AND n > $2",
+                poison.subject,
+                poison.data["n"],
+            )
+            assert later >= dead[0]["dead_at"]
 
             # fix the cause, then replay through the CLI
             await fetchval(db_url, "INSERT INTO cures VALUES ($1) RETURNING 1", poison.subject)
@@ -213,3 +221,24 @@ async def _count(url: str, table: str, n: int) -> bool:
 
 async def _has_subscription(bus_url: str) -> bool:
     return await count_rows(bus_url, "bus_subscriptions", "name = $1", SUBSCRIPTION) == 1
+
+
+async def test_message_whose_leases_keep_expiring_is_dead_lettered(
+    db_url: str, bus_url: str
+) -> None:
+    (event,) = make_events(1)
+    engine = create_engine(normalise_database_url(db_url, service="t"), pool_size=1)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    async with broker(bus_url) as b:
+        await b.ensure_subscription(TOPIC, SUBSCRIPTION, 2)
+        await b.publish(outgoing([event]))
+        for _ in range(2):  # two consumers that die holding the lease
+            assert len(await b.lease(SUBSCRIPTION, 10, 0.05, new_token())) == 1
+            await asyncio.sleep(0.1)
+        loop = ConsumerLoop(consumer(max_attempts=2), b, sessions)
+        assert await loop.run_once() == 1
+    await engine.dispose()
+    dead = await fetch(bus_url, "SELECT attempts, error FROM bus_dead_letters")
+    assert len(dead) == 1
+    assert "lease expired 2 times" in dead[0]["error"]
+    assert await count_rows(db_url, "effects") == 0

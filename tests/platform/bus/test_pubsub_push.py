@@ -241,3 +241,14 @@ async def test_unknown_subscription_is_404(service: tuple[str, str], keys: dict[
             headers={"Authorization": f"Bearer {token(keys['key'])}"},
         )
     assert r.status_code == 404
+
+
+async def test_outside_production_no_token_is_needed(make_database: MakeDatabase) -> None:
+    from tests.harness import asgi_client
+
+    db_url = await make_database("busconsumer", MIGRATIONS)
+    body, event = push_body()
+    async with asgi_client(SPEC, db_url) as client:
+        r = await client.post(f"/events/pubsub/{SUBSCRIPTION}", json=body)
+    assert r.status_code == 204
+    assert await count_rows(db_url, "effects", "event_id = $1", event.id) == 1
