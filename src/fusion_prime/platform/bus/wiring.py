@@ -103,7 +103,6 @@ class BusWorkers:
         self.consumers = list(consumers)
         self.broker: PostgresBroker | None = None
         self._lock = asyncio.Lock()
-        self.loops: list[ConsumerLoop] = []
 
     @classmethod
     def for_runtime(cls, spec: ServiceSpec, runtime: Runtime, app: FastAPI) -> BusWorkers:
