@@ -173,7 +173,6 @@ class BusWorkers:
         async def run() -> None:
             broker = await self._broker()
             loop = ConsumerLoop(consumer, broker, self.sessions, consumer_options(self.settings))
-            self.loops.append(loop)
             await loop.run()
 
         return run
