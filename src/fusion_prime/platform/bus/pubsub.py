@@ -274,7 +274,7 @@ async def pubsub_push(subscription: str, request: Request) -> Response:
 def encode_push(
     event: Envelope, subscription_path: str, *, message_id: str, attempt: int | None = None
 ) -> dict[str, Any]:
-    """The push body Pub/Sub would send for `event` (operators' tools and tests)."""
+    """The push body Pub/Sub sends for `event` (it carries both field spellings)."""
     body: dict[str, Any] = {
         "message": {
             "data": base64.b64encode(event.to_json().encode()).decode(),
@@ -282,19 +282,10 @@ def encode_push(
             "messageId": message_id,
             "message_id": message_id,
             "publishTime": event.time.isoformat().replace("+00:00", "Z"),
+            "publish_time": event.time.isoformat().replace("+00:00", "Z"),
         },
         "subscription": subscription_path,
     }
     if attempt is not None:
         body["deliveryAttempt"] = attempt
     return body
-
-
-__all__ = [
-    "PubSubPublisher",
-    "PushTokenVerifier",
-    "decode_push",
-    "encode_push",
-    "pubsub_message",
-    "push_router",
-]
