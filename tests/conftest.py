@@ -10,6 +10,7 @@ import pytest
 
 from fusion_prime.platform.embedded import EmbeddedPostgres
 from tests.harness import (
+    BUS_MIGRATIONS_DIR,
     TEST_DATA_DIR,
     TEST_SERVER_SETTINGS,
     DatabaseFactory,
@@ -81,3 +82,11 @@ def log_dir(tmp_path: Path) -> Path:
     d = tmp_path / "logs"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+async def bus_url(db_factory: DatabaseFactory) -> AsyncIterator[str]:
+    """A fresh bus database (the postgres broker's), migrated, dropped after the test."""
+    url = await db_factory.create("bus", BUS_MIGRATIONS_DIR)
+    yield url
+    await db_factory.drop(url)

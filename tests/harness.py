@@ -68,10 +68,44 @@ def migrations_hash(migrations_dir: Path) -> str:
         digest.update(path.relative_to(migrations_dir).as_posix().encode())
         digest.update(path.read_bytes())
     # platform schema helpers shape every service's first migration
+    import fusion_prime.platform.bus.schema as bus_schema
     import fusion_prime.platform.schema as schema
 
     digest.update(Path(schema.__file__).read_bytes())
+    digest.update(Path(bus_schema.__file__).read_bytes())
     return digest.hexdigest()[:12]
+
+
+BUS_MIGRATIONS_DIR = REPO_ROOT / "src" / "fusion_prime" / "platform" / "bus" / "migrations"
+
+
+def _service_needs_bus(service: str) -> bool:
+    from fusion_prime.platform.bus.wiring import consumers_for
+    from fusion_prime.services import load_spec
+
+    try:
+        spec = load_spec(service)
+    except KeyError:
+        return False
+    return bool(spec.publishes or consumers_for(spec))
+
+
+def create_bus_database_sync(database_url: str) -> str:
+    """A fresh migrated bus database on the server of `database_url` (from sync code).
+
+    Runs in a helper thread with its own event loop so it also works while the test's
+    loop is running.
+    """
+    import concurrent.futures
+
+    admin = make_url(database_url).set(drivername="postgresql", database="postgres")
+    factory = DatabaseFactory(admin.render_as_string(hide_password=False))
+
+    async def _make() -> str:
+        return await factory.create("bus", BUS_MIGRATIONS_DIR)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _make()).result(timeout=120)
 
 
 @dataclass
@@ -209,7 +243,15 @@ class ServiceProcess:
         args = [sys.executable, "-m", "fusion_prime.cli", "serve", service, "--port", str(port)]
         if migrate:
             args.append("--migrate")
-        return cls(args, _env(database_url, extra_env), port, log_dir / f"{service}-{port}.log")
+        env = _env(database_url, extra_env)
+        # a publishing/consuming service refuses to start without a bus: give it its own
+        # fresh bus database unless the test passes FP_BUS_URL (to share one)
+        if database_url and "FP_BUS_URL" not in env and _service_needs_bus(service):
+            # a server that does not answer (a test of refusals) gets no bus: the process
+            # is then refused for that reason or an earlier one
+            with contextlib.suppress(OSError, asyncpg.PostgresError, ValueError):
+                env["FP_BUS_URL"] = create_bus_database_sync(database_url)
+        return cls(args, env, port, log_dir / f"{service}-{port}.log")
 
     @classmethod
     def for_module(

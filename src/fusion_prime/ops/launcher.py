@@ -115,6 +115,10 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     asyncio.run(_create())
     bus_url = server.url(BUS_DATABASE)
     local = _local_secrets(data_dir, {name for s in specs for name in s.required_secrets})
+    # services only check the bus schema; it is migrated once here, before any starts
+    from fusion_prime.platform.bus.postgres import migrate_bus
+
+    asyncio.run(migrate_bus(bus_url))
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
 

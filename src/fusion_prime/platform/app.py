@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from fusion_prime.platform.bus.wiring import BusWorkers, attach_bus
 from fusion_prime.platform.database import create_engine
 from fusion_prime.platform.errors import install_error_handlers
 from fusion_prime.platform.health import router as health_router
@@ -56,12 +57,15 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> Fa
             asyncio.create_task(_supervise(f"{spec.name}-bg-{i}", t), name=f"{spec.name}-bg-{i}")
             for i, t in enumerate(spec.background(runtime))
         ]
+        bus = BusWorkers.for_runtime(spec, runtime, app)
+        tasks += [asyncio.create_task(_supervise(n, t), name=n) for n, t in bus.tasks()]
         try:
             yield
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await bus.close()
             await engine.dispose()
 
     app = FastAPI(
@@ -72,6 +76,7 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> Fa
     app.include_router(health_router)
     for router in spec.routers():
         app.include_router(router)
+    attach_bus(app, spec)  # relay/consumers from the registry + the Pub/Sub push endpoint
 
     @app.middleware("http")
     async def _request_context(

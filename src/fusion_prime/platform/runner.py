@@ -98,6 +98,7 @@ async def preflight(
         async with engine.begin() as conn:
             beat = await write_heartbeat(conn, spec.name)
         DATABASE_UP.labels(spec.name).set(1)
+        await _bus_preflight(spec, settings)
         log.info(
             "database ready",
             server_version=info.server_version,
@@ -105,6 +106,52 @@ async def preflight(
             embedded=info.embedded,
             revision=state.head,
             heartbeat_at=beat.isoformat(),
+        )
+
+
+async def _bus_preflight(spec: ServiceSpec, settings: BaseServiceSettings) -> None:
+    """A publishing/consuming service needs a reachable, migrated bus (or Pub/Sub config)."""
+    from fusion_prime.platform.bus.postgres import MIGRATIONS_DIR as BUS_MIGRATIONS
+    from fusion_prime.platform.bus.wiring import bus_url, consumers_for
+
+    consumers = consumers_for(spec)
+    if not spec.publishes and not consumers:
+        return
+    if settings.fp_bus == "pubsub":
+        if not settings.gcp_project:
+            raise StartupRefusedError(
+                f"{spec.name}: FP_BUS=pubsub needs GCP_PROJECT (the project of the topics).",
+                EXIT_CONFIG,
+            )
+        if (
+            consumers
+            and settings.production
+            and not (settings.push_audience and settings.push_service_account)
+        ):
+            raise StartupRefusedError(
+                f"{spec.name}: FP_PUSH_AUDIENCE and FP_PUSH_SERVICE_ACCOUNT must be set in "
+                "production to authenticate Pub/Sub push requests.",
+                EXIT_CONFIG,
+            )
+        return
+    try:
+        url = bus_url(settings, spec.name)
+    except ValueError as exc:
+        raise StartupRefusedError(str(exc), EXIT_CONFIG) from exc
+    log.info(f"Using bus database URL: {redact_url(url)}")
+    async with engine_scope(url, pool_size=1, app_name=f"{spec.name}-preflight") as engine:
+        try:
+            await wait_for_database(engine, timeout=settings.db_connect_timeout)
+        except DatabaseUnavailableError as exc:
+            raise StartupRefusedError(f"bus database: {exc}", EXIT_UNAVAILABLE) from exc
+        async with engine.connect() as conn:
+            state = await migration_state(conn, BUS_MIGRATIONS)
+    if not state.at_head:
+        raise StartupRefusedError(
+            f"{spec.name}: the bus database (FP_BUS_URL={redact_url(url)}) is at migration "
+            f"{state.current or 'none'} but the code expects {state.head}; run "
+            "`fusion-prime events migrate`.",
+            EXIT_MIGRATIONS,
         )
 
 

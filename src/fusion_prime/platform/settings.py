@@ -28,6 +28,21 @@ class BaseServiceSettings(BaseSettings):
     db_connect_timeout: float = Field(default=30.0, alias="FP_DB_CONNECT_TIMEOUT", gt=0)
     db_pool_size: int = Field(default=10, alias="FP_DB_POOL_SIZE", ge=1)
     log_level: str = Field(default="INFO", alias="FP_LOG_LEVEL")
+    # event bus tuning (see docs/events.md); all have safe defaults
+    bus_visibility_timeout: float = Field(default=30.0, alias="FP_BUS_VISIBILITY_TIMEOUT", gt=0)
+    bus_batch_size: int = Field(default=500, alias="FP_BUS_BATCH_SIZE", ge=1, le=10_000)
+    bus_consumer_concurrency: int = Field(
+        default=2, alias="FP_BUS_CONSUMER_CONCURRENCY", ge=1, le=16
+    )
+    bus_poll_interval: float = Field(default=1.0, alias="FP_BUS_POLL_INTERVAL", gt=0)
+    bus_retry_base: float = Field(default=2.0, alias="FP_BUS_RETRY_BASE", ge=0)
+    bus_retry_max: float = Field(default=300.0, alias="FP_BUS_RETRY_MAX", ge=0)
+    bus_retention: float = Field(default=86_400.0, alias="FP_BUS_RETENTION_SECONDS", ge=0)
+    push_audience: str | None = Field(default=None, alias="FP_PUSH_AUDIENCE")
+    push_service_account: str | None = Field(default=None, alias="FP_PUSH_SERVICE_ACCOUNT")
+    push_certs_url: str = Field(
+        default="https://www.googleapis.com/oauth2/v1/certs", alias="FP_PUSH_CERTS_URL"
+    )
 
     @property
     def production(self) -> bool:

@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from fusion_prime.platform.settings import BaseServiceSettings
 
 if TYPE_CHECKING:
+    from fusion_prime.platform.bus.consumer import Consumer
     from fusion_prime.platform.runtime import BackgroundTask, Runtime
 
 
@@ -37,6 +38,8 @@ class ServiceSpec:
     # `fusion-prime up` generates them once per local data directory; deployments must
     # provide them (Secret Manager). Never a default value in code.
     required_secrets: tuple[str, ...] = ()
+    # extra consumers beside the registry's (test-only topics); production uses the registry
+    consumes: tuple[Consumer, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -10,9 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fusion_prime.platform.bus.envelope import Envelope
 from fusion_prime.platform.bus.registry import topic as lookup_topic
 
+# NOTIFY is transactional: the relay is woken when (and only if) the caller commits.
+# Postgres folds identical notifications of one transaction into one.
 _INSERT = text(
-    "INSERT INTO outbox (id, topic, subject, event_type, envelope) "
-    "VALUES (:id, :topic, :subject, :event_type, CAST(:envelope AS jsonb))"
+    "WITH ins AS (INSERT INTO outbox (id, topic, subject, event_type, envelope) "
+    "VALUES (:id, :topic, :subject, :event_type, CAST(:envelope AS jsonb)) RETURNING 1) "
+    "SELECT pg_notify('fp_outbox', '') FROM ins"
 )
 
 
