@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -13,12 +14,14 @@ from fusion_prime.ops.audit.engine import run_audit
 from fusion_prime.ops.deploy_gen import (
     KNOWN_DB_SLUGS,
     TFVARS_NAME,
+    delivery_attempts,
     known_services,
     shipped_services,
     stale_files,
     write_files,
 )
 from fusion_prime.platform.bus.registry import TOPICS
+from fusion_prime.platform.settings import BaseServiceSettings
 from fusion_prime.services import all_specs
 from tests.harness import REPO_ROOT
 
@@ -58,7 +61,8 @@ def test_cloudbuild_for_each_service(tmp_path: Path) -> None:
         deploy = _step(doc, "deploy")["args"]
         assert deploy[:3] == ["run", "deploy", svc.name]
         for args in (migrate, deploy):
-            assert f"--set-secrets=DATABASE_URL=fp-{slug}-db-connection-string:latest" in args
+            secrets = _flag(args, "--set-secrets")
+            assert secrets["DATABASE_URL"] == f"fp-{slug}-db-connection-string:latest"
             assert any(a.endswith(f":${{_REGION}}:fp-{slug}-db") for a in args)
             assert f"--service-account=fp-{slug}-run@$PROJECT_ID.iam.gserviceaccount.com" in args
         assert "--no-allow-unauthenticated" in deploy
@@ -72,6 +76,72 @@ def test_cloudbuild_for_each_service(tmp_path: Path) -> None:
     oracle = (tmp_path / "cloudbuild" / "oracle.yaml").read_text()
     assert oracle.count("DATABASE_URL=fp-priceoracle-db-connection-string:latest") == 2
     assert oracle.count(":${_REGION}:fp-priceoracle-db\n") == 2
+
+
+def _flag(args: list[str], flag: str) -> dict[str, str]:
+    """`--flag=A=x,B=y` of a gcloud step as {A: x, B: y} (empty when absent)."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
+    assert len(values) <= 1
+    return dict(item.split("=", 1) for item in values[0].split(",")) if values else {}
+
+
+def test_required_secrets_come_from_their_own_secrets(tmp_path: Path) -> None:
+    """Settlement and compliance refuse to start without their webhook secrets: the service
+    and its migration job (which validates the whole settings class) get them."""
+    specs = {spec.name: spec for spec in all_specs()}
+    assert specs["settlement"].required_secrets == ("SETTLEMENT_WEBHOOK_KEY",)
+    assert specs["compliance"].required_secrets == ("KYC_WEBHOOK_SECRET",)
+    services = known_services(["settlement", "compliance", "risk"])
+    write_files(tmp_path, services)
+    expected = {
+        "settlement": {"SETTLEMENT_WEBHOOK_KEY": "fp-settlement-settlement-webhook-key:latest"},
+        "compliance": {"KYC_WEBHOOK_SECRET": "fp-compliance-kyc-webhook-secret:latest"},
+        "risk": {},
+    }
+    tfvars = json.loads((tmp_path / "terraform" / TFVARS_NAME).read_text())
+    for svc in services:
+        doc = yaml.safe_load((tmp_path / "cloudbuild" / f"{svc.name}.yaml").read_text())
+        for step in ("migrate", "deploy"):
+            secrets = _flag(_step(doc, step)["args"], "--set-secrets")
+            assert secrets.pop("DATABASE_URL") == f"fp-{svc.db_slug}-db-connection-string:latest"
+            assert secrets == expected[svc.name]
+            env = _flag(_step(doc, step)["args"], "--set-env-vars")
+            assert not set(env) & set(specs[svc.name].required_secrets)  # never plain
+        assert tfvars["services"][svc.name]["secrets"] == {
+            k: v.removesuffix(":latest") for k, v in expected[svc.name].items()
+        }
+
+
+def test_consumers_get_push_authentication_env(tmp_path: Path) -> None:
+    services = known_services(["settlement", "compliance", "risk"])
+    write_files(tmp_path, services)
+    tfvars = json.loads((tmp_path / "terraform" / TFVARS_NAME).read_text())
+    for svc in services:
+        doc = yaml.safe_load((tmp_path / "cloudbuild" / f"{svc.name}.yaml").read_text())
+        env = _flag(_step(doc, "deploy")["args"], "--set-env-vars")
+        assert env["FP_ENV"] == "production"
+        assert env["FP_BUS"] == "pubsub"
+        assert env["GCP_PROJECT"] == "$PROJECT_ID"
+        audience = tfvars["services"][svc.name]["push_audience"]
+        if svc.name == "compliance":  # consumes nothing
+            assert "FP_PUSH_AUDIENCE" not in env and audience is None
+            continue
+        assert env["FP_PUSH_AUDIENCE"] == audience == svc.push_audience
+        assert env["FP_PUSH_SERVICE_ACCOUNT"] == (
+            f"fp-{svc.db_slug}-push@$PROJECT_ID.iam.gserviceaccount.com"
+        )
+    # the settings the push endpoint checks read exactly these names
+    fields = BaseServiceSettings.model_fields
+    assert fields["push_audience"].alias == "FP_PUSH_AUDIENCE"
+    assert fields["push_service_account"].alias == "FP_PUSH_SERVICE_ACCOUNT"
+
+
+def test_delivery_attempts_outside_pubsub_range_are_refused() -> None:
+    assert delivery_attempts("s", 5) == 5
+    assert delivery_attempts("s", 100) == 100
+    for bad in (0, 4, 101):
+        with pytest.raises(ValueError, match="outside Pub/Sub"):
+            delivery_attempts("s", bad)
 
 
 def test_generated_files_pass_the_audit_and_a_broken_one_does_not(tmp_path: Path) -> None:
@@ -92,6 +162,35 @@ def test_generated_files_pass_the_audit_and_a_broken_one_does_not(tmp_path: Path
     assert sorted(f.rule for f in run_audit(tmp_path).findings) == ["FP101"]
 
 
+def test_a_deploy_without_a_required_secret_is_flagged(tmp_path: Path) -> None:
+    """The audit joins the generated Cloud Build file with the ServiceSpec's AST."""
+    services = known_services(["settlement"])
+    write_files(tmp_path / "deploy", services)
+    spec = tmp_path / "src" / "pkg" / "settlement" / "spec.py"
+    spec.parent.mkdir(parents=True)
+    spec.write_text(
+        'SPEC = ServiceSpec(name="settlement", db_slug="settlement",\n'
+        '                   required_secrets=("SETTLEMENT_WEBHOOK_KEY",))\n'
+    )
+    assert run_audit(tmp_path).findings == []
+    path = tmp_path / "deploy" / "cloudbuild" / "settlement.yaml"
+    doc = yaml.safe_load(path.read_text())
+    for step in ("migrate", "deploy"):
+        args = _step(doc, step)["args"]
+        args[:] = [
+            "--set-secrets=DATABASE_URL=fp-settlement-db-connection-string:latest"
+            if a.startswith("--set-secrets")
+            else a
+            for a in args
+        ]
+    path.write_text(yaml.safe_dump(doc))
+    findings = run_audit(tmp_path).findings
+    assert [(f.rule, "SETTLEMENT_WEBHOOK_KEY" in f.message) for f in findings] == [
+        ("FP104", True),
+        ("FP104", True),
+    ]  # the service and its migration job
+
+
 def test_tfvars_follow_the_event_registry(tmp_path: Path) -> None:
     write_files(tmp_path, known_services(["risk", "alerts"]))
     data = json.loads((tmp_path / "terraform" / TFVARS_NAME).read_text())
@@ -108,7 +207,10 @@ def test_tfvars_follow_the_event_registry(tmp_path: Path) -> None:
         assert set(subs) == {s.name for s in topic.subscriptions}
         for s in topic.subscriptions:
             assert subs[s.name]["service"] == s.service
-            assert 5 <= subs[s.name]["max_delivery_attempts"] <= 100
+            assert subs[s.name]["max_delivery_attempts"] == s.max_attempts
+            # pushed to the consuming service when it is deployed, else pull
+            push = f"/events/pubsub/{s.name}" if s.service in {"risk", "alerts"} else None
+            assert subs[s.name]["push_path"] == push
 
 
 def test_generate_command_writes_checks_and_removes(tmp_path: Path) -> None:
@@ -135,7 +237,7 @@ def test_terraform_declares_every_generated_variable() -> None:
     generated = json.loads((REPO_ROOT / "deploy/terraform" / TFVARS_NAME).read_text())
     assert set(generated) <= set(declared)
     # the object types name every field the generator writes
-    for field in ("db_slug", "publishes", "consumes"):
+    for field in ("db_slug", "publishes", "consumes", "secrets", "push_audience"):
         assert field in declared["services"]
     for field in ("service", "max_delivery_attempts", "push_path"):
         assert field in declared["topics"]
