@@ -3,16 +3,6 @@
 # later revisions with the same secrets, environment and Cloud SQL instance (both come
 # from the same generator), so the template is ignored after creation.
 
-locals {
-  # plain environment of consuming services: how they authenticate Pub/Sub push requests
-  push_env = {
-    for name, s in local.consumers : name => {
-      FP_PUSH_AUDIENCE        = s.push_audience
-      FP_PUSH_SERVICE_ACCOUNT = google_service_account.push[name].email
-    }
-  }
-}
-
 resource "google_cloud_run_v2_service" "service" {
   for_each            = local.run_services
   name                = each.key
@@ -39,6 +29,10 @@ resource "google_cloud_run_v2_service" "service" {
       ports {
         container_port = 8080
       }
+      resources {
+        # the outbox relay and background workers need CPU between requests
+        cpu_idle = length(each.value.publishes) + length(each.value.consumes) == 0
+      }
       env {
         name  = "FP_ENV"
         value = "production"
@@ -51,8 +45,15 @@ resource "google_cloud_run_v2_service" "service" {
         name  = "GCP_PROJECT"
         value = var.project_id
       }
+      # a consuming service authenticates Pub/Sub push requests (pubsub.tf): the token's
+      # audience and the email of its push account (iam.tf, fp-<db_slug>-push)
       dynamic "env" {
-        for_each = lookup(local.push_env, each.key, {})
+        for_each = {
+          for k, v in {
+            FP_PUSH_AUDIENCE        = each.value.push_audience
+            FP_PUSH_SERVICE_ACCOUNT = "fp-${each.value.db_slug}-push@${var.project_id}.iam.gserviceaccount.com"
+          } : k => v if length(each.value.consumes) > 0
+        }
         content {
           name  = env.key
           value = env.value
@@ -74,7 +75,7 @@ resource "google_cloud_run_v2_service" "service" {
           name = env.key
           value_source {
             secret_key_ref {
-              secret  = google_secret_manager_secret.service[local.secret_key[each.key][env.key]].secret_id
+              secret  = google_secret_manager_secret.service[env.value].secret_id
               version = "latest"
             }
           }

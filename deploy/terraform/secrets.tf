@@ -10,8 +10,6 @@ locals {
       for env_name, secret_id in s.secrets : secret_id => { service = svc, env = env_name }
     }
   ]...)
-  # service -> env name -> secret id (the key of the resources below)
-  secret_key = { for svc, s in var.services : svc => s.secrets }
 }
 
 resource "random_password" "service" {

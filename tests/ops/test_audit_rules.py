@@ -274,7 +274,8 @@ def test_fp104_required_secret_or_setting_not_provided(audit_tree: AuditTree) ->
         }
     )
     assert rules_of(plain) == ["FP104"]
-    assert "LEDGER_SIGNING_KEY" in plain[0].message and "plain environment" in plain[0].message
+    assert "LEDGER_SIGNING_KEY" in plain[0].message
+    assert "plain environment" in plain[0].message
 
 
 def test_fp104_every_requirement_provided(audit_tree: AuditTree) -> None:

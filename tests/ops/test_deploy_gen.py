@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import secrets
+import string
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -13,6 +16,7 @@ from fusion_prime.cli import app
 from fusion_prime.ops.audit.engine import run_audit
 from fusion_prime.ops.deploy_gen import (
     KNOWN_DB_SLUGS,
+    PUSH_PATH,
     TFVARS_NAME,
     delivery_attempts,
     known_services,
@@ -61,8 +65,8 @@ def test_cloudbuild_for_each_service(tmp_path: Path) -> None:
         deploy = _step(doc, "deploy")["args"]
         assert deploy[:3] == ["run", "deploy", svc.name]
         for args in (migrate, deploy):
-            secrets = _flag(args, "--set-secrets")
-            assert secrets["DATABASE_URL"] == f"fp-{slug}-db-connection-string:latest"
+            given = _flag(args, "--set-secrets")
+            assert given["DATABASE_URL"] == f"fp-{slug}-db-connection-string:latest"
             assert any(a.endswith(f":${{_REGION}}:fp-{slug}-db") for a in args)
             assert f"--service-account=fp-{slug}-run@$PROJECT_ID.iam.gserviceaccount.com" in args
         assert "--no-allow-unauthenticated" in deploy
@@ -102,9 +106,9 @@ def test_required_secrets_come_from_their_own_secrets(tmp_path: Path) -> None:
     for svc in services:
         doc = yaml.safe_load((tmp_path / "cloudbuild" / f"{svc.name}.yaml").read_text())
         for step in ("migrate", "deploy"):
-            secrets = _flag(_step(doc, step)["args"], "--set-secrets")
-            assert secrets.pop("DATABASE_URL") == f"fp-{svc.db_slug}-db-connection-string:latest"
-            assert secrets == expected[svc.name]
+            given = _flag(_step(doc, step)["args"], "--set-secrets")
+            assert given.pop("DATABASE_URL") == f"fp-{svc.db_slug}-db-connection-string:latest"
+            assert given == expected[svc.name]
             env = _flag(_step(doc, step)["args"], "--set-env-vars")
             assert not set(env) & set(specs[svc.name].required_secrets)  # never plain
         assert tfvars["services"][svc.name]["secrets"] == {
@@ -124,13 +128,17 @@ def test_consumers_get_push_authentication_env(tmp_path: Path) -> None:
         assert env["GCP_PROJECT"] == "$PROJECT_ID"
         audience = tfvars["services"][svc.name]["push_audience"]
         if svc.name == "compliance":  # consumes nothing
-            assert "FP_PUSH_AUDIENCE" not in env and audience is None
+            assert "FP_PUSH_AUDIENCE" not in env
+            assert audience is None
             continue
         assert env["FP_PUSH_AUDIENCE"] == audience == svc.push_audience
         assert env["FP_PUSH_SERVICE_ACCOUNT"] == (
             f"fp-{svc.db_slug}-push@$PROJECT_ID.iam.gserviceaccount.com"
         )
-    # the settings the push endpoint checks read exactly these names
+    # the path is the push endpoint's route; the settings it checks read these names
+    from fusion_prime.platform.bus.pubsub import push_router
+
+    assert [r.path for r in push_router.routes] == [PUSH_PATH]  # type: ignore[attr-defined]
     fields = BaseServiceSettings.model_fields
     assert fields["push_audience"].alias == "FP_PUSH_AUDIENCE"
     assert fields["push_service_account"].alias == "FP_PUSH_SERVICE_ACCOUNT"
@@ -241,3 +249,66 @@ def test_terraform_declares_every_generated_variable() -> None:
         assert field in declared["services"]
     for field in ("service", "max_delivery_attempts", "push_path"):
         assert field in declared["topics"]
+
+
+def _resources(name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """(type, name) -> body of every resource in deploy/terraform/<name>, via python-hcl2."""
+    import hcl2
+
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for group in hcl2.loads((REPO_ROOT / "deploy/terraform" / name).read_text())["resource"]:
+        for rtype, named in group.items():
+            for rname, body in named.items():
+                out[(rtype.strip('"'), rname.strip('"'))] = body
+    return out
+
+
+def test_terraform_push_subscriptions_and_their_accounts() -> None:
+    sub = _resources("pubsub.tf")[("google_pubsub_subscription", "sub")]
+    assert sub["enable_message_ordering"] is True
+    assert sub["retry_policy"]
+    dead = sub["dead_letter_policy"][0]
+    assert dead["max_delivery_attempts"] == "${each.value.max_delivery_attempts}"
+    push = sub["dynamic"][0]['"push_config"']
+    assert "each.value.push_path != null" in push["for_each"]  # not shipped: stays pull
+    content = push["content"][0]
+    assert content["push_endpoint"].endswith('${push_config.value.push_path}"')
+    token = content["oidc_token"][0]
+    assert token["service_account_email"] == (
+        "${google_service_account.push[push_config.value.service].email}"
+    )
+    assert token["audience"] == "${var.services[push_config.value.service].push_audience}"
+
+    iam = _resources("iam.tf")
+    account = iam[("google_service_account", "push")]
+    assert account["account_id"] == '"fp-${each.value.db_slug}-push"'
+    creator = iam[("google_service_account_iam_member", "push_token_creator")]
+    assert creator["role"] == '"roles/iam.serviceAccountTokenCreator"'
+    assert creator["member"] == "${local.pubsub_agent}"
+    # the runtime accounts pull nothing: no subscriber role for them
+    assert ("google_pubsub_subscription_iam_member", "subscriber") not in iam
+
+    run = _resources("cloudrun.tf")[("google_cloud_run_v2_service", "service")]
+    assert "push_audience" in run["custom_audiences"]
+    text = (REPO_ROOT / "deploy/terraform/cloudrun.tf").read_text()
+    # only the service's own push account may invoke it; its env names that account
+    assert "member = google_service_account.push[svc].member }" in text
+    assert '"fp-${each.value.db_slug}-push@${var.project_id}.iam.gserviceaccount.com"' in text
+
+
+def test_terraform_required_secrets_are_generated_and_private() -> None:
+    res = _resources("secrets.tf")
+    password = res[("random_password", "service")]
+    assert password["length"] >= 32  # SETTLEMENT_WEBHOOK_KEY's minimum (16 for KYC)
+    access = res[("google_secret_manager_secret_iam_member", "service")]
+    assert access["role"] == '"roles/secretmanager.secretAccessor"'
+    assert access["member"] == "${google_service_account.run[each.value.service].member}"
+    assert res[("google_secret_manager_secret", "service")]["secret_id"] == "${each.key}"
+    # a value of that shape is accepted by the services' settings
+    from fusion_prime.compliance.settings import ComplianceSettings
+    from fusion_prime.settlement.settings import SettlementSettings
+
+    value = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(64))
+    assert len(value) == password["length"]
+    SettlementSettings.model_validate({"SETTLEMENT_WEBHOOK_KEY": value})
+    ComplianceSettings.model_validate({"KYC_WEBHOOK_SECRET": value})

@@ -97,6 +97,12 @@ class ServiceDeploy:
         """
         return f"https://fusion-prime.internal/pubsub-push/{self.name}"
 
+    @property
+    def always_on(self) -> bool:
+        """Its outbox relay (and background workers) must run between requests: one
+        instance stays up with CPU always allocated."""
+        return bool(self.publishes or self.consumes)
+
     def env(self) -> dict[str, str]:
         """Plain environment of the service and its migration job (never a secret)."""
         out = {"FP_ENV": "production", "FP_BUS": "pubsub", "GCP_PROJECT": "$PROJECT_ID"}
@@ -122,9 +128,7 @@ def shipped_services() -> list[ServiceDeploy]:
     from fusion_prime.services import all_specs
 
     return [
-        ServiceDeploy(
-            spec.name, spec.db_slug, tuple(spec.publishes), tuple(spec.required_secrets)
-        )
+        ServiceDeploy(spec.name, spec.db_slug, tuple(spec.publishes), tuple(spec.required_secrets))
         for spec in all_specs()
         if spec.migrations_dir is not None
     ]
@@ -223,6 +227,7 @@ def cloudbuild(svc: ServiceDeploy) -> dict[str, Any]:
                 f"--add-cloudsql-instances={instance}",
                 f"--service-account={svc.service_account}",
                 "--no-allow-unauthenticated",
+                *(["--min-instances=1", "--no-cpu-throttling"] if svc.always_on else []),
                 "--no-traffic",
                 f"--tag={tag}",
             ],
