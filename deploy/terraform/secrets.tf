@@ -16,6 +16,11 @@ resource "random_password" "service" {
   for_each = local.service_secrets
   length   = 64
   special  = false # goes into headers and HMAC keys; 64 alphanumerics are ~380 bits
+  lifecycle {
+    # never regenerate a value because these arguments changed: SETTLEMENT_WEBHOOK_KEY
+    # encrypts stored data; rotation is an explicit -replace (docs/deploy.md)
+    ignore_changes = [length, special]
+  }
 }
 
 resource "google_secret_manager_secret" "service" {
