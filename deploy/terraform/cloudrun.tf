@@ -1,7 +1,7 @@
 # The Cloud Run services. Terraform creates each one (first revision from var.image) and
 # owns its identity and access; Cloud Build (deploy/cloudbuild/<service>.yaml) deploys the
-# later revisions with the same DATABASE_URL secret and Cloud SQL instance, so the
-# template is ignored after creation.
+# later revisions with the same secrets, environment and Cloud SQL instance (both come
+# from the same generator), so the template is ignored after creation.
 
 resource "google_cloud_run_v2_service" "service" {
   for_each            = local.run_services
@@ -9,13 +9,16 @@ resource "google_cloud_run_v2_service" "service" {
   location            = var.region
   ingress             = "INGRESS_TRAFFIC_ALL" # IAM-authenticated: no allUsers invoker
   deletion_protection = var.deletion_protection
+  # push tokens carry this audience (not the run.app URL, which the env cannot name)
+  custom_audiences = each.value.push_audience == null ? null : [each.value.push_audience]
 
   template {
     service_account = google_service_account.run[each.key].email
 
     scaling {
-      # a service that consumes events keeps one instance to pull them
-      min_instance_count = length(each.value.consumes) > 0 ? 1 : 0
+      # events arrive by push; one warm instance keeps the outbox relay and the
+      # background workers running between requests
+      min_instance_count = length(each.value.publishes) + length(each.value.consumes) > 0 ? 1 : 0
       max_instance_count = 10
     }
 
@@ -25,6 +28,10 @@ resource "google_cloud_run_v2_service" "service" {
 
       ports {
         container_port = 8080
+      }
+      resources {
+        # the outbox relay and background workers need CPU between requests
+        cpu_idle = length(each.value.publishes) + length(each.value.consumes) == 0
       }
       env {
         name  = "FP_ENV"
@@ -38,12 +45,39 @@ resource "google_cloud_run_v2_service" "service" {
         name  = "GCP_PROJECT"
         value = var.project_id
       }
+      # a consuming service authenticates Pub/Sub push requests (pubsub.tf): the token's
+      # audience and the email of its push account (iam.tf, fp-<db_slug>-push)
+      dynamic "env" {
+        for_each = {
+          for k, v in {
+            FP_PUSH_AUDIENCE        = each.value.push_audience
+            FP_PUSH_SERVICE_ACCOUNT = "fp-${each.value.db_slug}-push@${var.project_id}.iam.gserviceaccount.com"
+          } : k => v if length(each.value.consumes) > 0
+        }
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
       env {
         name = "DATABASE_URL"
         value_source {
           secret_key_ref {
             secret  = google_secret_manager_secret.db_url[each.value.db_slug].secret_id
             version = "latest"
+          }
+        }
+      }
+      # required secrets of the service (secrets.tf), one Secret Manager secret each
+      dynamic "env" {
+        for_each = each.value.secrets
+        content {
+          name = env.key
+          value_source {
+            secret_key_ref {
+              secret  = google_secret_manager_secret.service[env.value].secret_id
+              version = "latest"
+            }
           }
         }
       }
@@ -82,6 +116,8 @@ resource "google_cloud_run_v2_service" "service" {
   depends_on = [
     google_secret_manager_secret_iam_member.db_url,
     google_secret_manager_secret_version.db_url,
+    google_secret_manager_secret_iam_member.service,
+    google_secret_manager_secret_version.service,
     google_project_iam_member.cloudsql_client,
   ]
 }
@@ -90,7 +126,7 @@ locals {
   invoker_members = merge(
     { for svc, _ in local.run_services : "${svc}/deployer" => { service = svc, member = google_service_account.deployer.member } },
     { for svc, _ in local.run_services : "${svc}/uptime" => { service = svc, member = local.monitoring_agent } },
-    { for svc, s in local.run_services : "${svc}/push" => { service = svc, member = google_service_account.push.member } if length(s.consumes) > 0 },
+    { for svc, s in local.run_services : "${svc}/push" => { service = svc, member = google_service_account.push[svc].member } if length(s.consumes) > 0 },
     merge([
       for svc, members in var.invokers : {
         for m in members : "${svc}/${m}" => { service = svc, member = m }
@@ -99,7 +135,8 @@ locals {
   )
 }
 
-# Callers: the deployer (the verify step), uptime checks, Pub/Sub push, and var.invokers.
+# Callers: the deployer (the verify step), uptime checks, the service's own Pub/Sub push
+# account, and var.invokers.
 resource "google_cloud_run_v2_service_iam_member" "invoker" {
   for_each = local.invoker_members
   name     = google_cloud_run_v2_service.service[each.value.service].name

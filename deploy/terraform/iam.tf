@@ -1,6 +1,7 @@
 # Least privilege: one runtime service account per shipped service, allowed to read only
-# its own connection-string secret, to connect only to its own Cloud SQL instance, to
-# publish only to the topics it publishes and to consume only its own subscriptions.
+# its own secrets (connection string, required secrets in secrets.tf), to connect only to
+# its own Cloud SQL instance and to publish only to the topics it publishes. It pulls
+# nothing: its subscriptions are delivered by push (pubsub.tf).
 
 resource "google_service_account" "run" {
   for_each     = var.services
@@ -34,17 +35,21 @@ resource "google_pubsub_topic_iam_member" "publisher" {
   member   = google_service_account.run[each.value.service].member
 }
 
-resource "google_pubsub_subscription_iam_member" "subscriber" {
-  for_each     = { for name, s in local.subscriptions : name => s if contains(keys(var.services), s.service) }
-  subscription = google_pubsub_subscription.sub[each.key].id
-  role         = "roles/pubsub.subscriber"
-  member       = google_service_account.run[each.value.service].member
+# Pub/Sub push: one account per consuming service (fp-<slug>-push). Its OIDC token is on
+# every push request; it may invoke only that service (cloudrun.tf, invoker) and the
+# service accepts only its email (FP_PUSH_SERVICE_ACCOUNT) with its audience.
+resource "google_service_account" "push" {
+  for_each     = local.consumers
+  account_id   = "fp-${each.value.db_slug}-push"
+  display_name = "Fusion Prime Pub/Sub push to ${each.key}"
 }
 
-# Push subscriptions authenticate to the (private) services with this account's OIDC token.
-resource "google_service_account" "push" {
-  account_id   = "fp-pubsub-push"
-  display_name = "Fusion Prime Pub/Sub push (invokes consumers)"
+# The Pub/Sub service agent mints the push OIDC tokens for these accounts.
+resource "google_service_account_iam_member" "push_token_creator" {
+  for_each           = local.consumers
+  service_account_id = google_service_account.push[each.key].name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_agent
 }
 
 # --- the Cloud Build deployer -----------------------------------------------------------

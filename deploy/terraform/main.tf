@@ -42,6 +42,8 @@ locals {
   monitoring_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com"
   # Cloud Run services exist once an image has been pushed (docs/deploy.md, step 3).
   run_services = var.image == null ? {} : var.services
+  # services that consume events: they get a push account and push subscriptions
+  consumers = { for name, s in var.services : name => s if length(s.consumes) > 0 }
 }
 
 resource "google_project_service" "api" {

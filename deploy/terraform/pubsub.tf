@@ -1,6 +1,15 @@
 # Topics and subscriptions from the event registry (fusion_prime.platform.bus.registry).
-# Every subscription gets a retry policy and its own dead-letter topic; a "-dead-letter-hold"
-# subscription keeps the dead letters for `fusion-prime events dead-letters` / replay.
+# Every subscription gets message ordering (the publisher sets ordering key = subject), a
+# retry policy and its own dead-letter topic after the registry's max_attempts; a
+# "-dead-letter-hold" subscription keeps the dead letters for inspection and replay.
+#
+# Delivery: a subscription of a shipped consumer is a push subscription to
+# <service url>/events/pubsub/<subscription> with an OIDC token of the service's push
+# account and audience (checked by the service: FP_PUSH_SERVICE_ACCOUNT, FP_PUSH_AUDIENCE).
+# A subscription whose consumer is not shipped (no Cloud Run service, or var.image still
+# null) stays pull: there is no endpoint to push to, and pushing to a missing one would
+# only burn the delivery attempts into the dead-letter topic. Pull keeps the messages (7
+# days) until the consumer ships and the next apply turns it into push.
 
 locals {
   subscriptions = merge([
@@ -38,8 +47,9 @@ resource "google_pubsub_subscription" "sub" {
   for_each                   = local.subscriptions
   name                       = each.key
   topic                      = google_pubsub_topic.topic[each.value.topic].id
-  ack_deadline_seconds       = 60
+  ack_deadline_seconds       = 60 # also the push request timeout
   message_retention_duration = "604800s"
+  enable_message_ordering    = true
   labels                     = { app = "fusion-prime", consumer = each.value.service }
 
   retry_policy {
@@ -61,7 +71,8 @@ resource "google_pubsub_subscription" "sub" {
     content {
       push_endpoint = "${google_cloud_run_v2_service.service[push_config.value.service].uri}${push_config.value.push_path}"
       oidc_token {
-        service_account_email = google_service_account.push.email
+        service_account_email = google_service_account.push[push_config.value.service].email
+        audience              = var.services[push_config.value.service].push_audience
       }
     }
   }

@@ -63,11 +63,13 @@ variable "databases" {
 }
 
 variable "services" {
-  description = "Shipped services: their db_slug, the topics they publish and the subscriptions they consume."
+  description = "Shipped services: db_slug, published topics, consumed subscriptions, required secrets (env name -> secret id) and the OIDC audience of their push requests (null: no consumers)."
   type = map(object({
-    db_slug   = string
-    publishes = list(string)
-    consumes  = list(string)
+    db_slug       = string
+    publishes     = list(string)
+    consumes      = list(string)
+    secrets       = map(string)
+    push_audience = string
   }))
 }
 

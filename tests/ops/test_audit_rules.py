@@ -208,6 +208,130 @@ def test_fp101_fp103_in_a_cloud_run_service_manifest(audit_tree: AuditTree) -> N
     assert good == []
 
 
+# -- FP104: secrets/settings the code requires must come from the deploy --------------------
+
+SPEC_WITH_SECRET = """
+from fusion_prime.platform.spec import ServiceSpec
+from pkg.ledger.settings import LedgerSettings
+SPEC = ServiceSpec(
+    name="ledger",
+    db_slug="ledger",
+    default_port=1,
+    migrations_dir=None,
+    settings_cls=LedgerSettings,
+    required_secrets=("LEDGER_SIGNING_KEY",),
+)
+"""
+SETTINGS = """
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings
+
+class CommonSettings(BaseSettings):
+    region: str
+    timeout: float = 3.0
+
+class LedgerSettings(CommonSettings):
+    api_token: SecretStr = Field(alias="LEDGER_API_TOKEN")
+    retries: int = Field(default=3, alias="LEDGER_RETRIES")
+    hook: str = Field(default_factory=str, alias="LEDGER_HOOK")
+    database_url: str = Field(alias="DATABASE_URL")
+"""
+LEDGER_SECRETS = (
+    "--set-secrets=LEDGER_SIGNING_KEY=fp-ledger-ledger-signing-key:latest,"
+    "LEDGER_API_TOKEN=fp-ledger-ledger-api-token:latest"
+)
+
+
+def test_fp104_required_secret_or_setting_not_provided(audit_tree: AuditTree) -> None:
+    code = {"src/pkg/ledger/spec.py": SPEC_WITH_SECRET, "src/pkg/ledger/settings.py": SETTINGS}
+    bad = audit_tree(
+        {
+            # neither the spec's secret, nor the settings' secret, nor the inherited setting
+            "deploy/cloudbuild/ledger.yaml": deploy("ledger", "--args=serve,ledger", *DB_FLAGS),
+            **code,
+        }
+    )
+    assert rules_of(bad) == ["FP104", "FP104", "FP104"]
+    messages = " | ".join(f.message for f in bad)
+    for what in (
+        "the secret LEDGER_SIGNING_KEY",  # ServiceSpec.required_secrets
+        "the secret LEDGER_API_TOKEN",  # SecretStr field without a default
+        "the setting (no default) REGION",  # inherited field, env name = field name
+    ):
+        assert what in messages
+    assert all(f.path == "deploy/cloudbuild/ledger.yaml" and f.line == 8 for f in bad)
+    # the secret set as a plain environment variable is flagged as such
+    plain = audit_tree(
+        {
+            "deploy/cloudbuild/ledger.yaml": deploy(
+                "ledger",
+                "--args=serve,ledger",
+                *DB_FLAGS,
+                "--set-env-vars=region=eu,LEDGER_SIGNING_KEY=changeme",
+                "--update-secrets=LEDGER_API_TOKEN=fp-ledger-ledger-api-token:latest",
+            ),
+            **code,
+        }
+    )
+    assert rules_of(plain) == ["FP104"]
+    assert "LEDGER_SIGNING_KEY" in plain[0].message
+    assert "plain environment" in plain[0].message
+
+
+def test_fp104_every_requirement_provided(audit_tree: AuditTree) -> None:
+    code = {"src/pkg/ledger/spec.py": SPEC_WITH_SECRET, "src/pkg/ledger/settings.py": SETTINGS}
+    good = audit_tree(
+        {
+            "deploy/cloudbuild/ledger.yaml": deploy(
+                "ledger",
+                "--args=serve,ledger",
+                *DB_FLAGS,
+                LEDGER_SECRETS,
+                "--set-env-vars=REGION=eu",  # a non-secret setting may be plain
+            ),
+            **code,
+        }
+    )
+    assert good == []
+    # a job with its environment in a file cannot be checked here: no guess
+    env_file = audit_tree(
+        {
+            "deploy/cloudbuild/ledger.yaml": deploy(
+                "ledger", "--args=serve,ledger", *DB_FLAGS, "--env-vars-file=env.yaml"
+            ),
+            **code,
+        }
+    )
+    assert env_file == []
+
+
+def test_fp104_in_the_incident_layout(audit_tree: AuditTree) -> None:
+    settings = """
+    from pydantic import SecretStr
+    from pydantic_settings import BaseSettings
+
+    class Settings(BaseSettings):
+        webhook_secret: SecretStr
+    """
+    bad = audit_tree(
+        {
+            "services/hooks/cloudbuild.yaml": deploy("hooks"),
+            "services/hooks/app/settings.py": settings,
+        }
+    )
+    assert rules_of(bad) == ["FP104"]
+    assert "WEBHOOK_SECRET" in bad[0].message
+    good = audit_tree(
+        {
+            "services/hooks/cloudbuild.yaml": deploy(
+                "hooks", "--set-secrets=WEBHOOK_SECRET=fp-hooks-webhook-secret:1"
+            ),
+            "services/hooks/app/settings.py": settings,
+        }
+    )
+    assert good == []
+
+
 # -- FP201 / FP202: defaults and fallbacks in code -----------------------------------------
 
 

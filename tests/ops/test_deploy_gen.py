@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import secrets
+import string
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -12,13 +16,16 @@ from fusion_prime.cli import app
 from fusion_prime.ops.audit.engine import run_audit
 from fusion_prime.ops.deploy_gen import (
     KNOWN_DB_SLUGS,
+    PUSH_PATH,
     TFVARS_NAME,
+    delivery_attempts,
     known_services,
     shipped_services,
     stale_files,
     write_files,
 )
 from fusion_prime.platform.bus.registry import TOPICS
+from fusion_prime.platform.settings import BaseServiceSettings
 from fusion_prime.services import all_specs
 from tests.harness import REPO_ROOT
 
@@ -58,7 +65,8 @@ def test_cloudbuild_for_each_service(tmp_path: Path) -> None:
         deploy = _step(doc, "deploy")["args"]
         assert deploy[:3] == ["run", "deploy", svc.name]
         for args in (migrate, deploy):
-            assert f"--set-secrets=DATABASE_URL=fp-{slug}-db-connection-string:latest" in args
+            given = _flag(args, "--set-secrets")
+            assert given["DATABASE_URL"] == f"fp-{slug}-db-connection-string:latest"
             assert any(a.endswith(f":${{_REGION}}:fp-{slug}-db") for a in args)
             assert f"--service-account=fp-{slug}-run@$PROJECT_ID.iam.gserviceaccount.com" in args
         assert "--no-allow-unauthenticated" in deploy
@@ -72,6 +80,76 @@ def test_cloudbuild_for_each_service(tmp_path: Path) -> None:
     oracle = (tmp_path / "cloudbuild" / "oracle.yaml").read_text()
     assert oracle.count("DATABASE_URL=fp-priceoracle-db-connection-string:latest") == 2
     assert oracle.count(":${_REGION}:fp-priceoracle-db\n") == 2
+
+
+def _flag(args: list[str], flag: str) -> dict[str, str]:
+    """`--flag=A=x,B=y` of a gcloud step as {A: x, B: y} (empty when absent)."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
+    assert len(values) <= 1
+    return dict(item.split("=", 1) for item in values[0].split(",")) if values else {}
+
+
+def test_required_secrets_come_from_their_own_secrets(tmp_path: Path) -> None:
+    """Settlement and compliance refuse to start without their webhook secrets: the service
+    and its migration job (which validates the whole settings class) get them."""
+    specs = {spec.name: spec for spec in all_specs()}
+    assert specs["settlement"].required_secrets == ("SETTLEMENT_WEBHOOK_KEY",)
+    assert specs["compliance"].required_secrets == ("KYC_WEBHOOK_SECRET",)
+    services = known_services(["settlement", "compliance", "risk"])
+    write_files(tmp_path, services)
+    expected = {
+        "settlement": {"SETTLEMENT_WEBHOOK_KEY": "fp-settlement-settlement-webhook-key:latest"},
+        "compliance": {"KYC_WEBHOOK_SECRET": "fp-compliance-kyc-webhook-secret:latest"},
+        "risk": {},
+    }
+    tfvars = json.loads((tmp_path / "terraform" / TFVARS_NAME).read_text())
+    for svc in services:
+        doc = yaml.safe_load((tmp_path / "cloudbuild" / f"{svc.name}.yaml").read_text())
+        for step in ("migrate", "deploy"):
+            given = _flag(_step(doc, step)["args"], "--set-secrets")
+            assert given.pop("DATABASE_URL") == f"fp-{svc.db_slug}-db-connection-string:latest"
+            assert given == expected[svc.name]
+            env = _flag(_step(doc, step)["args"], "--set-env-vars")
+            assert not set(env) & set(specs[svc.name].required_secrets)  # never plain
+        assert tfvars["services"][svc.name]["secrets"] == {
+            k: v.removesuffix(":latest") for k, v in expected[svc.name].items()
+        }
+
+
+def test_consumers_get_push_authentication_env(tmp_path: Path) -> None:
+    services = known_services(["settlement", "compliance", "risk"])
+    write_files(tmp_path, services)
+    tfvars = json.loads((tmp_path / "terraform" / TFVARS_NAME).read_text())
+    for svc in services:
+        doc = yaml.safe_load((tmp_path / "cloudbuild" / f"{svc.name}.yaml").read_text())
+        env = _flag(_step(doc, "deploy")["args"], "--set-env-vars")
+        assert env["FP_ENV"] == "production"
+        assert env["FP_BUS"] == "pubsub"
+        assert env["GCP_PROJECT"] == "$PROJECT_ID"
+        audience = tfvars["services"][svc.name]["push_audience"]
+        if svc.name == "compliance":  # consumes nothing
+            assert "FP_PUSH_AUDIENCE" not in env
+            assert audience is None
+            continue
+        assert env["FP_PUSH_AUDIENCE"] == audience == svc.push_audience
+        assert env["FP_PUSH_SERVICE_ACCOUNT"] == (
+            f"fp-{svc.db_slug}-push@$PROJECT_ID.iam.gserviceaccount.com"
+        )
+    # the path is the push endpoint's route; the settings it checks read these names
+    from fusion_prime.platform.bus.pubsub import push_router
+
+    assert [r.path for r in push_router.routes] == [PUSH_PATH]  # type: ignore[attr-defined]
+    fields = BaseServiceSettings.model_fields
+    assert fields["push_audience"].alias == "FP_PUSH_AUDIENCE"
+    assert fields["push_service_account"].alias == "FP_PUSH_SERVICE_ACCOUNT"
+
+
+def test_delivery_attempts_outside_pubsub_range_are_refused() -> None:
+    assert delivery_attempts("s", 5) == 5
+    assert delivery_attempts("s", 100) == 100
+    for bad in (0, 4, 101):
+        with pytest.raises(ValueError, match="outside Pub/Sub"):
+            delivery_attempts("s", bad)
 
 
 def test_generated_files_pass_the_audit_and_a_broken_one_does_not(tmp_path: Path) -> None:
@@ -92,6 +170,35 @@ def test_generated_files_pass_the_audit_and_a_broken_one_does_not(tmp_path: Path
     assert sorted(f.rule for f in run_audit(tmp_path).findings) == ["FP101"]
 
 
+def test_a_deploy_without_a_required_secret_is_flagged(tmp_path: Path) -> None:
+    """The audit joins the generated Cloud Build file with the ServiceSpec's AST."""
+    services = known_services(["settlement"])
+    write_files(tmp_path / "deploy", services)
+    spec = tmp_path / "src" / "pkg" / "settlement" / "spec.py"
+    spec.parent.mkdir(parents=True)
+    spec.write_text(
+        'SPEC = ServiceSpec(name="settlement", db_slug="settlement",\n'
+        '                   required_secrets=("SETTLEMENT_WEBHOOK_KEY",))\n'
+    )
+    assert run_audit(tmp_path).findings == []
+    path = tmp_path / "deploy" / "cloudbuild" / "settlement.yaml"
+    doc = yaml.safe_load(path.read_text())
+    for step in ("migrate", "deploy"):
+        args = _step(doc, step)["args"]
+        args[:] = [
+            "--set-secrets=DATABASE_URL=fp-settlement-db-connection-string:latest"
+            if a.startswith("--set-secrets")
+            else a
+            for a in args
+        ]
+    path.write_text(yaml.safe_dump(doc))
+    findings = run_audit(tmp_path).findings
+    assert [(f.rule, "SETTLEMENT_WEBHOOK_KEY" in f.message) for f in findings] == [
+        ("FP104", True),
+        ("FP104", True),
+    ]  # the service and its migration job
+
+
 def test_tfvars_follow_the_event_registry(tmp_path: Path) -> None:
     write_files(tmp_path, known_services(["risk", "alerts"]))
     data = json.loads((tmp_path / "terraform" / TFVARS_NAME).read_text())
@@ -108,7 +215,10 @@ def test_tfvars_follow_the_event_registry(tmp_path: Path) -> None:
         assert set(subs) == {s.name for s in topic.subscriptions}
         for s in topic.subscriptions:
             assert subs[s.name]["service"] == s.service
-            assert 5 <= subs[s.name]["max_delivery_attempts"] <= 100
+            assert subs[s.name]["max_delivery_attempts"] == s.max_attempts
+            # pushed to the consuming service when it is deployed, else pull
+            push = f"/events/pubsub/{s.name}" if s.service in {"risk", "alerts"} else None
+            assert subs[s.name]["push_path"] == push
 
 
 def test_generate_command_writes_checks_and_removes(tmp_path: Path) -> None:
@@ -135,7 +245,70 @@ def test_terraform_declares_every_generated_variable() -> None:
     generated = json.loads((REPO_ROOT / "deploy/terraform" / TFVARS_NAME).read_text())
     assert set(generated) <= set(declared)
     # the object types name every field the generator writes
-    for field in ("db_slug", "publishes", "consumes"):
+    for field in ("db_slug", "publishes", "consumes", "secrets", "push_audience"):
         assert field in declared["services"]
     for field in ("service", "max_delivery_attempts", "push_path"):
         assert field in declared["topics"]
+
+
+def _resources(name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """(type, name) -> body of every resource in deploy/terraform/<name>, via python-hcl2."""
+    import hcl2
+
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for group in hcl2.loads((REPO_ROOT / "deploy/terraform" / name).read_text())["resource"]:
+        for rtype, named in group.items():
+            for rname, body in named.items():
+                out[(rtype.strip('"'), rname.strip('"'))] = body
+    return out
+
+
+def test_terraform_push_subscriptions_and_their_accounts() -> None:
+    sub = _resources("pubsub.tf")[("google_pubsub_subscription", "sub")]
+    assert sub["enable_message_ordering"] is True
+    assert sub["retry_policy"]
+    dead = sub["dead_letter_policy"][0]
+    assert dead["max_delivery_attempts"] == "${each.value.max_delivery_attempts}"
+    push = sub["dynamic"][0]['"push_config"']
+    assert "each.value.push_path != null" in push["for_each"]  # not shipped: stays pull
+    content = push["content"][0]
+    assert content["push_endpoint"].endswith('${push_config.value.push_path}"')
+    token = content["oidc_token"][0]
+    assert token["service_account_email"] == (
+        "${google_service_account.push[push_config.value.service].email}"
+    )
+    assert token["audience"] == "${var.services[push_config.value.service].push_audience}"
+
+    iam = _resources("iam.tf")
+    account = iam[("google_service_account", "push")]
+    assert account["account_id"] == '"fp-${each.value.db_slug}-push"'
+    creator = iam[("google_service_account_iam_member", "push_token_creator")]
+    assert creator["role"] == '"roles/iam.serviceAccountTokenCreator"'
+    assert creator["member"] == "${local.pubsub_agent}"
+    # the runtime accounts pull nothing: no subscriber role for them
+    assert ("google_pubsub_subscription_iam_member", "subscriber") not in iam
+
+    run = _resources("cloudrun.tf")[("google_cloud_run_v2_service", "service")]
+    assert "push_audience" in run["custom_audiences"]
+    text = (REPO_ROOT / "deploy/terraform/cloudrun.tf").read_text()
+    # only the service's own push account may invoke it; its env names that account
+    assert "member = google_service_account.push[svc].member }" in text
+    assert '"fp-${each.value.db_slug}-push@${var.project_id}.iam.gserviceaccount.com"' in text
+
+
+def test_terraform_required_secrets_are_generated_and_private() -> None:
+    res = _resources("secrets.tf")
+    password = res[("random_password", "service")]
+    assert password["length"] >= 32  # SETTLEMENT_WEBHOOK_KEY's minimum (16 for KYC)
+    access = res[("google_secret_manager_secret_iam_member", "service")]
+    assert access["role"] == '"roles/secretmanager.secretAccessor"'
+    assert access["member"] == "${google_service_account.run[each.value.service].member}"
+    assert res[("google_secret_manager_secret", "service")]["secret_id"] == "${each.key}"
+    # a value of that shape is accepted by the services' settings
+    from fusion_prime.compliance.settings import ComplianceSettings
+    from fusion_prime.settlement.settings import SettlementSettings
+
+    value = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(64))
+    assert len(value) == password["length"]
+    SettlementSettings.model_validate({"SETTLEMENT_WEBHOOK_KEY": value})
+    ComplianceSettings.model_validate({"KYC_WEBHOOK_SECRET": value})

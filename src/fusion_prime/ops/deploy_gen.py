@@ -37,6 +37,9 @@ class ServiceDeploy:
     name: str
     db_slug: str
     publishes: tuple[str, ...] = ()
+    # env names of the secrets the service refuses to start without (ServiceSpec), besides
+    # DATABASE_URL; each comes from its own Secret Manager secret (`secret_for`)
+    required_secrets: tuple[str, ...] = ()
 
     @property
     def instance(self) -> str:
@@ -53,6 +56,60 @@ class ServiceDeploy:
     @property
     def migrate_job(self) -> str:
         return f"fp-{self.name}-migrate"
+
+    def secret_for(self, env_name: str) -> str:
+        """Secret Manager id of a required secret: fp-<db_slug>-<env name in kebab case>.
+
+        Mechanical on purpose (SETTLEMENT_WEBHOOK_KEY -> fp-settlement-settlement-webhook-
+        key): anyone can derive the secret from the env name and back, with no exceptions.
+        """
+        return f"fp-{self.db_slug}-{env_name.lower().replace('_', '-')}"
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        """Env name -> secret id: DATABASE_URL and every required secret."""
+        out = {"DATABASE_URL": self.secret}
+        out.update((name, self.secret_for(name)) for name in self.required_secrets)
+        return out
+
+    @property
+    def consumes(self) -> tuple[str, ...]:
+        """Registry subscriptions this service consumes (delivered by Pub/Sub push)."""
+        return tuple(
+            sorted(s.name for t in TOPICS for s in t.subscriptions if s.service == self.name)
+        )
+
+    @property
+    def push_account_id(self) -> str:
+        """The account whose OIDC token Pub/Sub push puts on requests to this service."""
+        return f"fp-{self.db_slug}-push"
+
+    @property
+    def push_service_account(self) -> str:
+        return f"{self.push_account_id}@$PROJECT_ID.iam.gserviceaccount.com"
+
+    @property
+    def push_audience(self) -> str:
+        """The OIDC audience of push requests (a Cloud Run custom audience of the service).
+
+        Fixed text rather than the run.app URL, so the service's own env can name it
+        without a reference cycle (Terraform) or a lookup (Cloud Build).
+        """
+        return f"https://fusion-prime.internal/pubsub-push/{self.name}"
+
+    @property
+    def always_on(self) -> bool:
+        """Its outbox relay (and background workers) must run between requests: one
+        instance stays up with CPU always allocated."""
+        return bool(self.publishes or self.consumes)
+
+    def env(self) -> dict[str, str]:
+        """Plain environment of the service and its migration job (never a secret)."""
+        out = {"FP_ENV": "production", "FP_BUS": "pubsub", "GCP_PROJECT": "$PROJECT_ID"}
+        if self.consumes:
+            out["FP_PUSH_AUDIENCE"] = self.push_audience
+            out["FP_PUSH_SERVICE_ACCOUNT"] = self.push_service_account
+        return out
 
 
 # Every service the design knows, with its deploy name (db_slug); the Cloud SQL instances
@@ -71,16 +128,21 @@ def shipped_services() -> list[ServiceDeploy]:
     from fusion_prime.services import all_specs
 
     return [
-        ServiceDeploy(spec.name, spec.db_slug, tuple(spec.publishes))
+        ServiceDeploy(spec.name, spec.db_slug, tuple(spec.publishes), tuple(spec.required_secrets))
         for spec in all_specs()
         if spec.migrations_dir is not None
     ]
 
 
 def known_services(names: Sequence[str]) -> list[ServiceDeploy]:
-    """Services by name from the design's table (for generating before they ship)."""
+    """Services by name from the design's table (for generating before they ship); a
+    shipped one comes from its ServiceSpec, so its required secrets are never lost."""
+    shipped = {s.name: s for s in shipped_services()}
     out = []
     for name in names:
+        if name in shipped:
+            out.append(shipped[name])
+            continue
         if name not in KNOWN_DB_SLUGS:
             raise KeyError(f"unknown service {name!r} (known: {', '.join(KNOWN_DB_SLUGS)})")
         publishes = tuple(t.name for t in TOPICS if t.publisher == name)
@@ -100,8 +162,10 @@ def cloudbuild(svc: ServiceDeploy) -> dict[str, Any]:
     """Build, push, migrate (a Cloud Run job), deploy without traffic, verify, promote."""
     region = "${_REGION}"
     instance = f"$PROJECT_ID:{region}:{svc.instance}"
-    secrets = f"DATABASE_URL={svc.secret}:latest"
-    env = "FP_ENV=production,FP_BUS=pubsub,GCP_PROJECT=$PROJECT_ID"
+    # the migration job needs the required secrets too: `fusion-prime migrate` validates
+    # the service's whole settings class before it touches the database
+    secrets = ",".join(f"{name}={secret}:latest" for name, secret in svc.secrets.items())
+    env = ",".join(f"{k}={v}" for k, v in svc.env().items())
     tag = "c-$SHORT_SHA"
     candidate = "\n".join(
         [
@@ -163,6 +227,7 @@ def cloudbuild(svc: ServiceDeploy) -> dict[str, Any]:
                 f"--add-cloudsql-instances={instance}",
                 f"--service-account={svc.service_account}",
                 "--no-allow-unauthenticated",
+                *(["--min-instances=1", "--no-cpu-throttling"] if svc.always_on else []),
                 "--no-traffic",
                 f"--tag={tag}",
             ],
@@ -233,7 +298,22 @@ def render_cloudbuild(svc: ServiceDeploy) -> str:
 # -- Terraform variables ---------------------------------------------------------------
 
 
+PUSH_PATH = "/events/pubsub/{subscription}"  # fusion_prime.platform.bus.pubsub.push_router
+
+
+def delivery_attempts(subscription: str, max_attempts: int) -> int:
+    """The registry's attempts, which Pub/Sub accepts only within 5..100 (no silent clamp)."""
+    if not 5 <= max_attempts <= 100:
+        raise ValueError(
+            f"subscription {subscription!r}: max_attempts={max_attempts} is outside Pub/Sub's "
+            "max_delivery_attempts range 5..100"
+        )
+    return max_attempts
+
+
 def tfvars(services: Sequence[ServiceDeploy]) -> dict[str, Any]:
+    """Subscriptions of shipped services are pushed to them; the others stay pull (with
+    dead letters) and keep their messages until their consumer ships."""
     shipped = {s.name for s in services}
     topics: dict[str, Any] = {}
     for t in TOPICS:
@@ -242,8 +322,10 @@ def tfvars(services: Sequence[ServiceDeploy]) -> dict[str, Any]:
             "subscriptions": {
                 s.name: {
                     "service": s.service,
-                    "max_delivery_attempts": max(5, min(100, s.max_attempts)),
-                    "push_path": getattr(s, "push_path", None),
+                    "max_delivery_attempts": delivery_attempts(s.name, s.max_attempts),
+                    "push_path": (
+                        PUSH_PATH.format(subscription=s.name) if s.service in shipped else None
+                    ),
                 }
                 for s in t.subscriptions
             },
@@ -254,9 +336,9 @@ def tfvars(services: Sequence[ServiceDeploy]) -> dict[str, Any]:
             s.name: {
                 "db_slug": s.db_slug,
                 "publishes": sorted(s.publishes),
-                "consumes": sorted(
-                    sub.name for t in TOPICS for sub in t.subscriptions if sub.service == s.name
-                ),
+                "consumes": list(s.consumes),
+                "secrets": {name: s.secret_for(name) for name in sorted(s.required_secrets)},
+                "push_audience": s.push_audience if s.consumes else None,
             }
             for s in services
             if s.name in shipped

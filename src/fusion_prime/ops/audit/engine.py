@@ -1,7 +1,7 @@
 """Walk a repository, parse each relevant file once, then apply the cross-file rules.
 
 Per-file rules (defaults, fallbacks, credentials, subscriptions) come out of the parsers;
-the rules that need both code and deploy config (FP101-103, FP401, FP501) are joined here:
+the rules that need both code and deploy config (FP101-104, FP401, FP501) are joined here:
 a deploy target's code is the ServiceSpec named in its container args (`serve NAME`), or
 else the Python files beside its deploy file (the `services/<name>/cloudbuild.yaml` layout
 of the incident report).
@@ -26,7 +26,13 @@ from fusion_prime.ops.audit.deploy import (
     analyse_yaml,
 )
 from fusion_prime.ops.audit.model import Finding, Severity
-from fusion_prime.ops.audit.pycode import PyFacts, analyse_python, is_db_url_name
+from fusion_prime.ops.audit.pycode import (
+    PyFacts,
+    RequiredSetting,
+    SettingsClass,
+    analyse_python,
+    is_db_url_name,
+)
 from fusion_prime.ops.audit.terraform import analyse_terraform
 
 DEFAULT_EXCLUDED_DIRS = frozenset(
@@ -159,29 +165,107 @@ class _Code:
     reads_db: bool
     has_auth: bool
     where: str
+    # env names the code cannot start without (besides the database URL)
+    required: dict[str, RequiredSetting] = field(default_factory=dict)
 
 
-def _code_for(target: Target, python: list[PyFacts], specs: dict[str, PyFacts]) -> _Code | None:
+class _SettingsIndex:
+    """Settings classes by name, so a spec's `settings_cls` and its bases can be followed
+    across files (a class in the service's own package wins over a namesake elsewhere)."""
+
+    def __init__(self, python: list[PyFacts]) -> None:
+        self.by_name: dict[str, list[tuple[str, SettingsClass]]] = defaultdict(list)
+        for f in python:
+            for cls in f.settings_classes:
+                self.by_name[cls.name].append((f.path, cls))
+
+    def required(self, name: str, near: str) -> list[RequiredSetting]:
+        out: list[RequiredSetting] = []
+        seen: set[str] = set()
+        pending = [name]
+        while pending:
+            current = pending.pop()
+            if current in seen or current not in self.by_name:
+                continue
+            seen.add(current)
+            candidates = self.by_name[current]
+            _path, cls = next(
+                ((p, c) for p, c in candidates if p.startswith(near + "/")), candidates[0]
+            )
+            out.extend(cls.required)
+            pending.extend(cls.bases)
+        return out
+
+
+def _code_for(
+    target: Target, python: list[PyFacts], specs: dict[str, PyFacts], index: _SettingsIndex
+) -> _Code | None:
     name = target.spec_name
     if name and name in specs:
-        spec_dir = str(PurePosixPath(specs[name].path).parent)
+        spec_file = specs[name]
+        spec_dir = str(PurePosixPath(spec_file.path).parent)
         files = [f for f in python if f.path.startswith(spec_dir + "/")]
-        return _Code(True, any(f.has_auth for f in files), f"ServiceSpec {name!r}")
+        code = _Code(True, any(f.has_auth for f in files), f"ServiceSpec {name!r}")
+        decl = spec_file.spec_decls.get(name)
+        if decl is not None:
+            if decl.settings_cls:
+                for req in index.required(decl.settings_cls, spec_dir):
+                    code.required.setdefault(req.env, req)
+            for env in decl.required_secrets:
+                code.required[env] = RequiredSetting(env, 0, secret=True)
+        return code
     config_dir = str(PurePosixPath(target.path).parent)
     if config_dir in {"", "."}:
         return None
     files = [f for f in python if f.path.startswith(config_dir + "/")]
     if not files:
         return None
-    return _Code(
+    code = _Code(
         any(f.reads_db_url for f in files), any(f.has_auth for f in files), config_dir + "/"
     )
+    for f in files:
+        for cls in f.settings_classes:
+            for req in index.required(cls.name, config_dir):
+                code.required.setdefault(req.env, req)
+    return code
+
+
+def _required_settings(target: Target, code: _Code, what: str) -> Iterable[Finding]:
+    """FP104: what the code cannot start without must come from the deploy (a secret for a
+    secret). Names are matched case-insensitively, as pydantic-settings reads them."""
+    if target.env_file:
+        return  # environment not visible here
+    secrets = {n.upper() for n in target.secrets}
+    env = {n.upper() for n in target.env}
+    for name, req in sorted(code.required.items()):
+        key = name.upper()
+        if key in secrets:
+            continue
+        if key in env:
+            if req.secret:
+                yield Finding(
+                    "FP104",
+                    target.path,
+                    target.line,
+                    f"{what}: {name}, a secret its code ({code.where}) requires, is a plain "
+                    "environment variable, not from Secret Manager",
+                )
+            continue
+        kind = "secret" if req.secret else "setting (no default)"
+        yield Finding(
+            "FP104",
+            target.path,
+            target.line,
+            f"{what}: its code ({code.where}) requires the {kind} {name}, but the deploy "
+            "does not provide it",
+        )
 
 
 def _target_rules(targets: list[Target], python: list[PyFacts]) -> Iterable[Finding]:
     specs = {name: f for f in python for name, _, _ in f.specs}
+    index = _SettingsIndex(python)
     for t in targets:
-        code = _code_for(t, python, specs)
+        code = _code_for(t, python, specs, index)
         what = f"Cloud Run {t.kind} {t.name!r}"
         db_env = [n for n in t.env if is_db_url_name(n)]
         db_secret = [n for n in t.secrets if is_db_url_name(n)]
@@ -209,6 +293,8 @@ def _target_rules(targets: list[Target], python: list[PyFacts]) -> Iterable[Find
                 t.line,
                 f"{what} uses a database but attaches no Cloud SQL instance",
             )
+        if code is not None:
+            yield from _required_settings(t, code, what)
         if t.public_line is not None and t.kind == "service" and not (code and code.has_auth):
             where = f"its code ({code.where}) has" if code else "no code found for it shows"
             yield Finding(

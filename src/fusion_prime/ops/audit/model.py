@@ -69,6 +69,19 @@ RULES: dict[str, Rule] = {
             "(Terraform: a cloud_sql_instance volume mounted at /cloudsql).",
         ),
         Rule(
+            "FP104",
+            "deploy-missing-required-secret",
+            Severity.HIGH,
+            "The service's code requires a secret or setting with no default (ServiceSpec."
+            "required_secrets, or a settings field without a default), but its deploy config "
+            "does not provide it (or sets a secret as a plain environment variable): the "
+            "service refuses to start.",
+            "Create the secret fp-<service>-<name-in-kebab-case> in Secret Manager, grant its "
+            "secretAccessor to the service's runtime account only, and add `--set-secrets "
+            "NAME=fp-<service>-<name-kebab>:latest` (Terraform: an env block with "
+            "value_source.secret_key_ref).",
+        ),
+        Rule(
             "FP201",
             "database-url-default",
             Severity.CRITICAL,

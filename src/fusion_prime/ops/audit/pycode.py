@@ -3,8 +3,9 @@
 Finds: reads of a database URL from the environment or a settings class (and their
 defaults), branches that swap in a mock/in-memory/SQLite store when the URL is missing,
 committed credentials in string constants, signs of the service's own authentication,
-ServiceSpec declarations (this repository's services: each has a database), and Pub/Sub
-subscriptions created without a dead-letter policy.
+ServiceSpec declarations (this repository's services: each has a database; with their
+`required_secrets` and `settings_cls`), the settings fields a process cannot start without
+(no default), and Pub/Sub subscriptions created without a dead-letter policy.
 """
 
 from __future__ import annotations
@@ -73,6 +74,33 @@ def is_db_url_name(name: str) -> bool:
     return upper in DB_URL_NAMES or upper.endswith(DB_URL_SUFFIXES)
 
 
+SECRET_TYPES = frozenset({"SecretStr", "SecretBytes"})
+
+
+@dataclass(frozen=True)
+class RequiredSetting:
+    """An environment variable the code cannot start without (no default)."""
+
+    env: str
+    line: int
+    secret: bool  # declared a secret (required_secrets, or a SecretStr field)
+
+
+@dataclass
+class SettingsClass:
+    name: str
+    bases: tuple[str, ...]
+    required: tuple[RequiredSetting, ...]
+
+
+@dataclass(frozen=True)
+class SpecDecl:
+    """What a ServiceSpec(...) call says about the environment its service needs."""
+
+    required_secrets: tuple[str, ...]
+    settings_cls: str | None
+
+
 @dataclass
 class PyFacts:
     path: str
@@ -80,6 +108,8 @@ class PyFacts:
     has_auth: bool = False
     # ServiceSpec(name=..., db_slug=...) declared here: (name, db_slug, line)
     specs: list[tuple[str, str, int]] = field(default_factory=list)
+    spec_decls: dict[str, SpecDecl] = field(default_factory=dict)
+    settings_classes: list[SettingsClass] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
 
 
@@ -250,6 +280,14 @@ class _Visitor(ast.NodeVisitor):
                                 stmt,
                                 f"settings field {stmt.target.id} defaults to {why}",
                             )
+        if any(_callee_name(b).endswith("Settings") for b in node.bases):
+            self.facts.settings_classes.append(
+                SettingsClass(
+                    node.name,
+                    tuple(_callee_name(b) for b in node.bases),
+                    tuple(_required_fields(node)),
+                )
+            )
         self.generic_visit(node)
 
     def visit_Assign(self, node: ast.Assign) -> None:
@@ -381,6 +419,14 @@ class _Visitor(ast.NodeVisitor):
         if name and slug:
             self.facts.specs.append((name, slug, node.lineno))
             self.facts.reads_db_url = True  # the platform reads DATABASE_URL for every spec
+            secrets = kwargs.get("required_secrets")
+            names: tuple[str, ...] = ()
+            if isinstance(secrets, ast.Tuple | ast.List):
+                names = tuple(n for n in map(_const_str, secrets.elts) if n)
+            settings = kwargs.get("settings_cls")
+            self.facts.spec_decls[name] = SpecDecl(
+                names, _callee_name(settings) if settings is not None else None
+            )
 
     def _subscription(self, node: ast.Call) -> None:
         def has_dlq(expr: ast.AST) -> bool:
@@ -424,6 +470,37 @@ class _Visitor(ast.NodeVisitor):
             reason = credential_in(None, node.value)
             if reason:
                 self._add("FP301", node, reason)
+
+
+def _required_fields(node: ast.ClassDef) -> Iterator[RequiredSetting]:
+    """Fields of a settings class with no default: `x: T` or `x: T = Field(alias=...)`
+    without a default or default_factory. The env name is the alias, else the field name
+    (pydantic-settings matches it case-insensitively). Database URLs are FP101's."""
+    for stmt in node.body:
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+            continue
+        annotation = {_callee_name(n) for n in ast.walk(stmt.annotation)}
+        if "ClassVar" in annotation:
+            continue
+        env = stmt.target.id.upper()
+        value = stmt.value
+        if value is not None:
+            if not (isinstance(value, ast.Call) and _callee_name(value.func) == "Field"):
+                continue  # a plain default
+            keywords = {kw.arg: kw.value for kw in value.keywords if kw.arg}
+            first = value.args[0] if value.args else keywords.get("default")
+            has_default = "default_factory" in keywords or (
+                first is not None
+                and not (isinstance(first, ast.Constant) and first.value is Ellipsis)
+            )
+            if has_default:
+                continue
+            alias = _const_str(keywords.get("alias")) or _const_str(
+                keywords.get("validation_alias")
+            )
+            env = alias or env
+        if not is_db_url_name(env):
+            yield RequiredSetting(env, stmt.lineno, bool(annotation & SECRET_TYPES))
 
 
 def _dedupe(findings: list[Finding]) -> Iterator[Finding]:
