@@ -45,10 +45,11 @@ def migrate(service: Annotated[str, typer.Argument(help="service name")]) -> Non
     """Apply the service's Alembic migrations to DATABASE_URL (a separate deploy step)."""
     from fusion_prime.platform.migrations import upgrade_url
     from fusion_prime.platform.runner import StartupRefusedError, _fail, load_settings
+    from fusion_prime.platform.settings import BaseServiceSettings
 
     spec = _spec_or_exit(service)
     try:
-        _, url = load_settings(spec)
+        _, url = load_settings(spec, settings_cls=BaseServiceSettings)
     except StartupRefusedError as exc:
         _fail(spec, str(exc), exc.code)
     asyncio.run(upgrade_url(url, spec.migrations_dir))

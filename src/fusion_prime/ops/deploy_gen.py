@@ -162,8 +162,8 @@ def cloudbuild(svc: ServiceDeploy) -> dict[str, Any]:
     """Build, push, migrate (a Cloud Run job), deploy without traffic, verify, promote."""
     region = "${_REGION}"
     instance = f"$PROJECT_ID:{region}:{svc.instance}"
-    # the migration job needs the required secrets too: `fusion-prime migrate` validates
-    # the service's whole settings class before it touches the database
+    # `fusion-prime migrate` needs only DATABASE_URL; the job still gets the service's
+    # secrets so its environment is the service's own (and FP104 checks both the same way)
     secrets = ",".join(f"{name}={secret}:latest" for name, secret in svc.secrets.items())
     env = ",".join(f"{k}={v}" for k, v in svc.env().items())
     tag = "c-$SHORT_SHA"

@@ -50,10 +50,16 @@ def _fail(spec: ServiceSpec, message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
-def load_settings(spec: ServiceSpec) -> tuple[BaseServiceSettings, URL]:
-    """Read the environment; raise StartupRefusedError with a one-line reason."""
+def load_settings(
+    spec: ServiceSpec, *, settings_cls: type[BaseServiceSettings] | None = None
+) -> tuple[BaseServiceSettings, URL]:
+    """Read the environment; raise StartupRefusedError with a one-line reason.
+
+    `settings_cls` overrides the service's own class: `fusion-prime migrate` needs only
+    the database, not the service's other secrets.
+    """
     try:
-        settings = spec.settings_cls()
+        settings = (settings_cls or spec.settings_cls)()
     except ValidationError as exc:
         fields = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
