@@ -31,6 +31,8 @@ Text = Annotated[str, Field(min_length=1, max_length=200)]
 Reason = Annotated[str, Field(min_length=1, max_length=2000)]
 SIGNATURE_HEADER = "Persona-Signature"
 MAX_CLOCK_SKEW_S = 300
+# PostgreSQL bigint: a larger offset/sequence number is a 422, not a driver error (500)
+PG_BIGINT_MAX = 2**63 - 1
 
 
 class _Strict(BaseModel):
@@ -366,7 +368,7 @@ async def list_cases(
     assignee: str | None = Query(default=None, max_length=200),
     level: Literal["low", "medium", "high"] | None = None,
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=PG_BIGINT_MAX),
 ) -> dict[str, Any]:
     items = await service.list_cases(
         session,
@@ -407,7 +409,7 @@ async def compliance_status(user_id: str, session: Session) -> dict[str, Any]:
 async def audit(
     session: Session,
     subject: str | None = Query(default=None, min_length=1, max_length=300),
-    after_seq: int = Query(default=0, ge=0),
+    after_seq: int = Query(default=0, ge=0, le=PG_BIGINT_MAX),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> dict[str, Any]:
     rows = await repository.audit_entries(session, subject, limit, after_seq)

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -64,6 +65,23 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts)
 
 
+# SQLSTATEs that only a value the client sent can cause: a NUL or unencodable character,
+# a number or date the column type cannot hold. Anything else stays a 500.
+_VALUE_SQLSTATES = frozenset({"22021", "22P05", "22003", "22008"})
+
+
+def _bad_value(exc: DBAPIError) -> bool:
+    """Did the database refuse a request value (not the query, not the server)?"""
+    import asyncpg
+
+    orig = getattr(exc.orig, "__cause__", None) or exc.orig
+    if isinstance(orig, asyncpg.DataError) and isinstance(
+        orig.__cause__, (OverflowError, ValueError)
+    ):
+        return True  # asyncpg could not encode an argument: out of int64 / date range
+    return getattr(orig, "sqlstate", None) in _VALUE_SQLSTATES
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
@@ -80,6 +98,20 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail), None)
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        """Defence in depth: a value validation let through but PostgreSQL cannot store is
+        the client's mistake (422), e.g. a NUL character in a string; never echo the SQL."""
+        if not _bad_value(exc):
+            raise exc  # a real fault: the generic handler answers 500 and it is logged
+        message = "a value cannot be stored: NUL character, or a number or date out of range"
+        return problem(
+            422,
+            "Unprocessable entity",
+            message,
+            errors=[{"field": "request", "message": message}],
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -268,6 +268,9 @@ async def put_params(asset: AssetPath, body: RiskParamsIn, session: Session) -> 
     return _params_json(await service.put_params(session, rp))
 
 
+MAX_INTERVAL_SECONDS = 10 * 366 * 86_400
+
+
 class ConfigIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -275,8 +278,9 @@ class ConfigIn(BaseModel):
     warning: Decimal = Field(gt=0, le=100)
     margin_call: Decimal = Field(gt=0, le=100)
     hysteresis: Decimal = Field(ge=0, le=1)
-    reminder_interval_seconds: int = Field(gt=0)
-    snapshot_interval_seconds: int = Field(gt=0)
+    # bounded: a larger value overflowed timedelta (a 500); ten years is plenty
+    reminder_interval_seconds: int = Field(gt=0, le=MAX_INTERVAL_SECONDS)
+    snapshot_interval_seconds: int = Field(gt=0, le=MAX_INTERVAL_SECONDS)
     close_factor: Decimal = Field(default=Decimal("0.5"), gt=0, le=1)
     full_close_below: Decimal = Field(default=Decimal("0.95"), gt=0, le=1)
 

@@ -38,6 +38,8 @@ BaseUnits = Annotated[
     int, BeforeValidator(domain.parse_base_units), PlainSerializer(str, return_type=str)
 ]
 Reference = Annotated[str | None, Field(default=None, max_length=200)]
+# the columns are PostgreSQL bigint: a larger value is the client's 422, not a driver 500
+BIGINT_MAX = 2**63 - 1
 
 
 def _address_param(value: str, field: str) -> str:
@@ -57,19 +59,19 @@ class _Command(BaseModel):
 
 class CreateEscrowCommand(_Command):
     action: Literal["create_escrow"]
-    chain_id: int = Field(gt=0)
+    chain_id: int = Field(gt=0, le=BIGINT_MAX)
     payer: Address
     payee: Address
     arbiter: Address
     asset: str = Field(min_length=1, max_length=64, description="asset address or symbol")
     amount: BaseUnits
     approvals_required: int = Field(ge=1, le=3)
-    release_delay: int = Field(default=0, ge=0, description="seconds")
+    release_delay: int = Field(default=0, ge=0, le=BIGINT_MAX, description="seconds")
 
 
 class _EscrowCommand(_Command):
     escrow_address: Address
-    chain_id: int | None = Field(default=None, gt=0)
+    chain_id: int | None = Field(default=None, gt=0, le=BIGINT_MAX)
 
 
 class ReleaseCommand(_EscrowCommand):
@@ -163,7 +165,7 @@ async def list_escrows(
     payer: str | None = None,
     payee: str | None = None,
     status: Literal["created", "approved", "released", "refunded"] | None = None,
-    chain_id: Annotated[int | None, Query(gt=0)] = None,
+    chain_id: Annotated[int | None, Query(gt=0, le=BIGINT_MAX)] = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
@@ -233,7 +235,7 @@ async def escrow_anomalies(address: str, session: Session) -> dict[str, Any]:
 
 class AssetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    chain_id: int = Field(gt=0)
+    chain_id: int = Field(gt=0, le=BIGINT_MAX)
     address: Address
     symbol: str = Field(pattern=r"^[A-Za-z0-9.]{1,16}$")
     decimals: int = Field(ge=0, le=77)
