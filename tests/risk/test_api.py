@@ -274,6 +274,26 @@ async def test_escrow_events_keep_party_exposure(risk: Risk) -> None:
     assert (await risk.client.get(f"/accounts/{payer}")).status_code == 404
 
 
+async def test_an_event_after_a_refund_does_not_reopen_the_exposure(risk: Risk) -> None:
+    """Regression: an approval after the refund (an anomaly in settlement) set the status
+    back to approved, so the refunded amount showed up again as locked exposure."""
+    payer, payee, escrow = "0x" + "d" * 40, "0x" + "e" * 40, "0x" + "f" * 40
+
+    def ev(kind: str, block: int, **extra: object) -> Envelope:
+        data = {"chain_id": 1, "tx_hash": "0x" + "2" * 64, "log_index": 0,
+                "block_number": block, "escrow": escrow, **extra}  # fmt: skip
+        return Envelope(type=kind, source="chain-indexer", subject=escrow, data=data)
+
+    await risk.escrow(
+        ev("escrow.deployed", 10, payer=payer, payee=payee, amount="700", asset="USDC", decimals=6)
+    )
+    await risk.escrow(ev("escrow.refunded", 11))
+    await risk.escrow(ev("escrow.approved", 12, approver=payee))  # newer, but after the end
+    await risk.escrow(ev("escrow.released", 13))  # a second terminal event: first one stands
+    assert await fetchval(risk.url, "SELECT status FROM escrows") == "refunded"
+    assert (await risk.client.get(f"/accounts/{payer}")).status_code == 404
+
+
 async def test_concurrent_price_batches_emit_each_tier_change_once(risk: Risk) -> None:
     await _base_prices(risk)
     for i in range(20):
