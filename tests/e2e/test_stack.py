@@ -11,6 +11,7 @@ import json
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +236,14 @@ async def test_price_ticks_move_an_account_across_tiers_and_alert_on_the_bus(
         ("margin.tier_changed", "healthy", "margin_call"),
         ("margin.tier_changed", "margin_call", "liquidation"),
     ]
-    assert json.loads(events[1]["prices"])["ETH"] in {"2400", "2400.0", "2400.00"}
+    assert Decimal(json.loads(events[1]["prices"])["ETH"]) == Decimal(2400)
+    snapshots = await fetch(
+        rdb, "SELECT reason, status FROM health_snapshots WHERE account_id = $1 ORDER BY id",
+        account,
+    )  # fmt: skip
+    assert [tuple(s) for s in snapshots][-2:] == [
+        ("tier_change", "margin_call"), ("tier_change", "liquidation"),
+    ]  # fmt: skip
 
     # published through risk's outbox onto alerts.margin.v1: the alerts service's queue
     # holds them although that service is not running
@@ -268,7 +276,15 @@ async def test_price_ticks_move_an_account_across_tiers_and_alert_on_the_bus(
     await wait_for(lambda: consumed(rdb, PRICES_SUB, again), timeout=30)
     assert await _risk_counts(rdb, account) == before
     assert await alerted() == 2
+    # an older tick arriving late (higher price, earlier source time) is ignored too
+    await publish_prices(stack.bus, late := price("ETH", "5000", base))
+    await wait_for(lambda: consumed(rdb, PRICES_SUB, late), timeout=30)
+    assert await _risk_counts(rdb, account) == before
     assert await fetchval(rdb, "SELECT event_id FROM prices WHERE asset = 'ETH'") == last.id
+    state = await fetch(
+        rdb, "SELECT status, known_tier FROM account_state WHERE account_id = $1", account
+    )
+    assert [tuple(r) for r in state] == [("liquidation", "liquidation")]
 
 
 async def _at_least(count: Any, n: int) -> bool:
@@ -306,10 +322,15 @@ async def test_compliance_decisions_reach_the_bus(stack: Stack) -> None:
         )  # fmt: skip
         assert r.status_code == 200, r.text
         screening = r.json()
-        assert screening["level"] == "medium"  # single_threshold (50)
+        assert screening["level"] == "medium"  # single_threshold (50): opens a case
+        r = await client.post(
+            f"/cases/{screening['case_id']}/resolve",
+            json={"resolution": "cleared", "reason": "salary", "actor": "mlro@example.com"},
+        )
+        assert r.status_code == 200, r.text
 
     expected = [("kyc.status_changed", "pending"), ("kyc.status_changed", "in_review"),
-                ("aml.screened", None)]  # fmt: skip
+                ("aml.screened", None), ("case.resolved", None)]  # fmt: skip
 
     async def relayed() -> bool:
         n = await count_rows(
@@ -335,6 +356,8 @@ async def test_compliance_decisions_reach_the_bus(stack: Stack) -> None:
     assert (aml["transaction_id"], aml["level"]) == (screening["transaction_id"], "medium")
     assert screening["external_id"] == "tx-e2e-1"
     assert aml["rules"] == ["single_threshold"]
+    resolved = envelopes[3]["data"]
+    assert (resolved["case_id"], resolved["resolution"]) == (screening["case_id"], "cleared")
     # each copy carries the anchor of its audit row in the compliance database
     audit = await fetch(
         cdb, "SELECT seq, hash, kind FROM audit_log WHERE subject = $1 ORDER BY seq", user
