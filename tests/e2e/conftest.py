@@ -46,6 +46,7 @@ BUS_ENV = {
 SERVICE_ENV = {
     "SETTLEMENT_WEBHOOK_KEY": WEBHOOK_KEY,
     "KYC_WEBHOOK_SECRET": "e2e-kyc-webhook-secret-0123456789",
+    "RISK_SWEEP_INTERVAL": "0.5",  # prices going stale are noticed within a second
 }
 
 

@@ -7,6 +7,7 @@ command, the broker), and every assertion reads the services' and the bus's tabl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -389,3 +390,67 @@ async def test_verify_passes_against_the_running_services(stack: Stack, tmp_path
     for name in stack.procs:
         assert name in table.stdout
     assert table.stdout.count("OK") == 3
+
+
+async def test_a_stale_price_alerts_once_and_never_liquidates(stack: Stack) -> None:
+    """The risk process's own sweep notices the price going stale: no tick arrives."""
+    rdb, account = stack.db["risk"], f"acct-{uuid.uuid4().hex[:8]}"
+
+    async def alerts() -> list[str]:
+        rows = await fetch(
+            stack.bus,
+            "SELECT event_type FROM bus_messages WHERE subscription = $1 AND subject = $2 "
+            "ORDER BY id",
+            ALERTS_SUB,
+            account,
+        )
+        return [r["event_type"] for r in rows]
+
+    async with httpx.AsyncClient(base_url=stack.url("risk"), timeout=10) as client:
+        for asset, lt, decimals, age in (("WBTC", "0.75", 8, 3), ("USDC", "0.85", 6, 3600)):
+            r = await client.put(
+                f"/risk-parameters/{asset}",
+                json={"ltv": "0.70", "liquidation_threshold": lt, "liquidation_bonus": "0.10",
+                      "decimals": decimals, "max_price_age_seconds": age},
+            )  # fmt: skip
+            assert r.status_code == 201, r.text
+        tick = price("WBTC", "60000", datetime.now(UTC))
+        await publish_prices(stack.bus, tick, price("USDC", "1", datetime.now(UTC)))
+        await wait_for(lambda: consumed(rdb, PRICES_SUB, tick), timeout=30)
+        r = await client.put(
+            f"/accounts/{account}/positions",
+            json={"positions": [
+                {"asset": "WBTC", "collateral": str(10**8), "debt": "0", "decimals": 8},
+                {"asset": "USDC", "collateral": "0", "debt": str(30_000 * 10**6), "decimals": 6},
+            ]},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert r.json()["health"]["status"] == "healthy"  # 60,000 x 0.75 / 30,000 = 1.5
+
+        await wait_for(lambda: _contains(alerts, "margin.price_unavailable"), timeout=20)
+        await asyncio.sleep(1.2)  # more sweeps run: still one event for this episode
+        health = (await client.get(f"/accounts/{account}/health")).json()
+        assert health["status"] == "unknown_price"
+        assert health["factor"] is None
+        assert health["stale_prices"] == ["WBTC"]
+        events = await fetch(
+            rdb,
+            "SELECT event_type, from_tier, to_tier FROM margin_events WHERE account_id = $1",
+            account,
+        )
+        assert [tuple(e) for e in events] == [
+            ("margin.price_unavailable", "healthy", "unknown_price")
+        ]
+        assert await alerts() == ["margin.price_unavailable"]
+
+        # the oracle is back: healthy again, and no tier event (the known tier is unchanged)
+        fresh = price("WBTC", "60000", datetime.now(UTC))
+        await publish_prices(stack.bus, fresh)
+        await wait_for(lambda: consumed(rdb, PRICES_SUB, fresh), timeout=30)
+        assert (await client.get(f"/accounts/{account}")).json()["status"] == "healthy"
+    tier_events = "account_id = $1 AND event_type <> 'margin.price_unavailable'"
+    assert await count_rows(rdb, "margin_events", tier_events, account) == 0
+
+
+async def _contains(read: Any, item: str) -> bool:
+    return item in await read()
