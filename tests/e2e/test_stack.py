@@ -385,11 +385,6 @@ async def test_verify_passes_against_the_running_services(stack: Stack, tmp_path
         assert v["revision"] == v["head"]
         assert v["embedded"] is embedded  # the test server is the embedded one
         assert 0 <= abs(v["heartbeat_age_s"]) < 60
-    table = cli("verify", "--file", str(targets))
-    assert table.returncode == 0, table.stdout
-    for name in stack.procs:
-        assert name in table.stdout
-    assert table.stdout.count("OK") == 3
 
 
 async def test_a_stale_price_alerts_once_and_never_liquidates(stack: Stack) -> None:
