@@ -36,6 +36,7 @@ from tests.settlement.factory import WEBHOOK_KEY
 # subscriber yet; a topic without subscriptions keeps nothing in the broker (like Pub/Sub).
 ESCROWS_OBSERVER = "e2e-escrows-observer"
 DECISIONS_OBSERVER = "e2e-decisions-observer"
+SIGNER = "e2e-signer"  # stands in for the external transaction signer
 
 BUS_ENV = {
     "FP_BUS_POLL_INTERVAL": "0.2",
@@ -46,6 +47,7 @@ BUS_ENV = {
 SERVICE_ENV = {
     "SETTLEMENT_WEBHOOK_KEY": WEBHOOK_KEY,
     "KYC_WEBHOOK_SECRET": "e2e-kyc-webhook-secret-0123456789",
+    "SETTLEMENT_COMMAND_POLL_INTERVAL": "0.1",
     "RISK_SWEEP_INTERVAL": "0.5",  # prices going stale are noticed within a second
 }
 
@@ -131,6 +133,7 @@ async def stack(
             bus,
             ("settlement.escrows.v1", ESCROWS_OBSERVER),
             ("compliance.decisions.v1", DECISIONS_OBSERVER),
+            ("settlement.commands.v1", SIGNER),
         )
         env = {"FP_BUS_URL": bus, **BUS_ENV, **SERVICE_ENV}
         procs = {

@@ -23,6 +23,7 @@ from fusion_prime.platform.bus.postgres import OutgoingEvent, PostgresBroker
 from tests.e2e.conftest import (
     DECISIONS_OBSERVER,
     ESCROWS_OBSERVER,
+    SIGNER,
     Stack,
     cli,
     drained,
@@ -449,3 +450,75 @@ async def test_a_stale_price_alerts_once_and_never_liquidates(stack: Stack) -> N
 
 async def _contains(read: Any, item: str) -> bool:
     return item in await read()
+
+
+async def test_settlement_commands_go_to_the_signer_and_are_confirmed_by_the_chain(
+    stack: Stack,
+) -> None:
+    """HTTP command -> outbox -> bus (the signer's queue) -> chain event -> confirmed."""
+    e = Escrow()
+
+    async def signer_queue() -> list[dict[str, Any]]:
+        rows = await fetch(
+            stack.bus,
+            "SELECT envelope FROM bus_messages WHERE subscription = $1 AND event_type = $2 "
+            "ORDER BY id",
+            SIGNER,
+            "settlement.command_submitted",
+        )
+        return [json.loads(r["envelope"])["data"] for r in rows]
+
+    async with httpx.AsyncClient(base_url=stack.url("settlement"), timeout=10) as client:
+
+        async def command(key: str, body: dict[str, Any]) -> dict[str, Any]:
+            r = await client.post("/commands", json=body, headers={"Idempotency-Key": key})
+            assert r.status_code == 201, r.text
+            cid = r.json()["id"]
+
+            async def queued() -> dict[str, Any] | None:
+                return next((d for d in await signer_queue() if d["command_id"] == cid), None)
+
+            sent: dict[str, Any] = await wait_for(queued, timeout=30)
+            return sent
+
+        async def status(cid: str) -> str:
+            return str((await client.get(f"/commands/{cid}")).json()["status"])
+
+        create = await command(
+            f"e2e-create-{e.address}",
+            {"action": "create_escrow", "chain_id": 1, "payer": e.payer, "payee": e.payee,
+             "arbiter": e.arbiter, "asset": "USDC", "amount": "2500000",
+             "approvals_required": 2, "release_delay": 3600},
+        )  # fmt: skip
+        assert create["action"] == "create_escrow"
+        assert await status(create["command_id"]) == "submitted"
+        # the signer's transaction lands on chain; the indexer publishes the log
+        deployed = e.deployed(required=2, amount=2_500_000)
+        await _index(stack.bus, deployed)
+        await wait_for(lambda: _is(status, create["command_id"], "confirmed"), timeout=30)
+
+        approve = await command(
+            f"e2e-approve-{e.address}",
+            {"action": "approve", "escrow_address": e.address, "approver": e.payer},
+        )
+        assert approve["approver"] == e.payer
+        await _index(stack.bus, e.approved(e.payer))
+        await wait_for(lambda: _is(status, approve["command_id"], "confirmed"), timeout=30)
+        escrow = (await client.get(f"/escrows/{e.address}")).json()
+    assert escrow["status"] == "created"
+    assert escrow["approvals_count"] == 1
+    sdb = stack.db["settlement"]
+    assert await count_rows(sdb, "commands", "status = 'confirmed' AND (escrow_address = $1 "
+                            "OR payer = $2)", e.address, e.payer) == 2  # fmt: skip
+
+
+async def _index(bus_url: str, *envelopes: Envelope) -> None:
+    """What the chain indexer's relay does: hand the logs to the broker."""
+    async with PostgresBroker(bus_url, pool_size=1) as broker:
+        await broker.publish(
+            [OutgoingEvent(x.id, CHAIN, x.subject, x.type, x.to_json()) for x in envelopes]
+        )
+
+
+async def _is(read: Any, key: str, value: str) -> bool:
+    return bool(await read(key) == value)
