@@ -330,9 +330,14 @@ async def test_compliance_decisions_reach_the_bus(stack: Stack) -> None:
             json={"resolution": "cleared", "reason": "salary", "actor": "mlro@example.com"},
         )
         assert r.status_code == 200, r.text
+        r = await client.post(
+            "/sanctions/screen", json={"user_id": user, "names": ["Jane Example Doe"]}
+        )
+        assert r.status_code == 200, r.text
 
     expected = [("kyc.status_changed", "pending"), ("kyc.status_changed", "in_review"),
-                ("aml.screened", None), ("case.resolved", None)]  # fmt: skip
+                ("aml.screened", None), ("case.resolved", None),
+                ("sanctions.screened", None)]  # fmt: skip
 
     async def relayed() -> bool:
         n = await count_rows(
