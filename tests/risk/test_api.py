@@ -274,6 +274,41 @@ async def test_escrow_events_keep_party_exposure(risk: Risk) -> None:
     assert (await risk.client.get(f"/accounts/{payer}")).status_code == 404
 
 
+async def test_an_event_after_a_refund_does_not_reopen_the_exposure(risk: Risk) -> None:
+    """Regression: an approval after the refund (an anomaly in settlement) set the status
+    back to approved, so the refunded amount showed up again as locked exposure."""
+    payer, payee, escrow = "0x" + "d" * 40, "0x" + "e" * 40, "0x" + "f" * 40
+
+    def ev(kind: str, block: int, **extra: object) -> Envelope:
+        data = {"chain_id": 1, "tx_hash": "0x" + "2" * 64, "log_index": 0,
+                "block_number": block, "escrow": escrow, **extra}  # fmt: skip
+        return Envelope(type=kind, source="chain-indexer", subject=escrow, data=data)
+
+    await risk.escrow(
+        ev("escrow.deployed", 10, payer=payer, payee=payee, amount="700", asset="USDC", decimals=6)
+    )
+    await risk.escrow(ev("escrow.refunded", 11))
+    await risk.escrow(ev("escrow.approved", 12, approver=payee))  # newer, but after the end
+    await risk.escrow(ev("escrow.released", 13))  # a second terminal event: first one stands
+    assert await fetchval(risk.url, "SELECT status FROM escrows") == "refunded"
+    assert (await risk.client.get(f"/accounts/{payer}")).status_code == 404
+
+
+async def test_escrow_of_a_token_with_many_decimals_is_kept(risk: Risk) -> None:
+    """Regression: settlement accepts 0-77 decimals; risk refused more than 36, so such a
+    deployment failed here until it was dead-lettered and its exposure was never shown."""
+    payer, escrow = "0x" + "7" * 40, "0x" + "8" * 40
+    data = {"chain_id": 1, "tx_hash": "0x" + "3" * 64, "log_index": 0, "block_number": 5,
+            "escrow": escrow, "payer": payer, "payee": "0x" + "9" * 40,
+            "amount": str(10**60), "asset": "0x" + "a" * 40, "decimals": 60}  # fmt: skip
+    deployed = Envelope(type="escrow.deployed", source="chain-indexer", subject=escrow, data=data)
+    assert await risk.escrow(deployed)
+    view = (await risk.client.get(f"/accounts/{payer}")).json()
+    assert view["escrow_exposure"]["locked"] == [
+        {"asset": "0x" + "a" * 40, "amount": str(10**60), "decimals": 60, "escrows": 1}
+    ]
+
+
 async def test_concurrent_price_batches_emit_each_tier_change_once(risk: Risk) -> None:
     await _base_prices(risk)
     for i in range(20):

@@ -89,7 +89,9 @@ class EscrowEvent(BaseModel):
     payee: str | None = None
     amount: Units | None = None
     asset: str | None = None
-    decimals: int | None = Field(default=None, ge=0, le=36)
+    # the chain-event contract (settlement's validation) allows 0-77; a narrower bound here
+    # dead-lettered deployments that settlement accepted
+    decimals: int | None = Field(default=None, ge=0, le=77)
 
     @field_validator("amount", mode="before")
     @classmethod

@@ -528,7 +528,11 @@ class EscrowChange:
 
 
 async def apply_escrow(session: AsyncSession, c: EscrowChange) -> None:
-    """Upsert one escrow; a status only moves forward in (block, log index) order."""
+    """Upsert one escrow; a status only moves forward in (block, log index) order.
+
+    Released and refunded are final, as in settlement: an event after either (an anomaly
+    there, e.g. an approval after the refund) must not reopen the escrow's exposure.
+    """
     await session.execute(
         text(
             "INSERT INTO escrows (chain_id, address, payer, payee, asset, amount, decimals, "
@@ -540,7 +544,8 @@ async def apply_escrow(session: AsyncSession, c: EscrowChange) -> None:
             "asset = coalesce(EXCLUDED.asset, escrows.asset), "
             "amount = coalesce(EXCLUDED.amount, escrows.amount), "
             "decimals = coalesce(EXCLUDED.decimals, escrows.decimals), "
-            "status = CASE WHEN CAST(:status AS text) IS NOT NULL AND (EXCLUDED.last_block, "
+            "status = CASE WHEN escrows.status IN ('released', 'refunded') THEN escrows.status "
+            "WHEN CAST(:status AS text) IS NOT NULL AND (EXCLUDED.last_block, "
             "EXCLUDED.last_log_index) > (escrows.last_block, escrows.last_log_index) "
             "THEN EXCLUDED.status ELSE escrows.status END, "
             "last_block = greatest(escrows.last_block, EXCLUDED.last_block), "
