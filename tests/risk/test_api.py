@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from fusion_prime.platform.bus.envelope import Envelope
@@ -307,6 +308,22 @@ async def test_escrow_of_a_token_with_many_decimals_is_kept(risk: Risk) -> None:
     assert view["escrow_exposure"]["locked"] == [
         {"asset": "0x" + "a" * 40, "amount": str(10**60), "decimals": 60, "escrows": 1}
     ]
+
+
+async def test_escrow_amount_as_a_float_is_refused(risk: Risk) -> None:
+    """Base units are exact: a float amount (already rounded by JSON) fails the event, so
+    the bus retries and dead-letters it, as settlement does, instead of storing a guess."""
+    escrow = "0x" + "6" * 40
+    for amount in (1e20, 700.0, "7e2"):
+        data = {"chain_id": 1, "tx_hash": "0x" + "4" * 64, "log_index": 0, "block_number": 5,
+                "escrow": escrow, "payer": "0x" + "5" * 40, "payee": "0x" + "9" * 40,
+                "amount": amount, "asset": "USDC", "decimals": 6}  # fmt: skip
+        deployed = Envelope(
+            type="escrow.deployed", source="chain-indexer", subject=escrow, data=data
+        )
+        with pytest.raises(ValueError, match="amount"):
+            await risk.escrow(deployed)
+    assert await fetchval(risk.url, "SELECT count(*) FROM escrows") == 0
 
 
 async def test_concurrent_price_batches_emit_each_tier_change_once(risk: Risk) -> None:

@@ -96,7 +96,13 @@ class EscrowEvent(BaseModel):
     @field_validator("amount", mode="before")
     @classmethod
     def _int_string(cls, v: object) -> object:
+        # base units are exact: a JSON float may already have lost digits (settlement
+        # refuses it the same way), so only ints and digit strings are accepted
+        if isinstance(v, bool | float):
+            raise ValueError("amount must be an integer in base units, never a float")
         if isinstance(v, str):
+            if not v.isdigit():
+                raise ValueError("amount must be a string of digits (base units)")
             return int(v)
         return v
 
