@@ -47,14 +47,33 @@ def embedded_admin_url(pg_admin_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
-    """The suite's server; an embedded one started here is stopped when the session ends."""
+    """The suite's server. The embedded one is stopped when the last pytest session using
+    it ends (each session registers its pid beside the data), so parallel runs coexist."""
     try:
         url, server = admin_url_from_env()
     except HarnessConfigError as exc:
         pytest.exit(str(exc), returncode=2)
+    if server is None:
+        yield url
+        return
+    users = server.data_dir / "sessions"
+    users.mkdir(exist_ok=True)
+    mine = users / str(os.getpid())
+    mine.touch()
     yield url
-    if server is not None and server.started_here:
+    mine.unlink(missing_ok=True)
+    if not [p for p in users.iterdir() if _alive(p.name)]:
         server.stop()
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture(scope="session")
