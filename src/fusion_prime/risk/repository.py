@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fusion_prime.platform.bus.envelope import Envelope
+from fusion_prime.platform.bus.outbox import NOTIFY_SQL
 from fusion_prime.platform.bus.registry import topic as lookup_topic
 from fusion_prime.risk import models as m
 from fusion_prime.risk.domain import Position, Price, RiskParams, State, Tier, TierConfig
@@ -445,6 +446,8 @@ async def copy_outbox(apg: Any, envelopes: Sequence[Envelope]) -> None:
         records=[(e.id, MARGIN_TOPIC, e.subject, e.type, e.to_json()) for e in envelopes],
         columns=["id", "topic", "subject", "event_type", "envelope"],
     )
+    if envelopes:
+        await apg.execute(NOTIFY_SQL)  # wake the relay on commit, as outbox.publish does
 
 
 def _dec(value: str | None) -> Decimal | None:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from fusion_prime.platform.bus import outbox
 from fusion_prime.settlement import models
 from fusion_prime.settlement.domain import ChainEvent, ChainRef, EscrowState
 
@@ -293,33 +294,9 @@ async def insert_anomalies(session: AsyncSession, rows: Sequence[AnomalyRow]) ->
 # -- outbox and webhook deliveries (same transaction as the state change) ----------------
 
 
-@dataclass(frozen=True)
-class OutboxRow:
-    id: uuid.UUID
-    topic: str
-    subject: str
-    event_type: str
-    envelope_json: str
-
-
-async def insert_outbox(session: AsyncSession, rows: Sequence[OutboxRow]) -> None:
-    """Set-based equivalent of platform.bus.outbox.publish_envelope for a whole batch."""
-    if not rows:
-        return
-    await session.execute(
-        text(
-            "INSERT INTO outbox (id, topic, subject, event_type, envelope) "
-            "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[]), "
-            "CAST(:subjects AS text[]), CAST(:types AS text[]), CAST(:envs AS jsonb[]))"
-        ),
-        {
-            "ids": [r.id for r in rows],
-            "topics": [r.topic for r in rows],
-            "subjects": [r.subject for r in rows],
-            "types": [r.event_type for r in rows],
-            "envs": [r.envelope_json for r in rows],
-        },
-    )
+# Outbox rows are written with the platform's set-based publisher (it also wakes the relay).
+OutboxRow = outbox.OutboxRow
+insert_outbox = outbox.publish_rows
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
@@ -15,7 +17,7 @@ from fusion_prime.platform.bus.registry import topic as lookup_topic
 _INSERT = text(
     "WITH ins AS (INSERT INTO outbox (id, topic, subject, event_type, envelope) "
     "VALUES (:id, :topic, :subject, :event_type, CAST(:envelope AS jsonb)) RETURNING 1) "
-    "SELECT pg_notify('fp_outbox', '') FROM ins"
+    "SELECT pg_notify('fp_outbox', '') FROM ins"  # channel: OUTBOX_CHANNEL below
 )
 
 
@@ -49,5 +51,46 @@ async def publish_envelope(session: AsyncSession, topic: str, envelope: Envelope
             "subject": envelope.subject,
             "event_type": envelope.type,
             "envelope": envelope.to_json(),
+        },
+    )
+
+
+# The relay's wake-up channel; every way of writing outbox rows must notify it.
+OUTBOX_CHANNEL = "fp_outbox"
+NOTIFY_SQL = f"SELECT pg_notify('{OUTBOX_CHANNEL}', '')"
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """An already-serialised event for `publish_rows` (batch publishers build these)."""
+
+    id: Any  # uuid.UUID
+    topic: str
+    subject: str
+    event_type: str
+    envelope_json: str
+
+
+_INSERT_MANY = text(
+    "WITH ins AS (INSERT INTO outbox (id, topic, subject, event_type, envelope) "
+    "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[]), "
+    "CAST(:subjects AS text[]), CAST(:types AS text[]), CAST(:envs AS jsonb[])) "
+    "RETURNING 1) "
+    f"SELECT pg_notify('{OUTBOX_CHANNEL}', '') FROM (SELECT 1 FROM ins LIMIT 1) AS one"
+)
+
+
+async def publish_rows(session: AsyncSession, rows: Sequence[OutboxRow]) -> None:
+    """Set-based `publish_envelope` for a whole batch, in the caller's transaction."""
+    if not rows:
+        return
+    await session.execute(
+        _INSERT_MANY,
+        {
+            "ids": [r.id for r in rows],
+            "topics": [r.topic for r in rows],
+            "subjects": [r.subject for r in rows],
+            "types": [r.event_type for r in rows],
+            "envs": [r.envelope_json for r in rows],
         },
     )
