@@ -58,6 +58,7 @@ from fusion_prime.platform.bus.postgres import OutgoingEvent, PostgresBroker, mi
 from fusion_prime.platform.bus.wiring import BusWorkers, consumers_for, running
 from fusion_prime.platform.database import create_engine, normalise_database_url
 from fusion_prime.platform.embedded import EmbeddedPostgres
+from fusion_prime.platform.observability import configure_logging
 from fusion_prime.settlement.events import parse_envelope
 from fusion_prime.settlement.handlers import SUBSCRIPTION, handle_chain_events
 from fusion_prime.settlement.service import ingest
@@ -200,6 +201,7 @@ async def serve_consumer(db_url: str, bus_url: str, batch: int) -> None:
         SETTLEMENT_WEBHOOK_KEY=WEBHOOK_KEY,
     )
     assert settings.database_url is not None
+    configure_logging(settings.log_level)  # as the runner does: JSON on stderr, INFO
     engine = create_engine(
         normalise_database_url(settings.database_url, service=SPEC.name),
         pool_size=settings.db_pool_size,
@@ -265,10 +267,13 @@ async def _end_to_end(
                 )
                 assert proc.stdin is not None
                 assert proc.stdout is not None
+                drain: asyncio.Task[bytes] | None = None
                 try:
                     line = await asyncio.wait_for(proc.stdout.readline(), 60)
                     if b"ready" not in line:
                         raise RuntimeError(f"consumer process did not start: {line!r}")
+                    # keep the pipe drained: a full pipe would block the child's event loop
+                    drain = asyncio.create_task(proc.stdout.read())
                     started = time.perf_counter()
                     proc.stdin.write(b"go\n")
                     await proc.stdin.drain()
@@ -289,6 +294,8 @@ async def _end_to_end(
                     if proc.returncode is None:
                         proc.terminate()
                     await asyncio.wait_for(proc.wait(), 30)
+                    if drain is not None:
+                        await asyncio.wait_for(drain, 30)
         finally:
             await bus.close()
         # every event applied, in order: history complete, statuses as the lifecycles end
@@ -404,6 +411,7 @@ async def main(
     e2e_baseline_events: int,
 ) -> None:
     console = Console()
+    configure_logging("INFO")  # the service's level: no per-batch debug lines on the console
     admin_url, _server = admin_url_from_env()
     factory = DatabaseFactory(admin_url)
     url = await factory.create("settlement", SPEC.migrations_dir)
