@@ -411,7 +411,9 @@ async def main(
     e2e_baseline_events: int,
 ) -> None:
     console = Console()
-    configure_logging("INFO")  # the service's level: no per-batch debug lines on the console
+    # structlog's default prints the handler's per-batch debug lines; the load generator's
+    # per-request httpx INFO lines would cost it time: warnings only in this process
+    configure_logging("WARNING")
     admin_url, _server = admin_url_from_env()
     factory = DatabaseFactory(admin_url)
     url = await factory.create("settlement", SPEC.migrations_dir)
