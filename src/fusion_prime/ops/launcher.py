@@ -59,7 +59,7 @@ def _local_secrets(data_dir: Path, names: set[str]) -> dict[str, str]:
     return stored
 
 
-def _wait_ready(children: list[Child], console: Console) -> dict[str, str]:
+def _wait_ready(children: list[Child]) -> dict[str, str]:
     status: dict[str, str] = {c.spec.name: "starting" for c in children}
     deadline = time.monotonic() + READY_TIMEOUT
     with httpx.Client(timeout=2.0) as client:
@@ -165,7 +165,7 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
 
-    status = _wait_ready(children, console)
+    status = _wait_ready(children)
     table = Table(title="Fusion Prime (local)")
     for col in ("service", "url", "database", "status", "log"):
         table.add_column(col)

@@ -53,7 +53,7 @@ def secret_name(db_slug: str) -> str:
     return f"fp-{db_slug}-db-connection-string"
 
 
-def _cloud_run_hint(service: str, db_slug: str) -> str:
+def _cloud_run_hint(db_slug: str) -> str:
     return (
         f"on Cloud Run set it from Secret Manager: --set-secrets "
         f"DATABASE_URL={secret_name(db_slug)}:latest"
@@ -84,7 +84,7 @@ def normalise_database_url(raw: str | None, *, service: str, db_slug: str | None
         raise DatabaseConfigError(
             f"{service}: DATABASE_URL is not set. Fusion Prime stores its data only in "
             f"PostgreSQL and has no fallback; set DATABASE_URL=postgresql://USER:PASSWORD@HOST"
-            f":5432/DBNAME ({_cloud_run_hint(service, slug)})."
+            f":5432/DBNAME ({_cloud_run_hint(slug)})."
         )
     raw = raw.strip()
     try:
@@ -93,14 +93,14 @@ def normalise_database_url(raw: str | None, *, service: str, db_slug: str | None
         raise DatabaseConfigError(
             f"{service}: DATABASE_URL could not be parsed as a URL ({redact_text(raw)!r}); "
             f"only PostgreSQL is supported, e.g. postgresql://USER:PASSWORD@HOST:5432/DBNAME "
-            f"({_cloud_run_hint(service, slug)})."
+            f"({_cloud_run_hint(slug)})."
         ) from exc
     scheme = url.drivername.lower()
     if scheme not in ACCEPTED_SCHEMES:
         raise DatabaseConfigError(
             f"{service}: DATABASE_URL uses {scheme!r}, but only PostgreSQL is supported "
             f"(postgresql://...); there is no SQLite or other fallback "
-            f"({_cloud_run_hint(service, slug)})."
+            f"({_cloud_run_hint(slug)})."
         )
     if not url.database:
         raise DatabaseConfigError(
@@ -118,11 +118,6 @@ def normalise_database_url(raw: str | None, *, service: str, db_slug: str | None
     if "sslmode" in query:
         query["ssl"] = query.pop("sslmode")
     return url.set(drivername=ASYNC_DRIVER, query=query)
-
-
-def is_cloud_sql_socket(url: URL) -> bool:
-    host = url.query.get("host")
-    return isinstance(host, str) and host.startswith("/cloudsql/")
 
 
 def create_engine(url: URL, *, pool_size: int = 10, app_name: str = "fusion-prime") -> AsyncEngine:

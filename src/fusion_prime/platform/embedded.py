@@ -20,7 +20,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -84,7 +83,6 @@ class EmbeddedPostgres:
         self.port_file = self.data_dir / "port"
         self.extra_settings = dict(settings or {})
         self._as_root = os.geteuid() == 0
-        self.started_here = False  # True when start() had to start the server process
 
     # -- process plumbing -------------------------------------------------
     def _run(self, args: list[str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -159,7 +157,6 @@ class EmbeddedPostgres:
                 self._initdb()
             if not self.running():
                 self._start()
-                self.started_here = True
             return self.url()
 
     def _initdb(self) -> None:
@@ -227,8 +224,3 @@ class EmbeddedPostgres:
                 self._run(
                     [str(bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w", "stop"]
                 )
-
-    def wait_stopped(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while self.running() and time.monotonic() < deadline:
-            time.sleep(0.1)

@@ -21,6 +21,7 @@ from fusion_prime.platform.database import (
     normalise_database_url,
     redact_text,
     redact_url,
+    secret_name,
     server_info,
     wait_for_database,
     write_heartbeat,
@@ -87,7 +88,7 @@ async def preflight(
                 raise StartupRefusedError(
                     f"DATABASE_URL ({redact_url(url)}) points at the local embedded PostgreSQL, "
                     "which is refused when FP_ENV=production; use the service's own server "
-                    f"(Secret Manager secret fp-{spec.db_slug}-db-connection-string).",
+                    f"(Secret Manager secret {secret_name(spec.db_slug)}).",
                     EXIT_CONFIG,
                 )
             state = await migration_state(conn, spec.migrations_dir)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +40,6 @@ class ServiceSpec:
     required_secrets: tuple[str, ...] = ()
     # extra consumers beside the registry's (test-only topics); production uses the registry
     consumes: tuple[Consumer, ...] = ()
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def database_name(self) -> str:
