@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from fusion_prime.platform.embedded import EmbeddedPostgres
 from tests.harness import (
+    BUS_DATABASES_MADE,
     BUS_MIGRATIONS_DIR,
     TEST_DATA_DIR,
     TEST_SERVER_SETTINGS,
@@ -77,8 +79,17 @@ def _alive(pid: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def db_factory(pg_admin_url: str) -> DatabaseFactory:
-    return DatabaseFactory(pg_admin_url)
+async def db_factory(pg_admin_url: str) -> AsyncIterator[DatabaseFactory]:
+    factory = DatabaseFactory(pg_admin_url)
+    yield factory
+    # bus databases ServiceProcess made for publishing/consuming services (same server
+    # only: a test may point a process at a private server, which it removes itself)
+    server = make_url(pg_admin_url)
+    for url in BUS_DATABASES_MADE:
+        made = make_url(url)
+        if (made.host, made.port) == (server.host, server.port):
+            await factory.drop(url)
+    BUS_DATABASES_MADE.clear()
 
 
 @pytest.fixture

@@ -27,8 +27,9 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from fusion_prime.platform.admin import asyncpg_dsn, quote_ident
+from fusion_prime.platform.bus.postgres import MIGRATIONS_DIR as BUS_MIGRATIONS_DIR
 from fusion_prime.platform.database import DatabaseConfigError, normalise_database_url
-from fusion_prime.platform.embedded import EmbeddedPostgres
+from fusion_prime.platform.embedded import EmbeddedPostgres, free_port
 from fusion_prime.platform.migrations import upgrade_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +77,8 @@ def migrations_hash(migrations_dir: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-BUS_MIGRATIONS_DIR = REPO_ROOT / "src" / "fusion_prime" / "platform" / "bus" / "migrations"
+# Bus databases made for service processes (below); the session's factory drops them.
+BUS_DATABASES_MADE: list[str] = []
 
 
 def _service_needs_bus(service: str) -> bool:
@@ -105,7 +107,9 @@ def create_bus_database_sync(database_url: str) -> str:
         return await factory.create("bus", BUS_MIGRATIONS_DIR)
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, _make()).result(timeout=120)
+        url: str = pool.submit(asyncio.run, _make()).result(timeout=120)
+    BUS_DATABASES_MADE.append(url)
+    return url
 
 
 @dataclass
@@ -113,7 +117,6 @@ class DatabaseFactory:
     """Creates migrated databases from per-service templates on one server."""
 
     admin_url: str
-    created: list[str] = field(default_factory=list)
     _templates: dict[str, str] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _conn: asyncpg.Connection | None = None
@@ -176,7 +179,6 @@ class DatabaseFactory:
             await conn.execute(
                 f"CREATE DATABASE {quote_ident(db)} TEMPLATE {quote_ident(tpl)}{strategy}"
             )
-        self.created.append(db)
         return self.url(db)
 
     async def drop(self, url: str) -> None:
@@ -211,12 +213,6 @@ async def count_rows(url: str, table: str, where: str = "TRUE", *args: Any) -> i
 
 
 # -- real service processes ---------------------------------------------------------
-
-
-def free_port() -> int:
-    from fusion_prime.platform.embedded import free_port as _fp
-
-    return _fp()
 
 
 @dataclass
