@@ -168,16 +168,6 @@ def classify(weighted: Decimal, debt: Decimal, config: TierConfig) -> Tier:
     return Tier.LIQUIDATION
 
 
-def classify_factor(factor: Decimal | None, config: TierConfig, shift: Decimal = ZERO) -> Tier:
-    """Tier of a factor (None = infinite), the bounds raised by `shift`."""
-    if factor is None:
-        return Tier.HEALTHY
-    for tier, bound in zip(LADDER, config.bounds, strict=False):
-        if factor >= bound + shift:
-            return tier
-    return Tier.LIQUIDATION
-
-
 def with_hysteresis(
     previous: Tier | None, weighted: Decimal, debt: Decimal, config: TierConfig
 ) -> Tier:
@@ -369,12 +359,6 @@ def _periodic(state: State, config: TierConfig, now: datetime) -> Decision:
         new = State(state.status, state.known_tier, state.last_event_at, now)
         return Decision(new, (), state.known_tier, state.status, "periodic", True)
     return Decision(state)
-
-
-def validate_account_id(value: str) -> str:
-    if not ACCOUNT_ID_RE.fullmatch(value):
-        raise ValueError("account id must be 1-128 chars of letters, digits, '_', '.', ':', '-'")
-    return value
 
 
 def validate_positions(positions: Iterable[Position], known: Mapping[str, RiskParams]) -> list[str]:
