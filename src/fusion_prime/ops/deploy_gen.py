@@ -379,17 +379,17 @@ def stale_files(deploy_dir: Path, services: Sequence[ServiceDeploy]) -> list[str
 
 
 def write_files(deploy_dir: Path, services: Sequence[ServiceDeploy]) -> list[str]:
-    """Write the generated files and remove Cloud Build files of services no longer shipped."""
+    """Write the stale generated files and remove Cloud Build files of services no longer
+    shipped (the same list `stale_files` reports, so check and write cannot disagree)."""
     expected = expected_files(services)
     written = []
-    for rel, text in expected.items():
+    for rel in stale_files(deploy_dir, services):
         path = deploy_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.is_file() or path.read_text() != text:
-            path.write_text(text)
+        if rel in expected:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(expected[rel])
             written.append(rel)
-    for path in sorted((deploy_dir / "cloudbuild").glob("*.yaml")):
-        if f"cloudbuild/{path.name}" not in expected:
+        else:
             path.unlink()
-            written.append(f"cloudbuild/{path.name} (removed)")
+            written.append(f"{rel} (removed)")
     return written
