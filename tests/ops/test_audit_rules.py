@@ -390,6 +390,22 @@ def test_fp201_no_default_is_fine(audit_tree: AuditTree) -> None:
     assert good == []
 
 
+def test_fp201_message_never_repeats_the_password(audit_tree: AuditTree) -> None:
+    """A report (SARIF goes to code scanning) must not copy the credential it points at."""
+    bad = audit_tree(
+        {
+            "app/a.py": (
+                "import os\n"
+                'URL = os.environ.get("DATABASE_URL", "postgresql://app:hunter22@db/app")\n'
+            ),
+        }
+    )
+    assert rules_of(bad) == ["FP201", "FP301"]
+    fp201 = next(f for f in bad if f.rule == "FP201")
+    assert "postgresql://app:***@db" in fp201.message
+    assert all("hunter22" not in f.message for f in bad)
+
+
 def test_fp202_switch_to_mock_or_memory_store(audit_tree: AuditTree) -> None:
     bad = audit_tree(
         {

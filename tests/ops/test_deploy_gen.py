@@ -35,6 +35,26 @@ def test_committed_deploy_files_are_up_to_date() -> None:
     assert stale == [], "run `.venv/bin/fusion-prime deploy generate` and commit"
 
 
+def test_write_files_rewrites_what_is_stale_and_removes_leftovers(tmp_path: Path) -> None:
+    services = known_services(["settlement", "risk"])
+    assert write_files(tmp_path, services) == [
+        "cloudbuild/settlement.yaml",
+        "cloudbuild/risk.yaml",
+        f"terraform/{TFVARS_NAME}",
+    ]
+    assert stale_files(tmp_path, services) == []
+    assert write_files(tmp_path, services) == []  # nothing stale, nothing written
+    (tmp_path / "cloudbuild" / "risk.yaml").write_text("edited by hand\n")
+    (tmp_path / "cloudbuild" / "gone.yaml").write_text("steps: []\n")
+    assert stale_files(tmp_path, services) == ["cloudbuild/risk.yaml", "cloudbuild/gone.yaml"]
+    assert write_files(tmp_path, services) == [
+        "cloudbuild/risk.yaml",
+        "cloudbuild/gone.yaml (removed)",
+    ]
+    assert not (tmp_path / "cloudbuild" / "gone.yaml").exists()
+    assert stale_files(tmp_path, services) == []
+
+
 def test_shipped_services_use_the_known_deploy_names() -> None:
     for spec in all_specs():
         assert KNOWN_DB_SLUGS[spec.name] == spec.db_slug

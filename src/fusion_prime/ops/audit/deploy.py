@@ -1,8 +1,8 @@
 """Deploy configuration, read with real parsers: Cloud Build YAML, shell, Terraform.
 
 Everything is reduced to `Target`s (a Cloud Run service or job with its environment,
-secrets, Cloud SQL instances and public access) and `Subscription`s, which the rules in
-`rules.py` then compare with what the code needs. gcloud command lines are tokenised with
+secrets, Cloud SQL instances and public access) and `Subscription`s, which the cross-file rules
+in `engine.py` then compare with what the code needs. gcloud command lines are tokenised with
 `shlex` (a shell lexer) and their flags parsed like gcloud does; YAML is composed into
 nodes (for line numbers); HCL goes through python-hcl2's parse tree.
 """
@@ -60,7 +60,6 @@ class Target:
     args: list[str] = field(default_factory=list)
     env_file: bool = False  # --env-vars-file: environment not visible here
     templated: bool = False  # Terraform for_each: one resource, one instance per key
-    address: str | None = None  # Terraform resource address
 
     @property
     def spec_name(self) -> str | None:

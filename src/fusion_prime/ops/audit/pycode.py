@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from fusion_prime.ops.audit.credentials import credential_in
 from fusion_prime.ops.audit.model import Finding
+from fusion_prime.platform.database import redact_text
 
 DB_URL_NAMES = frozenset(
     {
@@ -176,7 +177,8 @@ def _describe_default(node: ast.AST) -> str | None:
                 return f"a SQLite URL ({node.value!r})"
             if "localhost" in v or "127.0.0.1" in v:
                 return "a localhost URL"
-            return f"a hard-coded URL ({node.value[:40]!r})"
+            # redacted before cutting: the report must not copy the password it flags
+            return f"a hard-coded URL ({redact_text(node.value)[:40]!r})"
         return f"the constant {node.value!r}"
     return "a computed value"
 

@@ -159,9 +159,7 @@ def analyse_terraform(text: str, path: str, facts: DeployFacts) -> None:
         if address in by_address:
             by_address[address].public_line = line
         else:
-            facts.targets.append(
-                Target(address, "service", path, line, public_line=line, address=address)
-            )
+            facts.targets.append(Target(address, "service", path, line, public_line=line))
 
 
 def _credentials(body: dict[str, Any], path: str, line: int, facts: DeployFacts) -> None:
@@ -178,7 +176,6 @@ def _run_target(body: dict[str, Any], rtype: str, path: str, line: int, address:
         path,
         line,
         templated="for_each" in body or "count" in body,
-        address=address,
     )
     for env in _walk_blocks(body, "env"):
         name = str(env.get("name", ""))
