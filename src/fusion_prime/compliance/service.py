@@ -53,11 +53,32 @@ WEBHOOK_EVENTS_TOTAL = Counter(
 )
 
 
-def _anchor(entry: repository.AuditEntry) -> dict[str, Any]:
-    """The audit row behind an event. Published copies of the chain hash live outside this
-    database, so even a rewrite of the whole chain (by someone able to disable the
-    trigger and recompute every hash) disagrees with what consumers already received."""
-    return {"audit": {"seq": entry.seq, "hash": entry.hash}}
+async def _record_decision(
+    session: AsyncSession,
+    kind: str,
+    *,
+    subject: str,
+    actor: str,
+    audit: dict[str, Any],
+    event: dict[str, Any],
+) -> None:
+    """Append the decision to the audit chain and publish it, in the caller's transaction.
+
+    The event carries the audit row's seq and hash: published copies of the chain live
+    outside this database, so even a rewrite of the whole chain (by someone able to
+    disable the trigger and recompute every hash) disagrees with what consumers received.
+    """
+    entry = await repository.append_audit(
+        session, kind=kind, subject=subject, actor=actor, payload=audit
+    )
+    await publish(
+        session,
+        TOPIC,
+        event_type=kind,
+        subject=subject,
+        data=event | {"audit": {"seq": entry.seq, "hash": entry.hash}},
+        source=SERVICE,
+    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -117,16 +138,8 @@ async def _record_kyc_change(
         "reason": reason,
         "source": source,
     }
-    entry = await repository.append_audit(
-        session, kind="kyc.status_changed", subject=user_id, actor=actor, payload=data
-    )
-    await publish(
-        session,
-        TOPIC,
-        event_type="kyc.status_changed",
-        subject=user_id,
-        data=data | _anchor(entry),
-        source=SERVICE,
+    await _record_decision(
+        session, "kyc.status_changed", subject=user_id, actor=actor, audit=data, event=data
     )
     KYC_TRANSITIONS_TOTAL.labels(SERVICE, new.value).inc()
 
@@ -537,19 +550,13 @@ async def screen_sanctions(
         "case_id": str(case_id) if case_id else None,
     }
     subject = user_id or f"screening:{screening_id}"
-    audit_payload = {**result, "names": list(names), "addresses": list(addresses)}
-    entry = await repository.append_audit(
-        session, kind="sanctions.screened", subject=subject, actor=actor, payload=audit_payload
-    )
-    await publish(
+    await _record_decision(
         session,
-        TOPIC,
-        event_type="sanctions.screened",
+        "sanctions.screened",
         subject=subject,
-        data={k: v for k, v in result.items() if k != "candidates"}
-        | {"candidates": len(candidates)}
-        | _anchor(entry),
-        source=SERVICE,
+        actor=actor,
+        audit={**result, "names": list(names), "addresses": list(addresses)},
+        event=result | {"candidates": len(candidates)},
     )
     SANCTIONS_SCREENINGS_TOTAL.labels(SERVICE, status).inc()
     return result
@@ -731,22 +738,14 @@ async def screen_transaction(
         )
     ).one()
     response = _aml_response(row, alert_id, case_id, False)
-    entry = await repository.append_audit(
+    await _record_decision(
         session,
-        kind="aml.screened",
+        "aml.screened",
         subject=tx.user_id,
         actor="aml-engine",
-        payload={**response, "occurred_at": _iso(tx.occurred_at), "tx_type": tx.tx_type},
-    )
-    await publish(
-        session,
-        TOPIC,
-        event_type="aml.screened",
-        subject=tx.user_id,
-        data={k: response[k] for k in ("transaction_id", "score", "level", "rules_version")}
-        | {"rules": [f["rule"] for f in fired], "case_id": response["case_id"]}
-        | _anchor(entry),
-        source=SERVICE,
+        audit={**response, "occurred_at": _iso(tx.occurred_at), "tx_type": tx.tx_type},
+        event={k: response[k] for k in ("transaction_id", "score", "level", "rules_version")}
+        | {"rules": [f["rule"] for f in fired], "case_id": response["case_id"]},
     )
     AML_SCREENINGS_TOTAL.labels(SERVICE, result.level.value).inc()
     return response
@@ -857,16 +856,8 @@ async def resolve_case(
         "reason": reason,
         "resolved_by": actor,
     }
-    entry = await repository.append_audit(
-        session, kind="case.resolved", subject=subject, actor=actor, payload=data
-    )
-    await publish(
-        session,
-        TOPIC,
-        event_type="case.resolved",
-        subject=subject,
-        data=data | _anchor(entry),
-        source=SERVICE,
+    await _record_decision(
+        session, "case.resolved", subject=subject, actor=actor, audit=data, event=data
     )
     return await get_case(session, case_id)
 
