@@ -255,14 +255,10 @@ async def transition_kyc(
         raise ConflictError(
             f"KYC case {case_id} cannot go from {current} to {target}",
             current_status=current.value,
-            allowed=sorted(s.value for s in _allowed(current)),
+            allowed=sorted(s.value for s in KYC_TRANSITIONS[current]),
         )
     await _apply_kyc(session, row, current, target, actor, reason, source)
     return await get_kyc_case(session, case_id)
-
-
-def _allowed(current: KycStatus) -> frozenset[KycStatus]:
-    return KYC_TRANSITIONS[current]
 
 
 async def _apply_kyc(
@@ -753,8 +749,6 @@ async def screen_transaction(
 
 # -- cases ---------------------------------------------------------------------------
 
-CASE_RESOLUTIONS = ("cleared", "confirmed")
-
 
 def _case_json(row: Any) -> dict[str, Any]:
     data = dict(row._mapping)
@@ -789,10 +783,11 @@ async def list_cases(
     return [_case_json(r) for r in await session.execute(query)]
 
 
-async def _case_for_update(session: AsyncSession, case_id: uuid.UUID) -> Any:
+async def _case(session: AsyncSession, case_id: uuid.UUID, *, lock: bool) -> Any:
     row = (
         await session.execute(
-            text("SELECT * FROM cases WHERE id = :id FOR UPDATE"), {"id": case_id}
+            text("SELECT * FROM cases WHERE id = :id" + (" FOR UPDATE" if lock else "")),
+            {"id": case_id},
         )
     ).one_or_none()
     if row is None:
@@ -801,18 +796,13 @@ async def _case_for_update(session: AsyncSession, case_id: uuid.UUID) -> Any:
 
 
 async def get_case(session: AsyncSession, case_id: uuid.UUID) -> dict[str, Any]:
-    row = (
-        await session.execute(text("SELECT * FROM cases WHERE id = :id"), {"id": case_id})
-    ).one_or_none()
-    if row is None:
-        raise NotFoundError(f"case {case_id} does not exist")
-    return _case_json(row)
+    return _case_json(await _case(session, case_id, lock=False))
 
 
 async def assign_case(
     session: AsyncSession, case_id: uuid.UUID, *, assignee: str, actor: str
 ) -> dict[str, Any]:
-    row = await _case_for_update(session, case_id)
+    row = await _case(session, case_id, lock=True)
     if row.status == "resolved":
         raise ConflictError(f"case {case_id} is resolved and cannot be reassigned")
     await session.execute(
@@ -834,7 +824,7 @@ async def assign_case(
 async def resolve_case(
     session: AsyncSession, case_id: uuid.UUID, *, resolution: str, reason: str, actor: str
 ) -> dict[str, Any]:
-    row = await _case_for_update(session, case_id)
+    row = await _case(session, case_id, lock=True)
     if row.status == "resolved":
         raise ConflictError(f"case {case_id} is already resolved ({row.resolution})")
     await session.execute(
