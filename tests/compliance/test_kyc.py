@@ -79,6 +79,10 @@ async def test_invalid_transition_and_bad_input(db: str, client: httpx.AsyncClie
     r = await client.post("/kyc/cases", json={"user_id": "x", "documents": [inline]})
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "documents.0.reference"
+    too_long = {"kind": "passport", "reference": "s3://b/" + "k" * 2048}
+    r = await client.post("/kyc/cases", json={"user_id": "x", "documents": [too_long]})
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "documents.0.reference"
     second = await client.post("/kyc/cases", json={"user_id": "u-7"})
     assert second.status_code == 409
     assert second.json()["case_id"] == case["id"]
