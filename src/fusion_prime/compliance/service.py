@@ -190,20 +190,23 @@ async def create_kyc_case(
         ),
         {"id": case_id, "u": user_id, "p": provider, "i": provider_inquiry_id},
     )
-    for doc in documents:
+    if documents:
         await session.execute(
             text(
                 "INSERT INTO kyc_documents (case_id, kind, issuing_country, reference, sha256, "
                 "mime_type) VALUES (:c, :k, :ic, :r, :s, :m)"
             ),
-            {
-                "c": case_id,
-                "k": doc.kind,
-                "ic": doc.issuing_country,
-                "r": doc.reference,
-                "s": doc.sha256,
-                "m": doc.mime_type,
-            },
+            [
+                {
+                    "c": case_id,
+                    "k": doc.kind,
+                    "ic": doc.issuing_country,
+                    "r": doc.reference,
+                    "s": doc.sha256,
+                    "m": doc.mime_type,
+                }
+                for doc in documents
+            ],
         )
     await _record_kyc_change(
         session, case_id, user_id, None, KycStatus.PENDING, actor, "case opened", "api"
