@@ -75,6 +75,7 @@ async def test_tampering_is_detected_at_the_changed_row(db: str, client: httpx.A
     conn = await asyncpg.connect(asyncpg_dsn(db))
     try:
         assert await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        original = await conn.fetchval("SELECT payload::text FROM audit_log WHERE seq = 2")
         await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
         await conn.execute(
             "UPDATE audit_log SET payload = jsonb_set(payload, '{level}', '\"low\"') || "
@@ -88,11 +89,14 @@ async def test_tampering_is_detected_at_the_changed_row(db: str, client: httpx.A
     assert "BROKEN at seq 2" in result.output
     assert "altered" in result.output
 
-    # deleting a row (trigger off again) is named too: the first row after the gap
+    # deleting a row (trigger off again) is named too: the missing row. Row 2 gets its
+    # original payload back first, so the gap is the first break verify-audit meets.
     conn = await asyncpg.connect(asyncpg_dsn(db))
     try:
         await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
-        await conn.execute("UPDATE audit_log SET payload = payload - 'amount' WHERE seq = 2")
+        await conn.execute(
+            "UPDATE audit_log SET payload = CAST($1 AS jsonb) WHERE seq = 2", original
+        )
         await conn.execute("DELETE FROM audit_log WHERE seq = 3")
         await conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
     finally:
@@ -100,6 +104,7 @@ async def test_tampering_is_detected_at_the_changed_row(db: str, client: httpx.A
     result = await run_cli(db, "verify-audit")
     assert result.exit_code == 1
     assert "BROKEN at seq" in result.output
+    assert "BROKEN at seq 3: row 3 is missing" in result.output
 
 
 async def test_cases_list_assign_resolve_and_status(db: str, client: httpx.AsyncClient) -> None:

@@ -23,6 +23,20 @@ async def open_case(client: httpx.AsyncClient, user: str = "u-7", **extra: Any) 
     return body
 
 
+async def test_case_stores_every_document_reference(db: str, client: httpx.AsyncClient) -> None:
+    selfie = {"kind": "selfie", "reference": "s3://kyc-docs/u-9/selfie.jpg"}
+    case = await open_case(client, user="u-9", documents=[*DOCS, selfie])
+    assert [d["kind"] for d in case["documents"]] == ["passport", "selfie"]
+    stored = await fetch(
+        db, "SELECT kind, reference FROM kyc_documents WHERE case_id = $1::uuid ORDER BY id",
+        case["id"],
+    )  # fmt: skip
+    assert [(d["kind"], d["reference"]) for d in stored] == [
+        ("passport", DOCS[0]["reference"]),
+        ("selfie", selfie["reference"]),
+    ]
+
+
 async def test_case_lifecycle_and_history(db: str, client: httpx.AsyncClient) -> None:
     case = await open_case(client)
     assert case["status"] == "pending"
@@ -77,6 +91,10 @@ async def test_invalid_transition_and_bad_input(db: str, client: httpx.AsyncClie
     assert {e["field"] for e in r.json()["errors"]} == {"to_status", "actor", "reason"}
     inline = {"kind": "passport", "reference": "data:image/png;base64,AAAA"}
     r = await client.post("/kyc/cases", json={"user_id": "x", "documents": [inline]})
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "documents.0.reference"
+    too_long = {"kind": "passport", "reference": "s3://b/" + "k" * 2048}
+    r = await client.post("/kyc/cases", json={"user_id": "x", "documents": [too_long]})
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "documents.0.reference"
     second = await client.post("/kyc/cases", json={"user_id": "u-7"})

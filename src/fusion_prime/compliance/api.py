@@ -76,7 +76,7 @@ class DocumentIn(_Strict):
     @field_validator("reference")
     @classmethod
     def _reference_only(cls, value: str) -> str:
-        if value.lower().startswith("data:") or len(value) > 2048:
+        if value.lower().startswith("data:"):
             raise ValueError("give a reference to the stored document, not its content")
         return value
 

@@ -6,21 +6,20 @@ import asyncio
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import pool
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fusion_prime.compliance import repository
+from fusion_prime.compliance.domain import AmlRules
 from fusion_prime.compliance.sanctions.loader import (
-    LoadResult,
     default_list_name,
     load_parsed,
     record_count,
@@ -28,16 +27,20 @@ from fusion_prime.compliance.sanctions.loader import (
 from fusion_prime.compliance.sanctions.parsers import (
     FORMATS,
     ListFormatError,
-    ParsedFile,
     guess_format,
     parse,
 )
-from fusion_prime.platform.database import DatabaseConfigError, normalise_database_url
+from fusion_prime.platform.database import (
+    DatabaseConfigError,
+    engine_scope,
+    normalise_database_url,
+)
 from fusion_prime.platform.settings import BaseServiceSettings
 
 app = typer.Typer(no_args_is_help=True, help="Compliance administration.")
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+T = TypeVar("T")
 
 
 def _database_url() -> URL:
@@ -48,6 +51,19 @@ def _database_url() -> URL:
     except DatabaseConfigError as exc:
         err.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(2) from None
+
+
+def _on_database(
+    url: URL, work: Callable[[AsyncConnection], Awaitable[T]], *, write: bool = False
+) -> T:
+    """Run `work` on one connection (in one transaction when it writes), then dispose."""
+
+    async def _run() -> T:
+        async with engine_scope(url, pool_size=1, app_name="compliance-cli") as engine:
+            async with engine.begin() if write else engine.connect() as conn:
+                return await work(conn)
+
+    return asyncio.run(_run())
 
 
 def _progress() -> Progress:
@@ -127,16 +143,18 @@ def load_sanctions(
         )
         write_task = progress.add_task("writing", total=record_count(parsed))
         try:
-            result = asyncio.run(
-                _load(
-                    url,
+            result = _on_database(
+                url,
+                lambda conn: load_parsed(
+                    conn,
                     parsed,
-                    name,
-                    file.name,
-                    sha,
-                    used_date,
-                    lambda n: progress.advance(write_task, n),
-                )
+                    list_name=name,
+                    file_name=file.name,
+                    sha256=sha,
+                    version_date=used_date,
+                    progress=lambda n: progress.advance(write_task, n),
+                ),
+                write=True,
             )
         except ListFormatError as exc:
             progress.stop()
@@ -156,45 +174,10 @@ def load_sanctions(
         )
 
 
-async def _load(
-    url: URL,
-    parsed: ParsedFile,
-    list_name: str,
-    file_name: str,
-    sha: str,
-    version_date: date,
-    tick: Any,
-) -> LoadResult:
-    engine = create_async_engine(url, poolclass=pool.NullPool)
-    try:
-        async with engine.begin() as conn:
-            return await load_parsed(
-                conn,
-                parsed,
-                list_name=list_name,
-                file_name=file_name,
-                sha256=sha,
-                version_date=version_date,
-                progress=tick,
-            )
-    finally:
-        await engine.dispose()
-
-
 @app.command("verify-audit")
 def verify_audit() -> None:
     """Recompute the audit hash chain; exit 1 naming the first broken row."""
-    url = _database_url()
-
-    async def _run() -> repository.AuditReport:
-        engine = create_async_engine(url, poolclass=pool.NullPool)
-        try:
-            async with engine.connect() as conn:
-                return await repository.verify_audit_chain(conn)
-        finally:
-            await engine.dispose()
-
-    report = asyncio.run(_run())
+    report = _on_database(_database_url(), repository.verify_audit_chain)
     if report.broken is not None:
         err.print(
             f"audit chain BROKEN at seq {report.broken.seq}: {report.broken.reason}",
@@ -232,21 +215,16 @@ def publish_rules(
     url = _database_url()
     changes = dict(_parse_assignment(a) for a in assignments)
 
-    async def _run() -> Any:
-        engine = create_async_engine(url, poolclass=pool.NullPool)
-        try:
-            async with engine.begin() as conn:
-                current = await repository.current_rules(conn)
-                merged = current.to_json()
-                if isinstance(changes.get("weights"), dict):
-                    changes["weights"] = {**merged["weights"], **changes["weights"]}
-                merged.update(changes)
-                return await repository.publish_rules(conn, merged, by, note)
-        finally:
-            await engine.dispose()
+    async def _publish(conn: AsyncConnection) -> AmlRules:
+        current = await repository.current_rules(conn)
+        merged = current.to_json()
+        if isinstance(changes.get("weights"), dict):
+            changes["weights"] = {**merged["weights"], **changes["weights"]}
+        merged.update(changes)
+        return await repository.publish_rules(conn, merged, by, note)
 
     try:
-        rules = asyncio.run(_run())
+        rules = _on_database(url, _publish, write=True)
     except ValueError as exc:
         err.print(f"rules refused: {exc}; nothing was published", markup=False)
         raise typer.Exit(1) from None
@@ -257,16 +235,6 @@ def publish_rules(
 @app.command("show-rules")
 def show_rules() -> None:
     """Print the AML rules version in force."""
-    url = _database_url()
-
-    async def _run() -> Any:
-        engine = create_async_engine(url, poolclass=pool.NullPool)
-        try:
-            async with engine.connect() as conn:
-                return await repository.current_rules(conn)
-        finally:
-            await engine.dispose()
-
-    rules = asyncio.run(_run())
+    rules = _on_database(_database_url(), repository.current_rules)
     out.print(f"AML rules version {rules.version}", markup=False)
     out.print_json(json.dumps(rules.to_json()))

@@ -53,11 +53,32 @@ WEBHOOK_EVENTS_TOTAL = Counter(
 )
 
 
-def _anchor(entry: repository.AuditEntry) -> dict[str, Any]:
-    """The audit row behind an event. Published copies of the chain hash live outside this
-    database, so even a rewrite of the whole chain (by someone able to disable the
-    trigger and recompute every hash) disagrees with what consumers already received."""
-    return {"audit": {"seq": entry.seq, "hash": entry.hash}}
+async def _record_decision(
+    session: AsyncSession,
+    kind: str,
+    *,
+    subject: str,
+    actor: str,
+    audit: dict[str, Any],
+    event: dict[str, Any],
+) -> None:
+    """Append the decision to the audit chain and publish it, in the caller's transaction.
+
+    The event carries the audit row's seq and hash: published copies of the chain live
+    outside this database, so even a rewrite of the whole chain (by someone able to
+    disable the trigger and recompute every hash) disagrees with what consumers received.
+    """
+    entry = await repository.append_audit(
+        session, kind=kind, subject=subject, actor=actor, payload=audit
+    )
+    await publish(
+        session,
+        TOPIC,
+        event_type=kind,
+        subject=subject,
+        data=event | {"audit": {"seq": entry.seq, "hash": entry.hash}},
+        source=SERVICE,
+    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -117,16 +138,8 @@ async def _record_kyc_change(
         "reason": reason,
         "source": source,
     }
-    entry = await repository.append_audit(
-        session, kind="kyc.status_changed", subject=user_id, actor=actor, payload=data
-    )
-    await publish(
-        session,
-        TOPIC,
-        event_type="kyc.status_changed",
-        subject=user_id,
-        data=data | _anchor(entry),
-        source=SERVICE,
+    await _record_decision(
+        session, "kyc.status_changed", subject=user_id, actor=actor, audit=data, event=data
     )
     KYC_TRANSITIONS_TOTAL.labels(SERVICE, new.value).inc()
 
@@ -177,20 +190,23 @@ async def create_kyc_case(
         ),
         {"id": case_id, "u": user_id, "p": provider, "i": provider_inquiry_id},
     )
-    for doc in documents:
+    if documents:
         await session.execute(
             text(
                 "INSERT INTO kyc_documents (case_id, kind, issuing_country, reference, sha256, "
                 "mime_type) VALUES (:c, :k, :ic, :r, :s, :m)"
             ),
-            {
-                "c": case_id,
-                "k": doc.kind,
-                "ic": doc.issuing_country,
-                "r": doc.reference,
-                "s": doc.sha256,
-                "m": doc.mime_type,
-            },
+            [
+                {
+                    "c": case_id,
+                    "k": doc.kind,
+                    "ic": doc.issuing_country,
+                    "r": doc.reference,
+                    "s": doc.sha256,
+                    "m": doc.mime_type,
+                }
+                for doc in documents
+            ],
         )
     await _record_kyc_change(
         session, case_id, user_id, None, KycStatus.PENDING, actor, "case opened", "api"
@@ -242,14 +258,10 @@ async def transition_kyc(
         raise ConflictError(
             f"KYC case {case_id} cannot go from {current} to {target}",
             current_status=current.value,
-            allowed=sorted(s.value for s in _allowed(current)),
+            allowed=sorted(s.value for s in KYC_TRANSITIONS[current]),
         )
     await _apply_kyc(session, row, current, target, actor, reason, source)
     return await get_kyc_case(session, case_id)
-
-
-def _allowed(current: KycStatus) -> frozenset[KycStatus]:
-    return KYC_TRANSITIONS[current]
 
 
 async def _apply_kyc(
@@ -537,19 +549,13 @@ async def screen_sanctions(
         "case_id": str(case_id) if case_id else None,
     }
     subject = user_id or f"screening:{screening_id}"
-    audit_payload = {**result, "names": list(names), "addresses": list(addresses)}
-    entry = await repository.append_audit(
-        session, kind="sanctions.screened", subject=subject, actor=actor, payload=audit_payload
-    )
-    await publish(
+    await _record_decision(
         session,
-        TOPIC,
-        event_type="sanctions.screened",
+        "sanctions.screened",
         subject=subject,
-        data={k: v for k, v in result.items() if k != "candidates"}
-        | {"candidates": len(candidates)}
-        | _anchor(entry),
-        source=SERVICE,
+        actor=actor,
+        audit={**result, "names": list(names), "addresses": list(addresses)},
+        event=result | {"candidates": len(candidates)},
     )
     SANCTIONS_SCREENINGS_TOTAL.labels(SERVICE, status).inc()
     return result
@@ -731,30 +737,20 @@ async def screen_transaction(
         )
     ).one()
     response = _aml_response(row, alert_id, case_id, False)
-    entry = await repository.append_audit(
+    await _record_decision(
         session,
-        kind="aml.screened",
+        "aml.screened",
         subject=tx.user_id,
         actor="aml-engine",
-        payload={**response, "occurred_at": _iso(tx.occurred_at), "tx_type": tx.tx_type},
-    )
-    await publish(
-        session,
-        TOPIC,
-        event_type="aml.screened",
-        subject=tx.user_id,
-        data={k: response[k] for k in ("transaction_id", "score", "level", "rules_version")}
-        | {"rules": [f["rule"] for f in fired], "case_id": response["case_id"]}
-        | _anchor(entry),
-        source=SERVICE,
+        audit={**response, "occurred_at": _iso(tx.occurred_at), "tx_type": tx.tx_type},
+        event={k: response[k] for k in ("transaction_id", "score", "level", "rules_version")}
+        | {"rules": [f["rule"] for f in fired], "case_id": response["case_id"]},
     )
     AML_SCREENINGS_TOTAL.labels(SERVICE, result.level.value).inc()
     return response
 
 
 # -- cases ---------------------------------------------------------------------------
-
-CASE_RESOLUTIONS = ("cleared", "confirmed")
 
 
 def _case_json(row: Any) -> dict[str, Any]:
@@ -790,10 +786,11 @@ async def list_cases(
     return [_case_json(r) for r in await session.execute(query)]
 
 
-async def _case_for_update(session: AsyncSession, case_id: uuid.UUID) -> Any:
+async def _case(session: AsyncSession, case_id: uuid.UUID, *, lock: bool) -> Any:
     row = (
         await session.execute(
-            text("SELECT * FROM cases WHERE id = :id FOR UPDATE"), {"id": case_id}
+            text("SELECT * FROM cases WHERE id = :id" + (" FOR UPDATE" if lock else "")),
+            {"id": case_id},
         )
     ).one_or_none()
     if row is None:
@@ -802,18 +799,13 @@ async def _case_for_update(session: AsyncSession, case_id: uuid.UUID) -> Any:
 
 
 async def get_case(session: AsyncSession, case_id: uuid.UUID) -> dict[str, Any]:
-    row = (
-        await session.execute(text("SELECT * FROM cases WHERE id = :id"), {"id": case_id})
-    ).one_or_none()
-    if row is None:
-        raise NotFoundError(f"case {case_id} does not exist")
-    return _case_json(row)
+    return _case_json(await _case(session, case_id, lock=False))
 
 
 async def assign_case(
     session: AsyncSession, case_id: uuid.UUID, *, assignee: str, actor: str
 ) -> dict[str, Any]:
-    row = await _case_for_update(session, case_id)
+    row = await _case(session, case_id, lock=True)
     if row.status == "resolved":
         raise ConflictError(f"case {case_id} is resolved and cannot be reassigned")
     await session.execute(
@@ -835,7 +827,7 @@ async def assign_case(
 async def resolve_case(
     session: AsyncSession, case_id: uuid.UUID, *, resolution: str, reason: str, actor: str
 ) -> dict[str, Any]:
-    row = await _case_for_update(session, case_id)
+    row = await _case(session, case_id, lock=True)
     if row.status == "resolved":
         raise ConflictError(f"case {case_id} is already resolved ({row.resolution})")
     await session.execute(
@@ -857,16 +849,8 @@ async def resolve_case(
         "reason": reason,
         "resolved_by": actor,
     }
-    entry = await repository.append_audit(
-        session, kind="case.resolved", subject=subject, actor=actor, payload=data
-    )
-    await publish(
-        session,
-        TOPIC,
-        event_type="case.resolved",
-        subject=subject,
-        data=data | _anchor(entry),
-        source=SERVICE,
+    await _record_decision(
+        session, "case.resolved", subject=subject, actor=actor, audit=data, event=data
     )
     return await get_case(session, case_id)
 

@@ -104,10 +104,11 @@ def _cell(value: str) -> str | None:
     return None if value in ("", OFAC_NULL) else value
 
 
-def _ent_num(row: list[str], line: int) -> str:
-    raw = row[0].strip()
+def _number(row: list[str], column: int, label: str, line: int) -> str:
+    """An OFAC id column (ent_num, alt_num, add_num): digits only."""
+    raw = row[column].strip()
     if not raw.isdigit():
-        raise ListFormatError(line, f"ent_num {raw!r} is not a number")
+        raise ListFormatError(line, f"{label} {raw!r} is not a number")
     return raw
 
 
@@ -136,7 +137,7 @@ def parse_sdn(lines: Iterable[str]) -> ParsedFile:
     seen: set[str] = set()
     for line, row in _rows(lines, _SDN_COLUMNS):
         out.lines = line
-        ent = _ent_num(row, line)
+        ent = _number(row, 0, "ent_num", line)
         if ent in seen:
             raise ListFormatError(line, f"ent_num {ent} appears twice")
         seen.add(ent)
@@ -179,10 +180,8 @@ def parse_alt(lines: Iterable[str]) -> ParsedFile:
     out = ParsedFile("ofac-alt")
     for line, row in _rows(lines, _ALT_COLUMNS):
         out.lines = line
-        ent = _ent_num(row, line)
-        alt_num = row[1].strip()
-        if not alt_num.isdigit():
-            raise ListFormatError(line, f"alt_num {alt_num!r} is not a number")
+        ent = _number(row, 0, "ent_num", line)
+        alt_num = _number(row, 1, "alt_num", line)
         name = _cell(row[3])
         if name is None:
             raise ListFormatError(line, "alt_name is empty")
@@ -196,10 +195,8 @@ def parse_add(lines: Iterable[str]) -> ParsedFile:
     out = ParsedFile("ofac-add")
     for line, row in _rows(lines, _ADD_COLUMNS):
         out.lines = line
-        ent = _ent_num(row, line)
-        add_num = row[1].strip()
-        if not add_num.isdigit():
-            raise ListFormatError(line, f"add_num {add_num!r} is not a number")
+        ent = _number(row, 0, "ent_num", line)
+        add_num = _number(row, 1, "add_num", line)
         out.locations.append(
             ParsedLocation(
                 line, ent, add_num, _cell(row[2]), _cell(row[3]), _cell(row[4]), _cell(row[5])
