@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from fusion_prime.platform.admin import asyncpg_dsn
 from fusion_prime.platform.bus.consumer import Consumer
 from fusion_prime.platform.bus.envelope import Envelope
+from fusion_prime.platform.bus.outbox import NOTIFY_SQL
 from fusion_prime.platform.bus.postgres import OutgoingEvent, PostgresBroker
 from fusion_prime.platform.bus.wiring import BusWorkers, running
 from fusion_prime.platform.database import create_engine, normalise_database_url
@@ -64,7 +65,7 @@ async def insert_outbox(db_url: str, envelopes: Sequence[Envelope], topic: str =
                 [e.type for e in envelopes],
                 [e.to_json() for e in envelopes],
             )
-            await conn.execute("SELECT pg_notify('fp_outbox', '')")
+            await conn.execute(NOTIFY_SQL)
     finally:
         await conn.close()
 
