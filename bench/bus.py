@@ -42,7 +42,7 @@ from fusion_prime.platform.admin import asyncpg_dsn, ensure_database, quote_iden
 from fusion_prime.platform.bus.consumer import Consumer
 from fusion_prime.platform.bus.envelope import Envelope
 from fusion_prime.platform.bus.inbox import batch_handler
-from fusion_prime.platform.bus.outbox import publish_envelope
+from fusion_prime.platform.bus.outbox import OutboxRow, publish_envelope, publish_rows
 from fusion_prime.platform.bus.postgres import PostgresBroker, migrate_bus
 from fusion_prime.platform.bus.wiring import BusWorkers, running
 from fusion_prime.platform.database import create_engine, normalise_database_url
@@ -141,22 +141,20 @@ async def count(url: str, sql: str) -> int:
 
 
 async def fill_outbox(db_url: str, batch: Sequence[Envelope]) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(db_url))
+    """Commit the events into the outbox through the set-based publisher, 5,000 a time."""
+    engine = create_engine(normalise_database_url(db_url, service="bench"), pool_size=1)
     try:
         for i in range(0, len(batch), 5000):
-            chunk = batch[i : i + 5000]
-            await conn.execute(
-                "INSERT INTO outbox (id, topic, subject, event_type, envelope) "
-                "SELECT id, $1, s, t, CAST(e AS jsonb) FROM unnest($2::uuid[], $3::text[], "
-                "$4::text[], $5::text[]) AS x(id, s, t, e)",
-                TOPIC,
-                [e.id for e in chunk],
-                [e.subject for e in chunk],
-                [e.type for e in chunk],
-                [e.to_json() for e in chunk],
-            )
+            async with async_sessionmaker(engine)() as session, session.begin():
+                await publish_rows(
+                    session,
+                    [
+                        OutboxRow(e.id, TOPIC, e.subject, e.type, e.to_json())
+                        for e in batch[i : i + 5000]
+                    ],
+                )
     finally:
-        await conn.close()
+        await engine.dispose()
 
 
 def relay_workers(stack: Stack, naive: bool) -> tuple[BusWorkers, Any]:

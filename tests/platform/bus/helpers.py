@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from fusion_prime.platform.admin import asyncpg_dsn
 from fusion_prime.platform.bus.consumer import Consumer
 from fusion_prime.platform.bus.envelope import Envelope
+from fusion_prime.platform.bus.outbox import OutboxRow, publish_rows
 from fusion_prime.platform.bus.postgres import OutgoingEvent, PostgresBroker
 from fusion_prime.platform.bus.wiring import BusWorkers, running
 from fusion_prime.platform.database import create_engine, normalise_database_url
@@ -50,23 +49,15 @@ def outgoing(envelopes: Sequence[Envelope], topic: str = TOPIC) -> list[Outgoing
 
 
 async def insert_outbox(db_url: str, envelopes: Sequence[Envelope], topic: str = TOPIC) -> None:
-    """Commit events into a service outbox (what `outbox.publish` does, in bulk)."""
-    conn = await asyncpg.connect(asyncpg_dsn(db_url))
+    """Commit events into a service outbox in one transaction, through `publish_rows`."""
+    engine = create_engine(normalise_database_url(db_url, service="tests"), pool_size=1)
     try:
-        async with conn.transaction():
-            await conn.execute(
-                "INSERT INTO outbox (id, topic, subject, event_type, envelope) "
-                "SELECT id, $1, subject, type, CAST(env AS jsonb) FROM unnest($2::uuid[], "
-                "$3::text[], $4::text[], $5::text[]) AS x(id, subject, type, env)",
-                topic,
-                [e.id for e in envelopes],
-                [e.subject for e in envelopes],
-                [e.type for e in envelopes],
-                [e.to_json() for e in envelopes],
+        async with async_sessionmaker(engine)() as session, session.begin():
+            await publish_rows(
+                session, [OutboxRow(e.id, topic, e.subject, e.type, e.to_json()) for e in envelopes]
             )
-            await conn.execute("SELECT pg_notify('fp_outbox', '')")
     finally:
-        await conn.close()
+        await engine.dispose()
 
 
 def settings_for(db_url: str, bus_url: str, **env: str) -> BaseServiceSettings:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from fusion_prime.platform.bus.consumer import ConsumerLoop
+from fusion_prime.platform.bus.consumer import CONSUMED, ConsumerLoop
 from fusion_prime.platform.bus.postgres import OutgoingEvent
 from fusion_prime.platform.bus.relay import PostgresPublisher, Relay, RelayError
 from fusion_prime.platform.database import create_engine, normalise_database_url
@@ -65,8 +65,11 @@ async def test_crash_after_broker_commit_resends_same_ids_and_effects_stay_singl
             await b.publish(
                 [OutgoingEvent(e.id, TOPIC, e.subject, e.type, e.to_json()) for e in events]
             )
+            consumed = CONSUMED.labels(SUBSCRIPTION)._value.get()
             assert await loop.run_once() == 50
             assert await b.pending(SUBSCRIPTION) == 0
+            # the metric counts applied effects, not the redeliveries the inbox absorbed
+            assert CONSUMED.labels(SUBSCRIPTION)._value.get() == consumed
     finally:
         await engine.dispose()
     assert await count_rows(db_url, "effects") == 50

@@ -48,3 +48,20 @@ def test_bus_url_errors_name_fp_bus_url() -> None:
         bus_url(BaseServiceSettings(), "svc")
     with pytest.raises(ValueError, match="FP_BUS_URL uses 'sqlite'"):
         bus_url(BaseServiceSettings(FP_BUS_URL="sqlite:///bus.db"), "svc")
+
+
+def test_events_cli_refuses_a_missing_or_non_postgres_bus_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from fusion_prime.platform.bus.cli import app as events_cli
+
+    monkeypatch.delenv("FP_BUS_URL", raising=False)
+    result = CliRunner().invoke(events_cli, ["status"])
+    assert result.exit_code == 2
+    assert "FP_BUS_URL is not set" in " ".join(result.output.split())
+    monkeypatch.setenv("FP_BUS_URL", "sqlite:///bus.db")
+    result = CliRunner().invoke(events_cli, ["dead-letters"])
+    assert result.exit_code == 2
+    assert "FP_BUS_URL uses 'sqlite'" in " ".join(result.output.split())

@@ -18,7 +18,8 @@ from rich.table import Table
 from fusion_prime.platform.bus.envelope import Envelope
 from fusion_prime.platform.bus.postgres import OutgoingEvent, PostgresBroker, migrate_bus
 from fusion_prime.platform.bus.registry import topic as lookup_topic
-from fusion_prime.platform.database import DatabaseConfigError, normalise_database_url, redact_url
+from fusion_prime.platform.bus.wiring import normalise_bus_url
+from fusion_prime.platform.database import redact_url
 
 app = typer.Typer(no_args_is_help=True, help="The event bus: migrate, publish, dead letters.")
 console = Console()
@@ -26,15 +27,12 @@ err = Console(stderr=True)
 
 
 def _bus_url() -> str:
-    raw = os.environ.get("FP_BUS_URL")
-    if not raw:
-        err.print("FP_BUS_URL is not set: it must point at the bus database (postgres broker).")
-        raise typer.Exit(2)
     try:
-        return normalise_database_url(raw, service="events").render_as_string(False)
-    except DatabaseConfigError as exc:
-        err.print(str(exc).replace("DATABASE_URL", "FP_BUS_URL").split(" (on Cloud Run")[0])
+        url = normalise_bus_url(os.environ.get("FP_BUS_URL"), "events")
+    except ValueError as exc:
+        err.print(str(exc))
         raise typer.Exit(2) from None
+    return url.render_as_string(False)
 
 
 @app.command()

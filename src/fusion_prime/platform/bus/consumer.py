@@ -172,7 +172,7 @@ class ConsumerLoop:
             return len(batch)
         try:
             async with self.sessions() as session, session.begin():
-                await consume_batch(
+                fresh = await consume_batch(
                     session, self.subscription, [e for _, e in deliverable], self.handler
                 )
         except Exception as exc:
@@ -193,7 +193,7 @@ class ConsumerLoop:
             token,
             retention=self.options.retention,
         )
-        CONSUMED.labels(self.subscription).inc(len(deliverable))
+        CONSUMED.labels(self.subscription).inc(fresh)  # redeliveries the inbox absorbed: 0
         return len(batch)
 
     async def _isolate(self, items: list[tuple[LeasedMessage, Envelope]], token: uuid.UUID) -> None:
@@ -201,13 +201,14 @@ class ConsumerLoop:
         blocked: set[str] = set()
         done: list[int] = []
         released: list[int] = []
+        fresh = 0
         for msg, env in items:
             if msg.subject in blocked:
                 released.append(msg.id)
                 continue
             try:
                 async with self.sessions() as session, session.begin():
-                    await consume_batch(session, self.subscription, [env], self.handler)
+                    fresh += await consume_batch(session, self.subscription, [env], self.handler)
             except Exception as exc:
                 blocked.add(msg.subject)
                 await self._failed(msg, token, exc)
@@ -215,7 +216,7 @@ class ConsumerLoop:
             done.append(msg.id)
         await self.broker.ack(self.subscription, done, token, retention=self.options.retention)
         await self.broker.release(released, token)
-        CONSUMED.labels(self.subscription).inc(len(done))
+        CONSUMED.labels(self.subscription).inc(fresh)
 
     async def _failed(self, msg: LeasedMessage, token: uuid.UUID, exc: BaseException) -> None:
         error = _error_text(exc)

@@ -12,12 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fusion_prime.platform.bus.envelope import Envelope
 from fusion_prime.platform.bus.registry import topic as lookup_topic
 
+# The relay's wake-up channel; every way of writing outbox rows must notify it.
 # NOTIFY is transactional: the relay is woken when (and only if) the caller commits.
 # Postgres folds identical notifications of one transaction into one.
+OUTBOX_CHANNEL = "fp_outbox"
+NOTIFY_SQL = f"SELECT pg_notify('{OUTBOX_CHANNEL}', '')"
+
 _INSERT = text(
     "WITH ins AS (INSERT INTO outbox (id, topic, subject, event_type, envelope) "
     "VALUES (:id, :topic, :subject, :event_type, CAST(:envelope AS jsonb)) RETURNING 1) "
-    "SELECT pg_notify('fp_outbox', '') FROM ins"  # channel: OUTBOX_CHANNEL below
+    f"SELECT pg_notify('{OUTBOX_CHANNEL}', '') FROM ins"
 )
 
 
@@ -53,11 +57,6 @@ async def publish_envelope(session: AsyncSession, topic: str, envelope: Envelope
             "envelope": envelope.to_json(),
         },
     )
-
-
-# The relay's wake-up channel; every way of writing outbox rows must notify it.
-OUTBOX_CHANNEL = "fp_outbox"
-NOTIFY_SQL = f"SELECT pg_notify('{OUTBOX_CHANNEL}', '')"
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from fusion_prime.platform.bus.outbox import OUTBOX_CHANNEL
 from fusion_prime.platform.bus.postgres import Listener, OutgoingEvent, PostgresBroker, asyncpg_dsn
 from fusion_prime.platform.observability import get_logger
 
 log = get_logger(__name__)
 
-OUTBOX_CHANNEL = "fp_outbox"
 RELAYED = Counter("fp_bus_relayed_total", "Outbox rows handed to the broker", ["service"])
 RELAY_ERRORS = Counter("fp_bus_relay_errors_total", "Failed relay batches", ["service"])
 

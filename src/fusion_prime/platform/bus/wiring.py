@@ -23,7 +23,7 @@ from fusion_prime.platform.bus.consumer import Consumer, ConsumerLoop, ConsumerO
 from fusion_prime.platform.bus.postgres import PostgresBroker
 from fusion_prime.platform.bus.registry import subscriptions_of
 from fusion_prime.platform.bus.relay import PostgresPublisher, Publisher, Relay
-from fusion_prime.platform.database import normalise_database_url
+from fusion_prime.platform.database import DatabaseConfigError, normalise_database_url
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.platform.settings import BaseServiceSettings
 
@@ -57,18 +57,26 @@ def attach_bus(app: FastAPI, spec: ServiceSpec) -> list[Consumer]:
     return consumers
 
 
-def bus_url(settings: BaseServiceSettings, service: str) -> URL:
-    if not settings.fp_bus_url:
+def normalise_bus_url(raw: str | None, service: str) -> URL:
+    """FP_BUS_URL through the PostgreSQL-only guard; ValueError naming FP_BUS_URL if bad.
+
+    Shared by the services and `fusion-prime events` so both refuse with the same words.
+    """
+    if not raw:
         raise ValueError(
             f"{service}: FP_BUS_URL is not set. With FP_BUS=postgres events travel through the "
             "bus database; set FP_BUS_URL=postgresql://USER:PASSWORD@HOST:5432/fp_bus "
             "(migrate it once with `fusion-prime events migrate`)."
         )
     try:
-        return normalise_database_url(settings.fp_bus_url, service=service)
-    except Exception as exc:  # the guard's message names DATABASE_URL; name ours instead
+        return normalise_database_url(raw, service=service)
+    except DatabaseConfigError as exc:  # the guard's message names DATABASE_URL; name ours
         text = str(exc).split(" (on Cloud Run")[0].replace("DATABASE_URL", "FP_BUS_URL")
         raise ValueError(text) from exc
+
+
+def bus_url(settings: BaseServiceSettings, service: str) -> URL:
+    return normalise_bus_url(settings.fp_bus_url, service)
 
 
 def consumer_options(settings: BaseServiceSettings) -> ConsumerOptions:
