@@ -263,3 +263,36 @@ async def test_fast_read_path_matches_the_orm_path(db: str, engine: AsyncEngine)
     assert fast == slow
     assert fast is not None
     assert [a["approver"] for a in fast["approvals"]] == [e.payer, e.arbiter]
+
+
+async def test_command_stored_while_its_escrow_closed_fails_at_submission(
+    db: str, engine: AsyncEngine
+) -> None:
+    """The race ingestion cannot see: a command still uncommitted while the refund is
+    ingested. submit_received must fail it (escrow closed), not hand it to the signer."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from fusion_prime.settlement import service
+
+    e = Escrow()
+    create = Escrow()
+    await deliver(engine, [e.deployed()])
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    async with sessions() as session, session.begin():
+        release, _ = await service.create_command(
+            session, "late", {"action": "release", "escrow_address": e.address}
+        )
+        await deliver(engine, [e.refunded()])  # commits first, misses the uncommitted command
+    async with sessions() as session, session.begin():
+        await service.create_command(session, "new", create_body(create))
+    assert await fetchval(db, "SELECT status FROM commands WHERE id = $1", release["id"]) == (
+        "received"
+    )
+    async with sessions() as session, session.begin():
+        assert await service.submit_received(session) == 1
+    rows = {r["idempotency_key"]: r for r in await fetch(db, "SELECT * FROM commands")}
+    assert rows["late"]["status"] == "failed"
+    assert rows["late"]["failure_reason"] == "escrow is refunded on chain"
+    assert rows["late"]["outbox_event_id"] is None
+    assert rows["new"]["status"] == "submitted"
+    assert await count_rows(db, "outbox", "event_type = 'settlement.command_submitted'") == 1

@@ -17,3 +17,32 @@ async def test_models_match_the_migrated_schema(db: str) -> None:
         actual = {r["column_name"]: r["is_nullable"] == "YES" for r in rows}
         declared = {c.name: bool(c.nullable) and not c.primary_key for c in table.c}
         assert declared == actual, table.name
+
+
+async def test_migration_downgrades_to_an_empty_database_and_back(db: str) -> None:
+    """The downgrade is never run by the service; prove it leaves nothing behind."""
+    from alembic import command
+    from sqlalchemy import Connection
+
+    from fusion_prime.platform.migrations import alembic_config, upgrade
+    from tests.settlement.factory import SPEC, engine_for
+
+    tables = (
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+        "AND table_name <> 'alembic_version'"
+    )
+    before = {r["table_name"] for r in await fetch(db, tables)}
+    assert {"escrows", "outbox", "inbox", "fp_heartbeat"} <= before
+
+    def _downgrade(sync_conn: Connection) -> None:
+        cfg = alembic_config(SPEC.migrations_dir)
+        cfg.attributes["connection"] = sync_conn
+        command.downgrade(cfg, "base")
+
+    async with engine_for(db) as engine, engine.begin() as conn:
+        await conn.run_sync(_downgrade)
+    assert await fetch(db, tables) == []
+    assert await fetch(db, "SELECT 1 FROM pg_proc WHERE proname = 'settlement_refuse_change'") == []
+    async with engine_for(db) as engine, engine.begin() as conn:
+        await upgrade(conn, SPEC.migrations_dir)
+    assert {r["table_name"] for r in await fetch(db, tables)} == before

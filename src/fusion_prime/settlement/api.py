@@ -211,9 +211,10 @@ async def get_escrow(address: str, request: Request) -> JSONResponse:
 @router.get("/escrows/{address}/history")
 async def escrow_history(address: str, session: Session) -> dict[str, Any]:
     normalised = _address_param(address, "address")
-    if not await repository.escrow_exists(session, normalised):
-        raise NotFoundError(f"escrow {normalised} does not exist")
     rows = await repository.history(session, normalised)
+    # a deployed escrow always has its deployment row: the existence check is for misses only
+    if not rows and not await repository.escrow_exists(session, normalised):
+        raise NotFoundError(f"escrow {normalised} does not exist")
     return {"address": normalised, "items": [_jsonable(r) for r in rows]}
 
 

@@ -417,8 +417,12 @@ async def submit_received(session: AsyncSession, limit: int = 100) -> int:
     rows = (
         (
             await session.execute(
+                # the escrow's status comes with each command (one query, not one per row);
+                # NULL for create_escrow, whose escrow_address is set only on confirmation
                 text(
-                    f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE status = 'received' "
+                    f"SELECT {_COMMAND_COLUMNS}, (SELECT e.status FROM escrows e "
+                    "WHERE e.address = commands.escrow_address) AS escrow_status "
+                    "FROM commands WHERE status = 'received' "
                     "ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED"
                 ),
                 {"n": limit},
@@ -429,21 +433,13 @@ async def submit_received(session: AsyncSession, limit: int = 100) -> int:
     )
     submitted = 0
     for row in rows:
-        reason = None
-        if row["escrow_address"] is not None and row["action"] != "create_escrow":
-            status = await session.scalar(
-                text("SELECT status FROM escrows WHERE address = :a"),
-                {"a": row["escrow_address"]},
-            )
-            if status in domain.TERMINAL:
-                reason = f"escrow is {status} on chain"
-        if reason is not None:
+        if row["escrow_status"] in domain.TERMINAL:
             await session.execute(
                 text(
                     "UPDATE commands SET status = 'failed', failure_reason = :r, "
                     "resolved_at = now(), updated_at = now() WHERE id = :id"
                 ),
-                {"r": reason, "id": row["id"]},
+                {"r": f"escrow is {row['escrow_status']} on chain", "id": row["id"]},
             )
             COMMANDS.labels(SERVICE, "failed").inc()
             continue

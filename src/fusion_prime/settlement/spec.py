@@ -37,10 +37,11 @@ def _background(runtime: Runtime) -> Sequence[BackgroundTask]:
         """Own a small asyncpg pool for hot single-statement reads for the app's lifetime."""
         import asyncpg
 
+        from fusion_prime.platform.bus.postgres import asyncpg_dsn
         from fusion_prime.settlement.api import READ_POOL
 
         pool = await asyncpg.create_pool(
-            _asyncpg_dsn(runtime),
+            asyncpg_dsn(runtime.url),
             min_size=1,
             max_size=4,
             server_settings={"application_name": "settlement-reads"},
@@ -53,15 +54,6 @@ def _background(runtime: Runtime) -> Sequence[BackgroundTask]:
             await pool.close()
 
     return [worker.run, submit_commands, read_pool]
-
-
-def _asyncpg_dsn(runtime: Runtime) -> str:
-    """The service URL as a libpq DSN (asyncpg spells TLS `sslmode`, the engine `ssl`)."""
-    url = runtime.url.set(drivername="postgresql")
-    query = dict(url.query)
-    if "ssl" in query:
-        query["sslmode"] = query.pop("ssl")
-    return url.set(query=query).render_as_string(hide_password=False)
 
 
 def _routers() -> Sequence[APIRouter]:

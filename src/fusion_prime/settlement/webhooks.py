@@ -228,17 +228,13 @@ class DeliveryWorker:
     """Claims due deliveries (lease, SKIP LOCKED), POSTs them, records each attempt."""
 
     def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        settings: SettlementSettings,
-        *,
-        client: httpx.AsyncClient | None = None,
+        self, sessions: async_sessionmaker[AsyncSession], settings: SettlementSettings
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.schedule = settings.retry_schedule
         self.fernet = settings_cipher(settings)
-        self._client = client
+        self._client: httpx.AsyncClient | None = None  # opened by run()
 
     async def run(self) -> None:
         async with httpx.AsyncClient(timeout=self.settings.webhook_timeout) as client:

@@ -8,7 +8,7 @@ Revises:
 from alembic import op
 
 from fusion_prime.platform.bus.schema import create_inbox_table, create_outbox_table
-from fusion_prime.platform.schema import create_platform_tables
+from fusion_prime.platform.schema import create_platform_tables, drop_platform_tables
 
 revision = "0001"
 down_revision = None
@@ -280,7 +280,7 @@ def downgrade() -> None:
         "assets",
         "inbox",
         "outbox",
-        "fp_heartbeat",
     ):
         op.execute(f"DROP TABLE {table}")
+    drop_platform_tables()
     op.execute("DROP FUNCTION settlement_refuse_change()")
