@@ -84,3 +84,11 @@ def test_redaction() -> None:
     assert redact_url(url) == "postgresql+asyncpg://fp:***@db:5432/x"
     text = "connect to postgresql://a:b@c/d and redis://:tok@h:6379/0 failed"
     assert redact_text(text) == "connect to postgresql://a:***@c/d and redis://:***@h:6379/0 failed"
+
+
+def test_asyncpg_dsn_takes_raw_and_normalised_urls() -> None:
+    from fusion_prime.platform.admin import asyncpg_dsn
+
+    url = normalise_database_url("postgresql://u:p@h:5432/x?sslmode=require", service="risk")
+    assert asyncpg_dsn(url) == "postgresql://u:p@h:5432/x?sslmode=require"
+    assert asyncpg_dsn("postgres://u:p@h/x", database="y") == "postgresql://u:p@h/y"

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncpg
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 
-def asyncpg_dsn(url: str, database: str | None = None) -> str:
-    """A plain libpq-style DSN for asyncpg, optionally pointing at another database."""
-    u = make_url(url).set(drivername="postgresql")
+def asyncpg_dsn(url: str | URL, database: str | None = None) -> str:
+    """A plain libpq-style DSN for asyncpg, optionally pointing at another database.
+
+    Accepts raw and normalised URLs: the guard spells libpq's sslmode as asyncpg's
+    ssl= (a connect() argument), which a DSN must carry as sslmode again.
+    """
+    u = make_url(url) if isinstance(url, str) else url
+    query = dict(u.query)
+    if "ssl" in query:
+        query["sslmode"] = query.pop("ssl")
+    u = u.set(drivername="postgresql", query=query)
     if database is not None:
         u = u.set(database=database)
     return u.render_as_string(hide_password=False)

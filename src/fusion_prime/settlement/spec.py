@@ -37,7 +37,7 @@ def _background(runtime: Runtime) -> Sequence[BackgroundTask]:
         """Own a small asyncpg pool for hot single-statement reads for the app's lifetime."""
         import asyncpg
 
-        from fusion_prime.platform.bus.postgres import asyncpg_dsn
+        from fusion_prime.platform.admin import asyncpg_dsn
         from fusion_prime.settlement.api import READ_POOL
 
         pool = await asyncpg.create_pool(

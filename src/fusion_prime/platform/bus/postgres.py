@@ -28,6 +28,7 @@ import asyncpg
 from prometheus_client import Counter
 from sqlalchemy.engine import URL
 
+from fusion_prime.platform.admin import asyncpg_dsn
 from fusion_prime.platform.bus.registry import TOPICS
 from fusion_prime.platform.observability import get_logger
 
@@ -42,17 +43,6 @@ DEAD_LETTERS = Counter(
 ACKED = Counter("fp_bus_messages_acked_total", "Messages acknowledged", ["subscription"])
 FAILED = Counter("fp_bus_messages_failed_total", "Failed delivery attempts", ["subscription"])
 PUBLISHED = Counter("fp_bus_events_published_total", "Events accepted by the broker", ["topic"])
-
-
-def asyncpg_dsn(url: str | URL) -> str:
-    """asyncpg wants a libpq-style URL without the SQLAlchemy driver suffix."""
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url) if isinstance(url, str) else url
-    query = dict(u.query)
-    if "ssl" in query:  # the guard spells libpq's sslmode as asyncpg's ssl=; undo for a DSN
-        query["sslmode"] = query.pop("ssl")
-    return u.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from fusion_prime.platform.admin import asyncpg_dsn
 from fusion_prime.platform.bus.outbox import OUTBOX_CHANNEL
-from fusion_prime.platform.bus.postgres import Listener, OutgoingEvent, PostgresBroker, asyncpg_dsn
+from fusion_prime.platform.bus.postgres import Listener, OutgoingEvent, PostgresBroker
 from fusion_prime.platform.observability import get_logger
 
 log = get_logger(__name__)
