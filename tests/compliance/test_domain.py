@@ -14,16 +14,16 @@ from fusion_prime.compliance.domain import (
     KycStatus,
     PastTransaction,
     RiskLevel,
-    SignatureError,
     can_transition,
     evaluate_aml,
     provider_path,
-    sign_webhook,
-    verify_webhook_signature,
 )
 from fusion_prime.compliance.sanctions.matcher import ListedName, NameIndex
 from fusion_prime.compliance.sanctions.normalise import normalise_address, normalise_name
 from fusion_prime.compliance.sanctions.parsers import ListFormatError, parse_ftm, parse_sdn
+from fusion_prime.platform.signing import SignatureError
+from fusion_prime.platform.signing import signature as sign_webhook
+from fusion_prime.platform.signing import verify_header as verify_webhook_signature
 from tests.compliance.conftest import FIXTURES
 
 NY = ZoneInfo("America/New_York")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from fusion_prime.settlement.webhooks import SIGNATURE_HEADER, verify
+from fusion_prime.platform.signing import SignatureError, verify_header
+from fusion_prime.settlement.webhooks import SIGNATURE_HEADER
 
 
 @dataclass
@@ -42,7 +44,7 @@ def receiver(**options: Any) -> Iterator[Receiver]:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
             header = self.headers.get(SIGNATURE_HEADER, "")
-            ok = bool(state.secret) and verify(state.secret, header, body)
+            ok = bool(state.secret) and _verified(state.secret, header, body)
             with state.lock:
                 state.requests.append(Received(dict(self.headers.items()), body, ok))
                 failing = state.always_fail or len(state.requests) <= state.fail_first
@@ -64,3 +66,12 @@ def receiver(**options: Any) -> Iterator[Receiver]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def _verified(secret: str, header: str | None, body: bytes) -> bool:
+    """What a subscriber does: recompute, compare in constant time, refuse stale requests."""
+    try:
+        verify_header(header, body, secret, now=time.time(), tolerance=300)
+    except SignatureError:
+        return False
+    return True

@@ -18,11 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fusion_prime.compliance import repository, service
-from fusion_prime.compliance.domain import KycStatus, SignatureError, verify_webhook_signature
+from fusion_prime.compliance.domain import KycStatus
 from fusion_prime.compliance.settings import ComplianceSettings
 from fusion_prime.platform.errors import InvalidError, UnauthorizedError
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.platform.runtime import RuntimeDep, Session
+from fusion_prime.platform.signing import SignatureError, verify_header
 
 router = APIRouter()
 log = get_logger(__name__)
@@ -203,7 +204,7 @@ async def kyc_provider_webhook(
     settings = _settings(runtime)
     raw = await request.body()
     try:
-        signed_at = verify_webhook_signature(
+        signed_at = verify_header(
             request.headers.get(SIGNATURE_HEADER),
             raw,
             settings.kyc_webhook_secret.get_secret_value(),

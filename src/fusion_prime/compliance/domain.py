@@ -4,7 +4,6 @@ and the audit hash chain. No I/O here, so every rule can be tested at its bounda
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,48 +64,6 @@ PROVIDER_EVENTS: Mapping[str, KycStatus] = {
     "inquiry.failed": KycStatus.NEEDS_MORE_INFO,
     "inquiry.expired": KycStatus.NEEDS_MORE_INFO,
 }
-
-
-class SignatureError(Exception):
-    """Why a webhook signature was refused (never echoed with the secret)."""
-
-
-def sign_webhook(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return mac.hexdigest()
-
-
-def verify_webhook_signature(
-    header: str | None, body: bytes, secret: str, *, now: float, tolerance: int
-) -> int:
-    """Check a `t=<ts>,v1=<hex>` header (several space-separated during key rotation).
-
-    Returns the signed timestamp. The compare is constant-time and the timestamp must lie
-    within `tolerance` seconds of `now`, so a captured request cannot be replayed later.
-    """
-    if not header or not header.strip():
-        raise SignatureError("missing signature header")
-    last_error = "no v1 signature"
-    for part in header.split():
-        fields: dict[str, list[str]] = {}
-        for item in part.split(","):
-            key, sep, value = item.strip().partition("=")
-            if sep:
-                fields.setdefault(key, []).append(value)
-        ts_values = fields.get("t")
-        if not ts_values or not ts_values[0].isdigit():
-            last_error = "missing or malformed timestamp"
-            continue
-        ts = int(ts_values[0])
-        if abs(now - ts) > tolerance:
-            last_error = "timestamp outside the tolerance window"
-            continue
-        expected = sign_webhook(secret, ts, body)
-        for candidate in fields.get("v1", []):
-            if hmac.compare_digest(expected, candidate.strip().lower()):
-                return ts
-        last_error = "signature mismatch"
-    raise SignatureError(last_error)
 
 
 # -- AML -----------------------------------------------------------------------------

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import secrets
 import time
 import uuid
@@ -29,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fusion_prime.platform.errors import NotFoundError
 from fusion_prime.platform.observability import get_logger
+from fusion_prime.platform.signing import sign_header
 from fusion_prime.settlement.settings import SettlementSettings
 
 log = get_logger(__name__)
@@ -89,26 +88,6 @@ async def reencrypt_secrets(session: AsyncSession, fernet: MultiFernet) -> int:
             {"c": fernet.rotate(bytes(row.secret_ciphertext)), "id": row.id},
         )
     return len(rows)
-
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The signature header value: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
-
-
-def verify(secret: str, header: str, body: bytes, *, tolerance: float = 300.0) -> bool:
-    """What a receiver does: recompute, compare in constant time, refuse stale timestamps."""
-    try:
-        parts = dict(p.split("=", 1) for p in header.split(","))
-        timestamp = int(parts["t"])
-        given = parts["v1"]
-    except (KeyError, ValueError):
-        return False
-    if abs(time.time() - timestamp) > tolerance:
-        return False
-    expected = sign(secret, timestamp, body).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, given)
 
 
 _ENDPOINT_COLUMNS = (
@@ -281,7 +260,7 @@ class DeliveryWorker:
                 content=body,
                 headers={
                     "Content-Type": "application/json",
-                    SIGNATURE_HEADER: sign(secret, int(time.time()), body),
+                    SIGNATURE_HEADER: sign_header(secret, int(time.time()), body),
                     EVENT_ID_HEADER: str(delivery.event_id),
                     DELIVERY_ID_HEADER: str(delivery.id),
                 },
