@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -62,12 +64,22 @@ async def test_kill9_mid_stream_then_restart_settles_every_escrow_once(
         bconn = await asyncpg.connect(asyncpg_dsn(bus_url))
         try:
             deadline = time.monotonic() + 60
-            while await sconn.fetchval(
-                "SELECT count(*) FROM escrow_history"
-            ) < 200 or not await bconn.fetchval(
-                "SELECT count(*) FROM bus_messages WHERE lease_until > now()"
-            ):
+            assert proc.process is not None
+            while True:
                 assert time.monotonic() < deadline, proc.log_text()[-3000:]
+                if await sconn.fetchval("SELECT count(*) FROM escrow_history") < 200:
+                    await asyncio.sleep(0.002)
+                    continue
+                # freeze the process, then look: a lease seen now cannot be acked before
+                # the kill (checking a running process raced with its commit + ack)
+                os.killpg(proc.process.pid, signal.SIGSTOP)
+                if await bconn.fetchval(
+                    "SELECT count(*) FROM bus_messages WHERE subscription = $1 "
+                    "AND acked_at IS NULL AND lease_until > now()",
+                    SUBSCRIPTION,
+                ):
+                    break
+                os.killpg(proc.process.pid, signal.SIGCONT)
                 await asyncio.sleep(0.002)
             proc.kill9()
             at_kill = await sconn.fetchval("SELECT count(*) FROM escrow_history")
