@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -92,23 +93,39 @@ _GROUPS: dict[str, str] = {
 }
 
 
-def _add_groups() -> None:
+_mounted: set[str] = set()
+
+
+def add_groups(names: set[str] | None = None) -> typer.Typer:
+    """Mount the shipped command groups (all, or only `names`) and return the app.
+
+    Importing a group imports its service, so `fusion-prime serve` (and a refusal to
+    start) does not pay for the others: main() mounts only the group it was asked for.
+    """
     import importlib
     import importlib.util
 
     for name, module in _GROUPS.items():
+        if name in _mounted or (names is not None and name not in names):
+            continue
         try:
             found = importlib.util.find_spec(module) is not None
         except ModuleNotFoundError:
             found = False
         if found:
             app.add_typer(importlib.import_module(module).app, name=name)
+            _mounted.add(name)
+    return app
 
 
-_add_groups()
+def _requested_groups(args: list[str]) -> set[str] | None:
+    """The group named on the command line; None (all) when the command is not given."""
+    first = next((a for a in args if not a.startswith("-")), None)
+    return None if first is None else {first}
 
 
 def main() -> None:
+    add_groups(_requested_groups(sys.argv[1:]))
     app()
 
 

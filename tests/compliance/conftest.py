@@ -43,7 +43,9 @@ class CliResult:
 
 async def run_cli(db: str, *args: str) -> CliResult:
     """`fusion-prime compliance ARGS` in a worker thread (the CLI runs its own event loop)."""
-    from fusion_prime.cli import app
+    from fusion_prime.cli import add_groups
+
+    app = add_groups()
 
     def _invoke() -> CliResult:
         result = CliRunner().invoke(
