@@ -17,7 +17,6 @@ import sqlalchemy as sa
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from fusion_prime.platform.bus import outbox
 from fusion_prime.settlement import models
 from fusion_prime.settlement.domain import ChainEvent, ChainRef, EscrowState
 
@@ -292,11 +291,6 @@ async def insert_anomalies(session: AsyncSession, rows: Sequence[AnomalyRow]) ->
 
 
 # -- outbox and webhook deliveries (same transaction as the state change) ----------------
-
-
-# Outbox rows are written with the platform's set-based publisher (it also wakes the relay).
-OutboxRow = outbox.OutboxRow
-insert_outbox = outbox.publish_rows
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fusion_prime.platform.bus.envelope import Envelope
-from fusion_prime.platform.bus.outbox import publish
+from fusion_prime.platform.bus.outbox import OutboxRow, publish, publish_rows
 from fusion_prime.platform.errors import ConflictError, InvalidError, NotFoundError
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.settlement import domain, repository
@@ -93,7 +93,7 @@ class _Writes:
     history: list[repository.HistoryRow]
     anomalies: list[repository.AnomalyRow]
     parked: list[tuple[int, str]]
-    outbox: list[repository.OutboxRow]
+    outbox: list[OutboxRow]
     webhooks: list[repository.WebhookEvent]
     matches: list[repository.CommandMatch]
     deployed: list[tuple[EscrowState, int]]
@@ -146,7 +146,7 @@ async def ingest(
     await repository.insert_history(session, writes.history)
     await repository.insert_anomalies(session, writes.anomalies)
     await repository.park(session, writes.parked)
-    await repository.insert_outbox(session, writes.outbox)
+    await publish_rows(session, writes.outbox)
     await repository.insert_deliveries(session, writes.webhooks)
     confirmed = await repository.confirm_commands(session, writes.matches)
     confirmed += await repository.confirm_creations(session, writes.deployed)
@@ -247,7 +247,7 @@ def _state_change(outcome: Applied, event: ChainEvent, writes: _Writes, now: dat
         type=ESCROW_STATE_CHANGED, source=SERVICE, subject=state.address, data=data, time=now
     )
     writes.outbox.append(
-        repository.OutboxRow(
+        OutboxRow(
             envelope.id, ESCROWS_TOPIC, state.address, ESCROW_STATE_CHANGED, envelope.to_json()
         )
     )
