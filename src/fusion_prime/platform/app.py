@@ -27,15 +27,22 @@ REQUEST_ID_HEADER = "X-Request-ID"
 
 
 async def _supervise(name: str, task: BackgroundTask) -> None:
-    """Keep a background loop alive: a crash is logged and the loop restarted with back-off."""
+    """Keep a background loop alive: a crash is logged and the loop restarted with back-off.
+
+    The back-off grows while crashes follow each other and starts over after a loop ran
+    for a while, so a rare crash hours later is not delayed by old ones.
+    """
     delay = 0.5
     while True:
+        started = time.monotonic()
         try:
             await task()
             return
         except asyncio.CancelledError:
             raise
         except Exception:
+            if time.monotonic() - started > 60:
+                delay = 0.5
             log.exception("background task crashed; restarting", task=name, delay=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
