@@ -3,12 +3,18 @@ outbox events checked in the database."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 
+from fusion_prime.platform.admin import asyncpg_dsn
 from tests.compliance.conftest import load_fixture, run_cli
 from tests.harness import count_rows, fetch, fetchval
+
+RECENT = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
 
 
 def tx(amount: str, at: str, user: str = "u-1", **extra: Any) -> dict[str, Any]:
@@ -193,3 +199,57 @@ async def test_new_rules_version_changes_thresholds(db: str, client: httpx.Async
     assert bad.exit_code == 1
     assert "high_score" in bad.output
     assert await count_rows(db, "aml_rule_sets") == 2
+
+
+async def _waiting_backends(db: str) -> int:
+    return int(
+        await fetchval(
+            db,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+        )
+    )
+
+
+async def _until_waiting(db: str, n: int) -> None:
+    for _ in range(200):
+        if await _waiting_backends(db) >= n:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{n} screenings never reached a lock wait")
+
+
+async def test_same_transaction_id_for_another_user_concurrently_is_409(
+    db: str, client: httpx.AsyncClient
+) -> None:
+    """Two users, one transaction id, at the same time: the per-user lock did not order
+    them, both passed the replay check and the second hit the unique index (500)."""
+    holder = await asyncpg.connect(asyncpg_dsn(db))
+    try:
+        # hold the audit head so the first screening stops after inserting its row
+        tx_lock = holder.transaction()
+        await tx_lock.start()
+        await holder.execute("SELECT 1 FROM audit_chain_head WHERE id = 1 FOR UPDATE")
+        first = asyncio.create_task(
+            client.post("/aml/screen", json=tx("100.00", RECENT, user="x1", transaction_id="dup"))
+        )
+        await _until_waiting(db, 1)
+        second = asyncio.create_task(
+            client.post("/aml/screen", json=tx("100.00", RECENT, user="x2", transaction_id="dup"))
+        )
+        await _until_waiting(db, 2)
+        await tx_lock.rollback()
+        r1, r2 = await asyncio.gather(first, second)
+    finally:
+        await holder.close()
+    assert r1.status_code == 200, r1.text
+    assert r2.status_code == 409, r2.text
+    assert r2.headers["content-type"].startswith("application/problem+json")
+    rows = await fetch(db, "SELECT user_id FROM aml_transactions WHERE external_id = 'dup'")
+    assert [r["user_id"] for r in rows] == ["x1"]
+    # and the same id with another user afterwards: 409 too, nothing stored
+    r3 = await client.post(
+        "/aml/screen", json=tx("100.00", RECENT, user="x3", transaction_id="dup")
+    )
+    assert r3.status_code == 409
+    assert await count_rows(db, "aml_transactions") == 1

@@ -110,7 +110,8 @@ async def post_webhook(
 ) -> httpx.Response:
     headers = {"content-type": "application/json"}
     if header is not None:
-        headers["Persona-Signature"] = header
+        # latin-1 on the wire, so a header may carry non-ASCII digits such as "\u00b2"
+        headers["Persona-Signature"] = header.encode("latin-1")  # type: ignore[assignment]
     return await client.post("/webhooks/kyc-provider", content=body, headers=headers)
 
 
@@ -181,6 +182,10 @@ async def test_unsigned_or_forged_webhooks_are_401_and_store_nothing(
         "tampered body": sign(body.replace(b"inq_C", b"inq_D")),
         "too old": sign(body, at=old),
         "garbage": "v1=deadbeef",
+        # issue 17: int() of these raised ValueError -> 500 before the fix
+        "superscript t": "t=\u00b2\u00b3,v1=deadbeef",
+        "t too long for int()": "t=" + "9" * 5000 + ",v1=deadbeef",
+        "empty t": "t=,v1=deadbeef",
     }
     for label, header in attempts.items():
         r = await post_webhook(client, body, header)

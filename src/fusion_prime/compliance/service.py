@@ -165,9 +165,7 @@ async def create_kyc_case(
                 f"provider inquiry {provider_inquiry_id} already belongs to case {taken.id}"
             )
     # one user's case openings are serialised, so "one open case per user" holds
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"kyc:{user_id}"}
-    )
+    await _advisory_lock(session, f"kyc:{user_id}")
     open_case = (
         await session.execute(
             text(
@@ -620,6 +618,10 @@ def _aml_response(row: Any, alert_id: Any, case_id: Any, replay: bool) -> dict[s
     }
 
 
+async def _advisory_lock(session: AsyncSession, key: str) -> None:
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key})
+
+
 _TX_COLUMNS = (
     "t.id, t.external_id, t.user_id, t.amount, t.currency, t.score, t.level, "
     "t.rules_version, t.business_day, t.fired, a.id AS alert_id, a.case_id"
@@ -635,10 +637,13 @@ async def screen_transaction(
             "conversion rates are kept; convert before screening",
             field="currency",
         )
+    # The caller's transaction id is locked first: the per-user lock alone let two users
+    # with one id both pass the replay check, and the second insert hit the unique index
+    # (a 500). Always this order (id, then user), so two screenings cannot deadlock.
+    if tx.external_id is not None:
+        await _advisory_lock(session, f"aml-tx:{tx.external_id}")
     # one user's screenings are serialised so aggregates never miss a concurrent sibling
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"aml:{tx.user_id}"}
-    )
+    await _advisory_lock(session, f"aml:{tx.user_id}")
     if tx.external_id is not None:
         prior = (
             await session.execute(
@@ -652,7 +657,8 @@ async def screen_transaction(
         if prior is not None:
             if prior.user_id != tx.user_id or prior.amount != tx.amount:
                 raise ConflictError(
-                    f"transaction {tx.external_id} was already screened with other details"
+                    f"transaction {tx.external_id} was already screened with other details "
+                    "(another user or amount); a retry must repeat the first request"
                 )
             return _aml_response(prior, prior.alert_id, prior.case_id, True)
     rules = await repository.current_rules(session)
