@@ -24,8 +24,9 @@ scoring every name.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from rapidfuzz import fuzz, process
@@ -43,8 +44,8 @@ PAIR_FLOOR = 0.72  # below this two tokens are not the same name part
 SKELETON_FLOOR = 0.88
 SAME_CONSONANTS = 0.88  # two Latin keys that differ only in their vowels
 WEAKEST_PAIR_MARGIN = 0.03  # the name score is at most the weakest pair + this
-PREFILTER_CUTOFF = 55.0  # token-set ratio (0-100) a candidate needs to be aligned at all
-PREFILTER_LIMIT = 60
+PREFILTER_CUTOFF = 70.0  # token-set ratio (0-100) a candidate needs to be aligned at all
+PREFILTER_LIMIT = 12
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,19 @@ class NameMatch:
     score: float
 
 
-def blocking_keys(form: NameForm) -> set[str]:
+def blocking_keys(form: NameForm, *, listed: bool = False) -> set[str]:
+    """Spelling-key ends for a Latin query, skeleton starts for an Arabic-script one; a
+    listed name carries both, so either kind of query finds it."""
     keys: set[str] = set()
-    strong = [t for t in form.keys if len(t) >= 3 and t not in _WEAK_TOKENS]
-    for token in strong or list(form.keys):
-        keys.add("p:" + token[:3])
-        keys.add("s:" + token[-3:])
-    for sk in form.skeletons:
-        if len(sk) >= 2:
-            keys.add("k:" + sk[:3])
+    if listed or not form.abjad:
+        strong = [t for t in form.keys if len(t) >= 3 and t not in _WEAK_TOKENS]
+        for token in strong or list(form.keys):
+            keys.add("p:" + token[:3])
+            keys.add("s:" + token[-3:])
+    if listed or form.abjad:
+        for sk in form.skeletons:
+            if len(sk) >= 2:
+                keys.add("k:" + sk[:3])
     return keys
 
 
@@ -79,6 +84,7 @@ def _is_patronymic(key: str) -> bool:
     return key.endswith(("vich", "vna")) and len(key) > 6
 
 
+@lru_cache(maxsize=1 << 20)  # name parts repeat a lot: most pairs are scored once
 def _token_sim(a: str, b: str, abjad: bool) -> float:
     """Indel similarity of two spelling keys. Not Jaro-Winkler: its shared-prefix bonus
     scored Aleksandr / Aleksei at 0.94. A patronymic only aligns with a patronymic
@@ -98,7 +104,8 @@ def _token_sim(a: str, b: str, abjad: bool) -> float:
     return sim
 
 
-def _units(tokens: Sequence[str]) -> list[tuple[frozenset[int], str]]:
+@lru_cache(maxsize=65536)
+def _units(tokens: tuple[str, ...]) -> list[tuple[frozenset[int], str]]:
     """Single tokens and adjacent pairs of short ones (a given name written as one word
     or two: Jose Luis, Xiao Ming, Jong Un); never a patronymic."""
     units = [(frozenset({i}), t) for i, t in enumerate(tokens)]
@@ -166,7 +173,7 @@ class NameIndex:
         self._skeletons = np.array([f.sorted_skeleton for f in self.forms], dtype=object)
         buckets: dict[str, list[int]] = defaultdict(list)
         for i, form in enumerate(self.forms):
-            for key in blocking_keys(form):
+            for key in blocking_keys(form, listed=True):
                 buckets[key].append(i)
         self._buckets = {k: np.asarray(v, dtype=np.int64) for k, v in buckets.items()}
 
@@ -174,15 +181,17 @@ class NameIndex:
         return len(self.entries)
 
     def candidates(self, form: NameForm) -> np.ndarray:
-        arrays = [self._buckets[k] for k in blocking_keys(form) if k in self._buckets]
+        """Names sharing at least two blocking keys with the query (one for a one-token
+        name): a true variant keeps both ends of its tokens but one, and a name of two
+        or more tokens has four or more keys."""
+        keys = blocking_keys(form)
+        arrays = [self._buckets[k] for k in keys if k in self._buckets]
         if not arrays:
             return np.empty(0, dtype=np.int64)
         if len(arrays) == 1:
             return arrays[0]
-        mask = np.zeros(len(self.entries), dtype=bool)
-        for a in arrays:
-            mask[a] = True
-        return np.flatnonzero(mask)
+        counts = np.bincount(np.concatenate(arrays), minlength=len(self.entries))
+        return np.flatnonzero(counts >= (2 if len(form.keys) > 1 else 1))
 
     def _score(
         self, form: NameForm, indices: np.ndarray | None, threshold: float
