@@ -256,3 +256,37 @@ async def test_caller_cannot_raise_the_threshold_above_the_configured_one(
     assert lower.json()["threshold"] == 0.7
     stored = await fetch(db, "SELECT threshold::text AS t FROM sanctions_screenings ORDER BY 1")
     assert [r["t"] for r in stored] == ["0.700", "0.850"]
+
+
+async def test_loading_a_list_version_rescreens_screened_users(
+    db: str, client: httpx.AsyncClient
+) -> None:
+    """Issue 17: a user screened clear stayed clear when a new list version named them."""
+    r = await client.post("/sanctions/screen", json={"names": ["Amara Bello"], "user_id": "r-1"})
+    assert r.json()["status"] == "clear"
+    r = await client.post("/sanctions/screen", json={"names": ["Jane Doe"], "user_id": "r-2"})
+    assert r.json()["status"] == "clear"
+    loaded = await load_fixture(db, "opensanctions.jsonl")
+    assert "re-screened 2 users: 1 hit" in loaded.output
+    rows = await fetch(
+        db,
+        "SELECT user_id, status, case_id FROM sanctions_screenings ORDER BY created_at, user_id",
+    )
+    assert [(x["user_id"], x["status"]) for x in rows] == [
+        ("r-1", "clear"),
+        ("r-2", "clear"),
+        ("r-1", "hit"),
+        ("r-2", "clear"),
+    ]
+    assert rows[2]["case_id"] is not None
+    status = (await client.get("/users/r-1/compliance-status")).json()
+    assert status["sanctions"]["status"] == "potential_match"
+    actors = await fetch(
+        db, "SELECT actor FROM audit_log WHERE kind = 'sanctions.screened' ORDER BY seq"
+    )
+    assert [a["actor"] for a in actors][-2:] == ["list-load:OpenSanctions"] * 2
+    # loading the same file again changes nothing and re-screens nobody
+    again = await load_fixture(db, "opensanctions.jsonl")
+    assert "nothing changed" in again.output
+    assert await count_rows(db, "sanctions_screenings") == 4
+    assert await count_rows(db, "cases", "kind = 'sanctions'") == 1

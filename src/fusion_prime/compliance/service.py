@@ -508,12 +508,24 @@ async def screen_sanctions(
     user_id: str | None,
     threshold: float,
     actor: str,
+    reuse_open_case: bool = False,
 ) -> dict[str, Any]:
     candidates = await find_candidates(session, cache, names, addresses, threshold)
     status = "hit" if candidates else "clear"
     screening_id = uuid.uuid4()
     case_id: uuid.UUID | None = None
-    if candidates:
+    if candidates and reuse_open_case and user_id is not None:
+        open_case = (
+            await session.execute(
+                text(
+                    "SELECT id FROM cases WHERE user_id = :u AND kind = 'sanctions' "
+                    "AND status <> 'resolved' ORDER BY created_at DESC LIMIT 1"
+                ),
+                {"u": user_id},
+            )
+        ).one_or_none()
+        case_id = open_case.id if open_case else None
+    if candidates and case_id is None:
         best = max(candidates, key=lambda c: c.score)
         case_id = await _open_case(
             session,
@@ -559,6 +571,45 @@ async def screen_sanctions(
     )
     SANCTIONS_SCREENINGS_TOTAL.labels(SERVICE, status).inc()
     return result
+
+
+@dataclass(frozen=True)
+class RescreenResult:
+    users: int
+    hits: int
+
+
+async def rescreen_users(session: AsyncSession, *, threshold: float, actor: str) -> RescreenResult:
+    """Screen every screened user again, on their latest names and addresses, against the
+    lists as they are now (called in the transaction that loaded a list version).
+
+    A user screened clear yesterday may be on today's list; waiting for their next
+    transaction would leave them unflagged until then. A hit opens a sanctions case
+    unless the user already has an open one (the new screening is linked to it).
+    """
+    latest = list(
+        await session.execute(
+            text(
+                "SELECT DISTINCT ON (user_id) user_id, names, addresses FROM sanctions_screenings "
+                "WHERE user_id IS NOT NULL ORDER BY user_id, created_at DESC, id"
+            )
+        )
+    )
+    cache = SanctionsIndexCache()
+    hits = 0
+    for row in latest:
+        result = await screen_sanctions(
+            session,
+            cache,
+            names=list(row.names),
+            addresses=list(row.addresses),
+            user_id=row.user_id,
+            threshold=threshold,
+            actor=actor,
+            reuse_open_case=True,
+        )
+        hits += result["status"] == "hit"
+    return RescreenResult(len(latest), hits)
 
 
 async def list_versions(session: AsyncSession) -> list[dict[str, Any]]:
@@ -1058,9 +1109,23 @@ async def compliance_status(session: AsyncSession, user_id: str) -> dict[str, An
         sanctions_status = "not_screened"
     else:
         sanctions_status = "clear"
+    # A rejection is sticky: a new case of the same person (this user id, or another one
+    # that presented a document with the same SHA-256) does not lift it.
+    rejected = (
+        await session.execute(
+            text(
+                "SELECT c.id FROM kyc_cases c WHERE c.status = 'rejected' AND (c.user_id = :u "
+                "OR EXISTS (SELECT 1 FROM kyc_documents d JOIN kyc_documents mine "
+                "ON mine.sha256 = d.sha256 JOIN kyc_cases mc ON mc.id = mine.case_id "
+                "WHERE d.case_id = c.id AND mc.user_id = :u)) "
+                "ORDER BY c.updated_at DESC LIMIT 1"
+            ),
+            {"u": user_id},
+        )
+    ).one_or_none()
     kyc_status = kyc.status if kyc else None
     open_cases = sum(case_counts.values())
-    if kyc_status == "rejected" or confirmed:
+    if rejected is not None or confirmed:
         overall = "blocked"
     elif open_cases or open_alerts:
         overall = "review"
@@ -1075,6 +1140,7 @@ async def compliance_status(session: AsyncSession, user_id: str) -> dict[str, An
             "status": kyc_status,
             "case_id": str(kyc.id) if kyc else None,
             "updated_at": _iso(kyc.updated_at) if kyc else None,
+            "rejected_case_id": str(rejected.id) if rejected else None,
         },
         "open_alerts": open_alerts,
         "open_cases": {

@@ -1,4 +1,5 @@
-"""compliance: AML rules version 2 (rolling 24 h aggregate, late-report flag); re-scoring
+"""compliance: AML rules version 2 (rolling 24 h aggregate, late-report flag); re-scoring;
+documents by hash (a KYC rejection follows the person)
 
 Revision ID: 0002
 Revises: 0001
@@ -55,9 +56,17 @@ def upgrade() -> None:
     op.add_column(
         "aml_transactions", sa.Column("rescored_at", sa.DateTime(timezone=True), nullable=True)
     )
+    # the compliance status looks up rejected cases that share a document hash
+    op.create_index(
+        "ix_kyc_documents_sha256",
+        "kyc_documents",
+        ["sha256"],
+        postgresql_where=sa.text("sha256 IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_kyc_documents_sha256", "kyc_documents")
     op.drop_column("aml_transactions", "rescored_at")
     op.execute(
         "DELETE FROM aml_rule_sets s WHERE published_by = 'migration 0002' "
