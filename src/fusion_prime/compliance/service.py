@@ -463,7 +463,7 @@ async def find_candidates(
                         m.entry.kind,
                         score,
                         f"name {name!r} resembles {m.entry.kind} name {m.entry.name!r} of "
-                        f"{m.entry.list_name} entry {m.entry.source_id} (Jaro-Winkler {score:.4f}"
+                        f"{m.entry.list_name} entry {m.entry.source_id} (name score {score:.4f}"
                         f" >= {threshold})",
                     )
                 )
