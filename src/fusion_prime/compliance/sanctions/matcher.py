@@ -44,7 +44,7 @@ PAIR_FLOOR = 0.72  # below this two tokens are not the same name part
 SKELETON_FLOOR = 0.88
 SAME_CONSONANTS = 0.88  # two Latin keys that differ only in their vowels
 WEAKEST_PAIR_MARGIN = 0.03  # the name score is at most the weakest pair + this
-PREFILTER_CUTOFF = 70.0  # token-set ratio (0-100) a candidate needs to be aligned at all
+PREFILTER_CUTOFF = 55.0  # token-set ratio (0-100) a candidate needs to be aligned at all
 PREFILTER_LIMIT = 12
 
 
