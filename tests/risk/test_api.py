@@ -362,7 +362,7 @@ async def test_future_dated_price_is_refused_recorded_and_does_not_block(risk: R
         type="price.updated",
         source="oracle",
         subject="WBTC",
-        data={"asset": "WBTC", "price": 1.5, "source": "x", "source_time": now.isoformat()},
+        data={"asset": "WBTC", "price": 1.5, "source": "x\x00y", "source_time": now.isoformat()},
     )
     # the oracle sends more fields than we read: they are accepted and ignored
     extra = price_event("USDC", "0.999", now)

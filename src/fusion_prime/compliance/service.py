@@ -919,9 +919,10 @@ async def _rescore_later(
             rules, row.amount, row.occurred_at, history, sanctions, row.screened_at
         )
         fired = [f.to_json() for f in result.fired]
-        if result.score == row.score and _rule_names(fired) == _rule_names(row.fired):
+        before, after = _rule_names(row.fired), _rule_names(fired)
+        if result.score == row.score and after == before:
             continue
-        if result.score < row.score:
+        if result.score < row.score or not before <= after:
             continue  # a newer rules version may weigh less: never lower a stored result
         await session.execute(
             text(
@@ -938,9 +939,8 @@ async def _rescore_later(
             alert_id,
             case_id,
             row.tx_type,
-            rescored_from={"score": row.score, "level": row.level, "rules": sorted(
-                _rule_names(row.fired))},
-        )  # fmt: skip
+            rescored_from={"score": row.score, "level": row.level, "rules": sorted(before)},
+        )
         AML_SCREENINGS_TOTAL.labels(SERVICE, result.level.value).inc()
 
 

@@ -85,11 +85,10 @@ async def handle_prices(session: AsyncSession, envelopes: Sequence[Envelope]) ->
     for e in envelopes:
         if e.type != "price.updated":
             continue
-        data = e.data
         try:
             p = PriceUpdated.model_validate(e.data)
         except ValidationError as exc:
-            rejected.append(repo.PriceRejection.of(e, data, _validation_reason(exc), None))
+            rejected.append(repo.PriceRejection.of(e, _validation_reason(exc), None))
             PRICES_REJECTED.labels("invalid").inc()
             continue
         if p.source_time > now + config.max_future_skew:
@@ -98,7 +97,7 @@ async def handle_prices(session: AsyncSession, envelopes: Sequence[Envelope]) ->
                 f"{(p.source_time - now).total_seconds():.0f} s ahead of our clock "
                 f"(allowed skew {config.max_future_skew.total_seconds():.0f} s)"
             )
-            rejected.append(repo.PriceRejection.of(e, data, reason, p.source_time))
+            rejected.append(repo.PriceRejection.of(e, reason, p.source_time))
             PRICES_REJECTED.labels("future").inc()
             continue
         updates.append(repo.PriceUpdate(p.asset, p.price, p.source, p.source_time, e.id))

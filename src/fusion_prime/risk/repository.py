@@ -162,6 +162,17 @@ class PriceUpdate:
     event_id: uuid.UUID
 
 
+def _without_nul(value: Any) -> Any:
+    """jsonb refuses U+0000 anywhere in a document."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class PriceRejection:
     event_id: uuid.UUID
@@ -172,16 +183,19 @@ class PriceRejection:
     data: Any
 
     @classmethod
-    def of(
-        cls, e: Envelope, data: dict[str, Any], reason: str, at: datetime | None
-    ) -> PriceRejection:
-        asset, source = data.get("asset"), data.get("source")
+    def of(cls, e: Envelope, reason: str, at: datetime | None) -> PriceRejection:
+        """From a refused event; text PostgreSQL cannot store (NUL) is dropped, so the
+        record of a bad event can never itself fail."""
+
+        def clean(value: object, limit: int) -> str | None:
+            return value.replace("\x00", "")[:limit] if isinstance(value, str) else None
+
         return cls(
             e.id,
-            asset if isinstance(asset, str) else None,
-            source if isinstance(source, str) else None,
+            clean(e.data.get("asset"), 200),
+            clean(e.data.get("source"), 200),
             at,
-            reason[:2000],
+            clean(reason, 2000) or "",
             e.data,
         )
 
@@ -202,7 +216,7 @@ async def record_price_rejections(
             "s": [r.source for r in rejections],
             "t": [r.source_time for r in rejections],
             "r": [r.reason for r in rejections],
-            "d": [json.dumps(r.data, default=str) for r in rejections],
+            "d": [json.dumps(_without_nul(r.data), default=str) for r in rejections],
         },
     )
 
