@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
 from anyascii import anyascii
 
@@ -104,6 +105,7 @@ _FOLDS = (("kh", "h"), ("ph", "f"), ("gh", "g"), ("th", "t"), ("dh", "d"), ("ck"
           ("q", "k"), ("ch", "9"))  # fmt: skip
 
 
+@lru_cache(maxsize=1 << 18)  # name parts repeat: each is folded once
 def spelling_key(token: str, abjad: bool = False) -> str:
     """Fold transliteration and spelling variants of one lower-case ASCII token.
 
@@ -127,6 +129,7 @@ def spelling_key(token: str, abjad: bool = False) -> str:
     return t
 
 
+@lru_cache(maxsize=1 << 18)
 def skeleton(key: str) -> str:
     """Consonants of a spelling key (an abjad writes little else)."""
     s = re.sub(r"(.)\1+", r"\1", re.sub(r"[aeiuv]", "", key))
