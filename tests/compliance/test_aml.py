@@ -3,12 +3,29 @@ outbox events checked in the database."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import asyncpg
 import httpx
 
+from fusion_prime.platform.admin import asyncpg_dsn
 from tests.compliance.conftest import load_fixture, run_cli
 from tests.harness import count_rows, fetch, fetchval
+
+NY = ZoneInfo("America/New_York")
+RECENT = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+# two days ago in New York: recent enough never to be a late report (72 h)
+DAY0 = (datetime.now(NY) - timedelta(days=2)).date()
+
+
+def ny(day: int, hh_mm: str) -> str:
+    """Wall-clock time in New York on DAY0 + `day` (DST-proof, unlike a fixed offset)."""
+    hours, minutes = (int(x) for x in hh_mm.split(":"))
+    return datetime.combine(DAY0 + timedelta(days=day), time(hours, minutes), tzinfo=NY).isoformat()
 
 
 def tx(amount: str, at: str, user: str = "u-1", **extra: Any) -> dict[str, Any]:
@@ -28,13 +45,13 @@ def fired(result: dict[str, Any]) -> set[str]:
 
 
 async def test_single_threshold_boundary(db: str, client: httpx.AsyncClient) -> None:
-    below = await screen(client, tx("9999.99", "2025-12-01T10:00:00-05:00", user="a"))
+    below = await screen(client, tx("9999.99", ny(0, "10:00"), user="a"))
     assert below["level"] == "low"
     assert below["score"] == 0
     assert below["fired_rules"] == []
     assert below["alert_id"] is None
-    assert below["rules_version"] == 1
-    at = await screen(client, tx("10000.00", "2025-12-01T10:00:00-05:00", user="b"))
+    assert below["rules_version"] == 2  # migration 0002
+    at = await screen(client, tx("10000.00", ny(0, "10:00"), user="b"))
     assert at["level"] == "medium"
     assert fired(at) == {"single_threshold"}
     assert "10,000.00 USD" in at["fired_rules"][0]["explanation"]
@@ -59,59 +76,63 @@ async def test_single_threshold_boundary(db: str, client: httpx.AsyncClient) -> 
     assert await count_rows(db, "audit_log", "kind = 'aml.screened'") == 2
 
 
-async def test_daily_aggregate_across_one_business_day_not_two(
+async def test_daily_aggregate_per_business_day_and_over_24_hours(
     db: str, client: httpx.AsyncClient
 ) -> None:
-    # 23:30 and 23:50 New York on 1 Dec are the same business day (both 2 Dec in UTC)
-    first = await screen(client, tx("6000.00", "2025-12-02T04:30:00Z"))
-    assert first["business_day"] == "2025-12-01"
-    second = await screen(client, tx("4000.00", "2025-12-02T04:50:00Z"))
+    # 23:30 and 23:50 New York are one business day (although two UTC dates)
+    first = await screen(client, tx("6000.00", ny(0, "23:30")))
+    assert first["business_day"] == DAY0.isoformat()
+    second = await screen(client, tx("4000.00", ny(0, "23:50")))
     assert "daily_aggregate" in fired(second)
     assert "10,000.00 USD" in second["fired_rules"][0]["explanation"]
+    assert "business day" in second["fired_rules"][0]["explanation"]
     assert second["level"] == "medium"
-    # 00:10 New York on 2 Dec: a new business day, so no aggregate with the day before
-    third = await screen(client, tx("5000.00", "2025-12-02T05:10:00Z"))
-    assert third["business_day"] == "2025-12-02"
-    assert "daily_aggregate" not in fired(third)
+    # 00:10 is the next business day, but midnight no longer splits the total (issue 17):
+    # the rolling 24 h window still holds 6,000 + 4,000 + 5,000
+    third = await screen(client, tx("5000.00", ny(1, "00:10")))
+    assert third["business_day"] == (DAY0 + timedelta(days=1)).isoformat()
+    assert "daily_aggregate" in fired(third)
+    assert "within 24 h" in third["fired_rules"][0]["explanation"]
     days = await fetch(
         db,
         "SELECT business_day::text AS d, count(*) AS n FROM aml_transactions GROUP BY 1 ORDER BY 1",
     )
-    assert [(d["d"], d["n"]) for d in days] == [("2025-12-01", 2), ("2025-12-02", 1)]
+    assert [(d["d"], d["n"]) for d in days] == [
+        (DAY0.isoformat(), 2),
+        ((DAY0 + timedelta(days=1)).isoformat(), 1),
+    ]
     # other users' amounts never count
-    other = await screen(client, tx("9000.00", "2025-12-02T05:20:00Z", user="u-2"))
+    other = await screen(client, tx("9000.00", ny(1, "00:20"), user="u-2"))
     assert "daily_aggregate" not in fired(other)
 
 
 async def test_structuring_pattern_raises_alert_and_case(
     db: str, client: httpx.AsyncClient
 ) -> None:
-    amounts = [("9500.00", "2025-12-01T09:00:00-05:00"), ("9200.00", "2025-12-01T18:00:00-05:00")]
+    amounts = [("9500.00", ny(0, "09:00")), ("9200.00", ny(0, "18:00"))]
     for amount, at in amounts:
         result = await screen(client, tx(amount, at, user="s"))
         assert "structuring" not in fired(result)
-    # third in band within 24 h (and next business day, so no daily aggregate)
-    third = await screen(client, tx("8000.00", "2025-12-02T08:00:00-05:00", user="s"))
-    assert fired(third) == {"structuring"}
-    assert third["level"] == "medium"
-    assert (
-        "3 transactions between 8,000.00 USD and 10,000.00 USD"
-        in (third["fired_rules"][0]["explanation"])
-    )
-    # fourth: still structuring, plus the day total (8,000 + 9,900) -> high
-    fourth = await screen(client, tx("9900.00", "2025-12-02T08:30:00-05:00", user="s"))
+    # third in band within 24 h, on the next business day: the rolling 24 h total
+    # (9,500 + 9,200 + 8,000) still aggregates, so structuring + aggregate -> high
+    third = await screen(client, tx("8000.00", ny(1, "08:00"), user="s"))
+    assert fired(third) == {"structuring", "daily_aggregate"}
+    assert third["level"] == "high"
+    structuring = next(f for f in third["fired_rules"] if f["rule"] == "structuring")
+    assert "3 transactions between 8,000.00 USD and 10,000.00 USD" in structuring["explanation"]
+    fourth = await screen(client, tx("9900.00", ny(1, "08:30"), user="s"))
     assert fired(fourth) == {"structuring", "daily_aggregate"}
     assert fourth["level"] == "high"
     assert await count_rows(db, "aml_alerts", "user_id = 's'") == 3
     levels = await fetch(db, "SELECT level FROM cases WHERE user_id = 's' ORDER BY created_at")
-    assert [r["level"] for r in levels] == ["medium", "medium", "high"]
+    assert [r["level"] for r in levels] == ["medium", "high", "high"]
 
 
 async def test_velocity_and_sanctioned_counterparty(db: str, client: httpx.AsyncClient) -> None:
     for minute in range(4):
-        r = await screen(client, tx("10.00", f"2025-12-01T10:0{minute}:00Z", user="v"))
+        r = await screen(client, tx("10.00", ny(0, f"10:0{minute}"), user="v"))
         assert "velocity" not in fired(r)
-    r = await screen(client, tx("10.00", "2025-12-01T10:04:00Z", user="v"))
+    r = await screen(client, tx("10.00", ny(0, "10:04"), user="v"))
     assert fired(r) == {"velocity"}
     assert r["level"] == "low"  # score 30 < 40: stored, no alert
     assert r["alert_id"] is None
@@ -121,7 +142,7 @@ async def test_velocity_and_sanctioned_counterparty(db: str, client: httpx.Async
         client,
         tx(
             "50.00",
-            "2025-12-01T12:00:00Z",
+            ny(0, "12:00"),
             user="w",
             counterparties=["Nordbridge Exchange"],
             addresses=["0x7f367cc41522ce07553e823bf3be79a889debe1b"],
@@ -136,7 +157,7 @@ async def test_velocity_and_sanctioned_counterparty(db: str, client: httpx.Async
 
 
 async def test_idempotent_transaction_id(db: str, client: httpx.AsyncClient) -> None:
-    body = tx("12000.00", "2025-12-01T10:00:00Z", transaction_id="ext-1")
+    body = tx("12000.00", RECENT, transaction_id="ext-1")
     first = await screen(client, body)
     again = await screen(client, body)
     assert again["replayed"] is True
@@ -179,17 +200,146 @@ async def test_new_rules_version_changes_thresholds(db: str, client: httpx.Async
         "--by", "mlro@example.com", "--note", "tighter limits",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "version 2" in result.output
-    r = await screen(client, tx("5000.00", "2025-12-01T10:00:00Z"))
-    assert r["rules_version"] == 2
+    assert "version 3" in result.output
+    r = await screen(client, tx("5000.00", RECENT))
+    assert r["rules_version"] == 3
     assert fired(r) == {"single_threshold"}
     assert "5,000.00 USD" in r["fired_rules"][0]["explanation"]
     stored = await fetchval(
-        db, "SELECT rules->>'single_threshold' FROM aml_rule_sets WHERE version = 2"
+        db, "SELECT rules->>'single_threshold' FROM aml_rule_sets WHERE version = 3"
     )
     assert stored == "5000"
-    assert (await client.get("/aml/rules")).json()["version"] == 2
+    assert (await client.get("/aml/rules")).json()["version"] == 3
     bad = await run_cli(db, "publish-rules", "--set", "high_score=1000", "--by", "x")
     assert bad.exit_code == 1
     assert "high_score" in bad.output
-    assert await count_rows(db, "aml_rule_sets") == 2
+    assert await count_rows(db, "aml_rule_sets") == 3
+
+
+async def _waiting_backends(db: str) -> int:
+    return int(
+        await fetchval(
+            db,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+        )
+    )
+
+
+async def _until_waiting(db: str, n: int) -> None:
+    for _ in range(200):
+        if await _waiting_backends(db) >= n:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{n} screenings never reached a lock wait")
+
+
+async def test_same_transaction_id_for_another_user_concurrently_is_409(
+    db: str, client: httpx.AsyncClient
+) -> None:
+    """Two users, one transaction id, at the same time: the per-user lock did not order
+    them, both passed the replay check and the second hit the unique index (500)."""
+    holder = await asyncpg.connect(asyncpg_dsn(db))
+    try:
+        # hold the audit head so the first screening stops after inserting its row
+        tx_lock = holder.transaction()
+        await tx_lock.start()
+        await holder.execute("SELECT 1 FROM audit_chain_head WHERE id = 1 FOR UPDATE")
+        first = asyncio.create_task(
+            client.post("/aml/screen", json=tx("100.00", RECENT, user="x1", transaction_id="dup"))
+        )
+        await _until_waiting(db, 1)
+        second = asyncio.create_task(
+            client.post("/aml/screen", json=tx("100.00", RECENT, user="x2", transaction_id="dup"))
+        )
+        await _until_waiting(db, 2)
+        await tx_lock.rollback()
+        r1, r2 = await asyncio.gather(first, second)
+    finally:
+        await holder.close()
+    assert r1.status_code == 200, r1.text
+    assert r2.status_code == 409, r2.text
+    assert r2.headers["content-type"].startswith("application/problem+json")
+    rows = await fetch(db, "SELECT user_id FROM aml_transactions WHERE external_id = 'dup'")
+    assert [r["user_id"] for r in rows] == ["x1"]
+    # and the same id with another user afterwards: 409 too, nothing stored
+    r3 = await client.post(
+        "/aml/screen", json=tx("100.00", RECENT, user="x3", transaction_id="dup")
+    )
+    assert r3.status_code == 409
+    assert await count_rows(db, "aml_transactions") == 1
+
+
+FIVE_MINUTES = [0, 1, 2, 3, 4]
+ORDERS = {
+    "in order": [0, 1, 2, 3, 4],
+    "reversed": [4, 3, 2, 1, 0],
+    "shuffled": [2, 4, 0, 3, 1],
+}
+
+
+async def test_five_structured_transfers_reach_the_same_level_in_any_order(
+    db: str, client: httpx.AsyncClient
+) -> None:
+    """Issue 17: each transaction was judged only on what was stored before it arrived, so
+    submitting the five 9,500 USD transfers newest-first left all of them `low`. A late
+    arrival now re-scores the stored transactions it precedes."""
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    outcome: dict[str, dict[int, tuple[str, int, frozenset[str]]]] = {}
+    for label, order in ORDERS.items():
+        user = f"order-{label.replace(' ', '-')}"
+        for i in order:
+            at = (base + timedelta(minutes=i)).isoformat()
+            await screen(client, tx("9500.00", at, user=user, transaction_id=f"{user}-{i}"))
+        rows = await fetch(
+            db,
+            "SELECT external_id, level, score, fired FROM aml_transactions WHERE user_id = $1",
+            user,
+        )
+        outcome[label] = {
+            int(r["external_id"].rsplit("-", 1)[1]): (
+                r["level"],
+                r["score"],
+                frozenset(f["rule"] for f in json.loads(r["fired"])),
+            )
+            for r in rows
+        }
+    assert outcome["reversed"] == outcome["in order"]
+    assert outcome["shuffled"] == outcome["in order"]
+    levels = [outcome["in order"][i][0] for i in FIVE_MINUTES]
+    assert levels == ["low", "medium", "high", "high", "high"]
+    assert "velocity" in outcome["reversed"][4][2]
+    for label in ORDERS:
+        user = f"order-{label.replace(' ', '-')}"
+        alerts = await fetch(
+            db, "SELECT level FROM aml_alerts WHERE user_id = $1 ORDER BY level", user
+        )
+        assert [a["level"] for a in alerts] == ["high", "high", "high", "medium"], label
+        open_cases = await count_rows(db, "cases", "user_id = $1 AND status = 'open'", user)
+        assert open_cases == 4, label
+    # each raised score is a recorded decision: audited and published as aml.screened
+    rescored = await fetch(
+        db,
+        "SELECT payload FROM audit_log WHERE kind = 'aml.screened' "
+        "AND payload->>'rescored' = 'true' AND subject = 'order-reversed'",
+    )
+    assert len(rescored) >= 4
+    assert (await run_cli(db, "verify-audit")).exit_code == 0
+
+
+async def test_rolling_24h_aggregate_and_late_report_through_the_api(
+    db: str, client: httpx.AsyncClient
+) -> None:
+    day = (datetime.now(NY) - timedelta(days=2)).date()
+    late_evening = datetime.combine(day, time(23, 30), tzinfo=NY)
+    after_midnight = late_evening + timedelta(minutes=40)
+    first = await screen(client, tx("6000.00", late_evening.isoformat(), user="r"))
+    second = await screen(client, tx("5000.00", after_midnight.isoformat(), user="r"))
+    assert first["business_day"] != second["business_day"]
+    assert fired(second) == {"daily_aggregate"}
+    assert "within 24 h" in second["fired_rules"][0]["explanation"]
+    old = (datetime.now(UTC) - timedelta(days=30)).isoformat()
+    backdated = await screen(client, tx("50.00", old, user="b"))
+    assert fired(backdated) == {"late_report"}
+    assert backdated["level"] == "medium"
+    assert await count_rows(db, "cases", "user_id = 'b' AND kind = 'aml'") == 1

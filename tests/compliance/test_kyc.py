@@ -110,7 +110,8 @@ async def post_webhook(
 ) -> httpx.Response:
     headers = {"content-type": "application/json"}
     if header is not None:
-        headers["Persona-Signature"] = header
+        # latin-1 on the wire, so a header may carry non-ASCII digits such as "\u00b2"
+        headers["Persona-Signature"] = header.encode("latin-1")  # type: ignore[assignment]
     return await client.post("/webhooks/kyc-provider", content=body, headers=headers)
 
 
@@ -181,6 +182,10 @@ async def test_unsigned_or_forged_webhooks_are_401_and_store_nothing(
         "tampered body": sign(body.replace(b"inq_C", b"inq_D")),
         "too old": sign(body, at=old),
         "garbage": "v1=deadbeef",
+        # issue 17: int() of these raised ValueError -> 500 before the fix
+        "superscript t": "t=\u00b2\u00b3,v1=deadbeef",
+        "t too long for int()": "t=" + "9" * 5000 + ",v1=deadbeef",
+        "empty t": "t=,v1=deadbeef",
     }
     for label, header in attempts.items():
         r = await post_webhook(client, body, header)
@@ -221,3 +226,41 @@ async def test_idempotency_key_replays_the_first_answer(db: str, client: httpx.A
         r = await client.post("/sanctions/screen", json=screen, headers={"Idempotency-Key": "s1"})
         assert r.status_code == 200
     assert await count_rows(db, "sanctions_screenings") == 1
+
+
+async def _transition(client: httpx.AsyncClient, case_id: str, to: str) -> None:
+    r = await client.post(
+        f"/kyc/cases/{case_id}/transitions",
+        json={"to_status": to, "actor": "analyst", "reason": to},
+    )
+    assert r.status_code == 200, r.text
+
+
+async def test_a_rejection_stays_across_new_cases_of_the_same_person(
+    db: str, client: httpx.AsyncClient
+) -> None:
+    """Issue 17: the status followed only the latest case, so a rejected user opened a new
+    case and was no longer blocked (and verified on it, was `clear`)."""
+    rejected = await open_case(client, user="u-20")
+    await _transition(client, rejected["id"], "in_review")
+    await _transition(client, rejected["id"], "rejected")
+    again = await open_case(client, user="u-20", documents=[])
+    status = (await client.get("/users/u-20/compliance-status")).json()
+    assert status["overall"] == "blocked"
+    assert status["kyc"]["status"] == "pending"
+    assert status["kyc"]["rejected_case_id"] == rejected["id"]
+    await _transition(client, again["id"], "in_review")
+    await _transition(client, again["id"], "verified")
+    status = (await client.get("/users/u-20/compliance-status")).json()
+    assert status["kyc"]["status"] == "verified"
+    assert status["overall"] == "blocked"
+    # the same passport (by its SHA-256) under another user id is the same person
+    other = await open_case(client, user="u-21")
+    assert other["documents"][0]["sha256"] == DOCS[0]["sha256"]
+    status = (await client.get("/users/u-21/compliance-status")).json()
+    assert status["overall"] == "blocked"
+    assert status["kyc"]["rejected_case_id"] == rejected["id"]
+    # someone else with other documents is not affected
+    await client.post("/kyc/cases", json={"user_id": "u-22", "documents": []})
+    assert (await client.get("/users/u-22/compliance-status")).json()["overall"] == "incomplete"
+    assert await count_rows(db, "kyc_cases", "user_id = 'u-20'") == 2

@@ -3,6 +3,7 @@ decision across a kill -9 and restart."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,8 @@ from fusion_prime.compliance.spec import SPEC
 from fusion_prime.platform.runner import StartupRefusedError, load_settings
 from tests.compliance.conftest import WEBHOOK_SECRET, persona_event, run_cli, sign
 from tests.harness import ServiceProcess, count_rows, fetch, running
+
+RECENT = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
 
 
 def test_missing_webhook_secret_is_refused(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,7 +55,7 @@ async def test_decisions_survive_kill_9(db: str, log_dir: Path) -> None:
             aml = http.post(
                 "/aml/screen",
                 json={"user_id": "p-1", "amount": "12500.00", "currency": "USD",
-                      "type": "withdrawal", "occurred_at": "2025-12-01T15:00:00Z"},
+                      "type": "withdrawal", "occurred_at": RECENT},
             )  # fmt: skip
             assert aml.json()["level"] == "medium"
         proc.kill9()

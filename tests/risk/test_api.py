@@ -349,3 +349,90 @@ async def test_concurrent_price_batches_emit_each_tier_change_once(risk: Risk) -
     assert [(r["from_tier"], r["to_tier"], r["n"]) for r in rows] == [
         ("healthy", "liquidation", 20)
     ]
+
+
+async def test_future_dated_price_is_refused_recorded_and_does_not_block(risk: Risk) -> None:
+    """Issue 17: a price stamped an hour ahead was stored, never went stale, and shadowed
+    every real price until that hour (only newer source times replace a stored one)."""
+    await _base_prices(risk)
+    await risk.put_positions("f1", ETH2, usdc_debt(1000))
+    now = datetime.now(UTC)
+    future = price_event("ETH", "9999", now + timedelta(hours=1))
+    bad_number = Envelope(
+        type="price.updated",
+        source="oracle",
+        subject="WBTC",
+        data={"asset": "WBTC", "price": 1.5, "source": "x\x00y", "source_time": now.isoformat()},
+    )
+    # the oracle sends more fields than we read: they are accepted and ignored
+    extra = price_event("USDC", "0.999", now)
+    extra.data["sources"] = [{"name": "chainlink", "price": "0.999"}]
+    extra.data["confidence"] = "0.98"
+    # one batch, as the consumer delivers it: nothing raises, so all of it is acknowledged
+    assert await risk.prices(future, bad_number, extra) == 3
+    stored = dict(await fetch(risk.url, "SELECT asset, price FROM prices"))
+    assert stored["ETH"] == Decimal(3000)
+    assert stored["WBTC"] == Decimal(60000)
+    assert stored["USDC"] == Decimal("0.999")
+    rejected = await fetch(
+        risk.url, "SELECT event_id, asset, reason, data FROM price_rejections ORDER BY asset"
+    )
+    assert [(r["event_id"], r["asset"]) for r in rejected] == [
+        (future.id, "ETH"),
+        (bad_number.id, "WBTC"),
+    ]
+    assert "ahead of" in rejected[0]["reason"]
+    assert "decimal string" in rejected[1]["reason"]
+    # a redelivery is absorbed by the inbox and recorded only once
+    assert await risk.prices(future) == 0
+    assert await count_rows(risk.url, "price_rejections") == 2
+    # the next real ETH price is applied: the future one did not shadow it
+    await risk.prices(price_event("ETH", "3100", now + timedelta(seconds=1)))
+    assert await fetchval(risk.url, "SELECT price FROM prices WHERE asset='ETH'") == Decimal(3100)
+
+
+async def test_stored_future_price_counts_as_stale(risk: Risk) -> None:
+    """A future-dated price stored before the fix (or a clock jump) is not usable."""
+    await _base_prices(risk)
+    await risk.put_positions("f2", ETH2, usdc_debt(1000))
+    await fetch(
+        risk.url, "UPDATE prices SET source_time = now() + interval '2 hours' WHERE asset = 'ETH'"
+    )
+    health = (await risk.client.get("/accounts/f2/health")).json()
+    assert health["status"] == "unknown_price"
+    assert health["stale_prices"] == ["ETH"]
+    await risk.run(service.sweep)
+    assert await fetchval(risk.url, "SELECT status FROM account_state WHERE account_id='f2'") == (
+        "unknown_price"
+    )
+    cfg = (await risk.client.get("/config")).json()
+    assert cfg["max_future_skew_seconds"] == 60
+
+
+async def test_liquidation_event_lists_repay_per_debt_asset(risk: Risk) -> None:
+    await _base_prices(risk)
+    # 2 ETH (4800 weighted) against 3000 USDC + 0.031 WBTC (1860) of debt
+    r = await risk.put_positions(
+        "l1",
+        ETH2,
+        {"asset": "USDC", "debt": str(3000 * 10**6), "decimals": 6},
+        {"asset": "WBTC", "debt": str(3_100_000), "decimals": 8},
+    )
+    health = r.json()["health"]
+    assert health["status"] == "liquidation"  # 4800 / 4860 = 0.9877
+    repays = {x["asset"]: x for x in health["repays"]}
+    assert repays["USDC"]["max_repay_value"] == "1500"
+    assert repays["USDC"]["max_repay_units"] == str(1500 * 10**6)
+    assert repays["WBTC"]["max_repay_value"] == "930"
+    assert repays["WBTC"]["max_repay_units"] == "1550000"
+    assert health["max_repay_value"] == "1500"
+    assert {(s["debt_asset"], s["asset"]) for s in health["seizures"]} == {
+        ("USDC", "ETH"),
+        ("WBTC", "ETH"),
+    }
+    data = await fetchval(
+        risk.url,
+        "SELECT envelope->'data' FROM outbox WHERE event_type = 'margin.tier_changed' "
+        "AND subject = 'l1'",
+    )
+    assert '"debt_asset": "WBTC"' in data

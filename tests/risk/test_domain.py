@@ -30,11 +30,13 @@ PARAMS = {
     "WBTC": RiskParams("WBTC", D("0.70"), D("0.75"), D("0.10"), HOUR),
     "ETH": RiskParams("ETH", D("0.75"), D("0.80"), D("0.05"), HOUR),
     "DAI": RiskParams("DAI", D("0.75"), D("0.80"), D("0.05"), HOUR),
+    # listed but not accepted as collateral (Aave: liquidation threshold 0)
+    "GOV": RiskParams("GOV", D("0"), D("0"), D("0.10"), HOUR),
 }
 
 
 def prices(**over: str) -> dict[str, Price]:
-    base = {"USDC": "1", "WBTC": "60000", "ETH": "3000", "DAI": "1"}
+    base = {"USDC": "1", "WBTC": "60000", "ETH": "3000", "DAI": "1", "GOV": "10"}
     base.update(over)
     return {a: Price(a, D(p), NOW - timedelta(minutes=1)) for a, p in base.items()}
 
@@ -86,6 +88,60 @@ def test_liquidation_full_close_factor_caps_at_collateral() -> None:
     assert eth.seize_units == 2 * 10**18
     assert abs(eth.repay_value - D(6000) / D("1.05")) <= D("1e-18")
     assert h.borrow_capacity == 0
+
+
+def test_max_repay_is_per_debt_asset_as_in_aave() -> None:
+    """Aave v3 caps one liquidation at close factor x the debt of the asset repaid, not of
+    the whole account: with 6,000 USDC and 3,500 DAI of debt (factor 0.979, close factor
+    0.5) a liquidator may repay 3,000 USDC or 1,750 DAI, never 4,750 of either."""
+    ps = [
+        Position("ETH", 2 * 10**18, 0, 18),
+        Position("WBTC", 10_000_000, 0, 8),
+        Position("USDC", 0, 6000 * 10**6, 6),
+        Position("DAI", 0, 3500 * 10**18, 18),
+    ]
+    h = evaluate(ps, PARAMS, prices(), CFG, NOW)
+    assert h.status is Tier.LIQUIDATION
+    assert h.factor is not None
+    assert D("0.95") < h.factor < 1
+    repays = {r.asset: r for r in h.repays}
+    assert set(repays) == {"USDC", "DAI"}
+    assert repays["USDC"].close_factor == D("0.5")
+    assert repays["USDC"].max_repay_value == D(3000)
+    assert repays["USDC"].max_repay_units == 3000 * 10**6
+    assert repays["DAI"].max_repay_value == D(1750)
+    assert repays["DAI"].max_repay_units == 1750 * 10**18
+    assert h.max_repay_value == D(3000)  # the largest single liquidation
+    pairs = {(s.debt_asset, s.asset): s for s in h.seizures}
+    assert set(pairs) == {("USDC", "ETH"), ("USDC", "WBTC"), ("DAI", "ETH"), ("DAI", "WBTC")}
+    assert pairs[("DAI", "ETH")].seize_value == D("1837.5")  # 1750 x 1.05
+    assert pairs[("USDC", "WBTC")].seize_value == D(3300)  # 3000 x 1.10
+    # at or below 0.95 the close factor is 100 % of each debt asset
+    deeper = evaluate(ps, PARAMS, prices(ETH="2500"), CFG, NOW)  # 8500 / 9500 = 0.89
+    assert {r.asset: r.max_repay_value for r in deeper.repays} == {
+        "USDC": D(6000),
+        "DAI": D(3500),
+    }
+
+
+def test_collateral_with_zero_liquidation_threshold_is_never_seized() -> None:
+    ps = [*book(9500), Position("GOV", 1000 * 10**18, 0, 18)]  # 10,000 USD of GOV
+    h = evaluate(ps, PARAMS, prices(), CFG, NOW)
+    assert h.status is Tier.LIQUIDATION  # GOV adds value but no weight
+    assert h.collateral_value == D(22000)
+    assert h.weighted_collateral == D(9300)
+    assert {s.asset for s in h.seizures} == {"ETH", "WBTC"}
+
+
+def test_future_dated_price_beyond_the_skew_is_not_usable() -> None:
+    """A price stamped in the future used to be fresh for ever (now - time < 0)."""
+    p = prices()
+    p["ETH"] = Price("ETH", D(3000), NOW + CFG.max_future_skew + timedelta(seconds=1))
+    h = evaluate(book(6000), PARAMS, p, CFG, NOW)
+    assert h.status is Tier.UNKNOWN_PRICE
+    assert h.stale_prices == ("ETH",)
+    p["ETH"] = Price("ETH", D(3000), NOW + CFG.max_future_skew)  # within the skew: usable
+    assert evaluate(book(6000), PARAMS, p, CFG, NOW).status is Tier.HEALTHY
 
 
 def test_no_debt_is_healthy_with_infinite_factor() -> None:

@@ -325,6 +325,15 @@ async def sanctions_screen(
 ) -> JSONResponse:
     if not body.names and not body.addresses:
         raise InvalidError("give at least one name or address", field="names")
+    configured = _settings(runtime).sanctions_name_threshold
+    # a higher threshold finds fewer matches: a caller may ask for a more sensitive
+    # screening, never a laxer one than the configured policy
+    if body.threshold is not None and body.threshold > configured:
+        raise InvalidError(
+            f"threshold {body.threshold} is above the configured {configured}; "
+            "a screening may only be made more sensitive (lower)",
+            field="threshold",
+        )
 
     async def work() -> dict[str, Any]:
         return await service.screen_sanctions(
@@ -333,7 +342,7 @@ async def sanctions_screen(
             names=body.names,
             addresses=body.addresses,
             user_id=body.user_id,
-            threshold=body.threshold or _settings(runtime).sanctions_name_threshold,
+            threshold=configured if body.threshold is None else body.threshold,
             actor=body.actor,
         )
 

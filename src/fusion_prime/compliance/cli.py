@@ -15,11 +15,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from fusion_prime.compliance import repository
+from fusion_prime.compliance import repository, service
 from fusion_prime.compliance.domain import AmlRules
 from fusion_prime.compliance.sanctions.loader import (
+    LoadResult,
     default_list_name,
     load_parsed,
     record_count,
@@ -30,6 +31,7 @@ from fusion_prime.compliance.sanctions.parsers import (
     guess_format,
     parse,
 )
+from fusion_prime.compliance.settings import SanctionsSettings
 from fusion_prime.platform.database import (
     DatabaseConfigError,
     engine_scope,
@@ -142,20 +144,29 @@ def load_sanctions(
             day or parsed.latest_change or datetime.fromtimestamp(file.stat().st_mtime, UTC).date()
         )
         write_task = progress.add_task("writing", total=record_count(parsed))
-        try:
-            result = _on_database(
-                url,
-                lambda conn: load_parsed(
-                    conn,
-                    parsed,
-                    list_name=name,
-                    file_name=file.name,
-                    sha256=sha,
-                    version_date=used_date,
-                    progress=lambda n: progress.advance(write_task, n),
-                ),
-                write=True,
+        threshold = SanctionsSettings().sanctions_name_threshold
+
+        async def _load(conn: AsyncConnection) -> tuple[LoadResult, service.RescreenResult]:
+            result = await load_parsed(
+                conn,
+                parsed,
+                list_name=name,
+                file_name=file.name,
+                sha256=sha,
+                version_date=used_date,
+                progress=lambda n: progress.advance(write_task, n),
             )
+            rescreened = service.RescreenResult(0, 0)
+            if result.changed:
+                # same transaction: the new version and the re-screening commit together
+                async with AsyncSession(bind=conn, expire_on_commit=False) as session:
+                    rescreened = await service.rescreen_users(
+                        session, threshold=threshold, actor=f"list-load:{name}"
+                    )
+            return result, rescreened
+
+        try:
+            result, rescreened = _on_database(url, _load, write=True)
         except ListFormatError as exc:
             progress.stop()
             err.print(f"{file}: {exc}; nothing was loaded", markup=False)
@@ -164,6 +175,11 @@ def load_sanctions(
         out.print(
             f"loaded {result.records} records from {file.name} ({chosen}) into "
             f"{result.list_name} version {result.version_date} (id {result.version_id})",
+            markup=False,
+        )
+        out.print(
+            f"re-screened {rescreened.users} users: {rescreened.hits} "
+            f"hit{'s' if rescreened.hits != 1 else ''}",
             markup=False,
         )
     else:

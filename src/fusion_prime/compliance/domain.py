@@ -89,6 +89,10 @@ class AmlRules:
     structuring_window_hours: int = 24
     velocity_count: int = 5
     velocity_window_minutes: int = 10
+    # the daily total also runs over a rolling window, so midnight does not split it
+    aggregate_window_hours: int = 24
+    # a transaction reported this long after it occurred is flagged for review
+    late_report_hours: int = 72
     weights: Mapping[str, int] = field(
         default_factory=lambda: {
             "single_threshold": 50,
@@ -96,6 +100,7 @@ class AmlRules:
             "structuring": 60,
             "velocity": 30,
             "sanctions": 100,
+            "late_report": 40,
         }
     )
     medium_score: int = 40
@@ -112,6 +117,8 @@ class AmlRules:
             "structuring_window_hours": self.structuring_window_hours,
             "velocity_count": self.velocity_count,
             "velocity_window_minutes": self.velocity_window_minutes,
+            "aggregate_window_hours": self.aggregate_window_hours,
+            "late_report_hours": self.late_report_hours,
             "weights": dict(self.weights),
             "medium_score": self.medium_score,
             "high_score": self.high_score,
@@ -138,6 +145,8 @@ class AmlRules:
                 structuring_window_hours=_positive_int(merged, "structuring_window_hours"),
                 velocity_count=_positive_int(merged, "velocity_count"),
                 velocity_window_minutes=_positive_int(merged, "velocity_window_minutes"),
+                aggregate_window_hours=_positive_int(merged, "aggregate_window_hours"),
+                late_report_hours=_positive_int(merged, "late_report_hours"),
                 weights={**base["weights"], **dict(merged["weights"])},
                 medium_score=_positive_int(merged, "medium_score"),
                 high_score=_positive_int(merged, "high_score"),
@@ -159,6 +168,15 @@ class AmlRules:
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"business_timezone: unknown zone {rules.business_timezone}") from exc
         return rules
+
+    @property
+    def lookback(self) -> timedelta:
+        """How far back any rule looks from a transaction (the business day aside)."""
+        return max(
+            timedelta(hours=self.structuring_window_hours),
+            timedelta(hours=self.aggregate_window_hours),
+            timedelta(minutes=self.velocity_window_minutes),
+        )
 
     def business_day(self, at: datetime) -> date:
         """The CTR business day: the calendar date of `at` in the configured timezone."""
@@ -219,12 +237,15 @@ def evaluate_aml(
     occurred_at: datetime,
     history: Sequence[PastTransaction],
     sanctions_reasons: Sequence[str] = (),
+    reported_at: datetime | None = None,
 ) -> AmlResult:
-    """Score one transaction against the user's earlier ones (`history` excludes it).
+    """Score one transaction against the user's other ones (`history` excludes it).
 
-    `history` must cover at least the business day and the structuring/velocity windows
-    around `occurred_at`; transactions after `occurred_at` are ignored so a late-arriving
-    transaction is judged on what had happened by its own time.
+    `history` must cover at least the business day and `rules.lookback` before
+    `occurred_at`; transactions after `occurred_at` are ignored, so the result depends
+    only on what had happened by its own time. That makes it independent of the order
+    of submission once later arrivals re-score what they precede (service.py does).
+    `reported_at` is when we learnt of it (screening time), for the late-report rule.
     """
     fired: list[FiredRule] = []
     w = rules.weights
@@ -241,6 +262,9 @@ def evaluate_aml(
     past = [t for t in history if t.occurred_at <= occurred_at]
     same_day = [t for t in past if rules.business_day(t.occurred_at) == day]
     day_total = amount + sum((t.amount for t in same_day), Decimal(0))
+    since_a = occurred_at - timedelta(hours=rules.aggregate_window_hours)
+    rolling = [t for t in past if t.occurred_at > since_a]
+    rolling_total = amount + sum((t.amount for t in rolling), Decimal(0))
     if same_day and day_total >= rules.daily_threshold:
         fired.append(
             FiredRule(
@@ -248,6 +272,16 @@ def evaluate_aml(
                 w["daily_aggregate"],
                 f"{len(same_day) + 1} transactions total {_usd(day_total)} on business day "
                 f"{day.isoformat()} ({rules.business_timezone}), at or above "
+                f"{_usd(rules.daily_threshold)}",
+            )
+        )
+    elif rolling and rolling_total >= rules.daily_threshold:
+        fired.append(
+            FiredRule(
+                "daily_aggregate",
+                w["daily_aggregate"],
+                f"{len(rolling) + 1} transactions total {_usd(rolling_total)} within "
+                f"{rules.aggregate_window_hours} h (across business days), at or above "
                 f"{_usd(rules.daily_threshold)}",
             )
         )
@@ -278,6 +312,19 @@ def evaluate_aml(
                 w["velocity"],
                 f"{len(recent) + 1} transactions within {rules.velocity_window_minutes} minutes "
                 f"(limit {rules.velocity_count - 1})",
+            )
+        )
+    if reported_at is not None and reported_at - occurred_at > timedelta(
+        hours=rules.late_report_hours
+    ):
+        delay = reported_at - occurred_at
+        fired.append(
+            FiredRule(
+                "late_report",
+                w["late_report"],
+                f"reported {delay.days} days {delay.seconds // 3600} h after it occurred "
+                f"(more than {rules.late_report_hours} h): back-dated transactions are "
+                "reviewed",
             )
         )
     if sanctions_reasons:

@@ -22,6 +22,8 @@ from fusion_prime.compliance import models, repository
 from fusion_prime.compliance.domain import (
     KYC_TRANSITIONS,
     PROVIDER_EVENTS,
+    AmlResult,
+    AmlRules,
     KycStatus,
     PastTransaction,
     RiskLevel,
@@ -165,9 +167,7 @@ async def create_kyc_case(
                 f"provider inquiry {provider_inquiry_id} already belongs to case {taken.id}"
             )
     # one user's case openings are serialised, so "one open case per user" holds
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"kyc:{user_id}"}
-    )
+    await _advisory_lock(session, f"kyc:{user_id}")
     open_case = (
         await session.execute(
             text(
@@ -463,7 +463,7 @@ async def find_candidates(
                         m.entry.kind,
                         score,
                         f"name {name!r} resembles {m.entry.kind} name {m.entry.name!r} of "
-                        f"{m.entry.list_name} entry {m.entry.source_id} (Jaro-Winkler {score:.4f}"
+                        f"{m.entry.list_name} entry {m.entry.source_id} (name score {score:.4f}"
                         f" >= {threshold})",
                     )
                 )
@@ -508,12 +508,24 @@ async def screen_sanctions(
     user_id: str | None,
     threshold: float,
     actor: str,
+    reuse_open_case: bool = False,
 ) -> dict[str, Any]:
     candidates = await find_candidates(session, cache, names, addresses, threshold)
     status = "hit" if candidates else "clear"
     screening_id = uuid.uuid4()
     case_id: uuid.UUID | None = None
-    if candidates:
+    if candidates and reuse_open_case and user_id is not None:
+        open_case = (
+            await session.execute(
+                text(
+                    "SELECT id FROM cases WHERE user_id = :u AND kind = 'sanctions' "
+                    "AND status <> 'resolved' ORDER BY created_at DESC LIMIT 1"
+                ),
+                {"u": user_id},
+            )
+        ).one_or_none()
+        case_id = open_case.id if open_case else None
+    if candidates and case_id is None:
         best = max(candidates, key=lambda c: c.score)
         case_id = await _open_case(
             session,
@@ -559,6 +571,45 @@ async def screen_sanctions(
     )
     SANCTIONS_SCREENINGS_TOTAL.labels(SERVICE, status).inc()
     return result
+
+
+@dataclass(frozen=True)
+class RescreenResult:
+    users: int
+    hits: int
+
+
+async def rescreen_users(session: AsyncSession, *, threshold: float, actor: str) -> RescreenResult:
+    """Screen every screened user again, on their latest names and addresses, against the
+    lists as they are now (called in the transaction that loaded a list version).
+
+    A user screened clear yesterday may be on today's list; waiting for their next
+    transaction would leave them unflagged until then. A hit opens a sanctions case
+    unless the user already has an open one (the new screening is linked to it).
+    """
+    latest = list(
+        await session.execute(
+            text(
+                "SELECT DISTINCT ON (user_id) user_id, names, addresses FROM sanctions_screenings "
+                "WHERE user_id IS NOT NULL ORDER BY user_id, created_at DESC, id"
+            )
+        )
+    )
+    cache = SanctionsIndexCache()
+    hits = 0
+    for row in latest:
+        result = await screen_sanctions(
+            session,
+            cache,
+            names=list(row.names),
+            addresses=list(row.addresses),
+            user_id=row.user_id,
+            threshold=threshold,
+            actor=actor,
+            reuse_open_case=True,
+        )
+        hits += result["status"] == "hit"
+    return RescreenResult(len(latest), hits)
 
 
 async def list_versions(session: AsyncSession) -> list[dict[str, Any]]:
@@ -620,6 +671,10 @@ def _aml_response(row: Any, alert_id: Any, case_id: Any, replay: bool) -> dict[s
     }
 
 
+async def _advisory_lock(session: AsyncSession, key: str) -> None:
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key})
+
+
 _TX_COLUMNS = (
     "t.id, t.external_id, t.user_id, t.amount, t.currency, t.score, t.level, "
     "t.rules_version, t.business_day, t.fired, a.id AS alert_id, a.case_id"
@@ -635,10 +690,13 @@ async def screen_transaction(
             "conversion rates are kept; convert before screening",
             field="currency",
         )
+    # The caller's transaction id is locked first: the per-user lock alone let two users
+    # with one id both pass the replay check, and the second insert hit the unique index
+    # (a 500). Always this order (id, then user), so two screenings cannot deadlock.
+    if tx.external_id is not None:
+        await _advisory_lock(session, f"aml-tx:{tx.external_id}")
     # one user's screenings are serialised so aggregates never miss a concurrent sibling
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"aml:{tx.user_id}"}
-    )
+    await _advisory_lock(session, f"aml:{tx.user_id}")
     if tx.external_id is not None:
         prior = (
             await session.execute(
@@ -652,18 +710,12 @@ async def screen_transaction(
         if prior is not None:
             if prior.user_id != tx.user_id or prior.amount != tx.amount:
                 raise ConflictError(
-                    f"transaction {tx.external_id} was already screened with other details"
+                    f"transaction {tx.external_id} was already screened with other details "
+                    "(another user or amount); a retry must repeat the first request"
                 )
             return _aml_response(prior, prior.alert_id, prior.case_id, True)
     rules = await repository.current_rules(session)
-    zone = ZoneInfo(rules.business_timezone)
-    day = rules.business_day(tx.occurred_at)
-    day_start = datetime.combine(day, time(0), tzinfo=zone)
-    since = min(
-        day_start,
-        tx.occurred_at - timedelta(hours=rules.structuring_window_hours),
-        tx.occurred_at - timedelta(minutes=rules.velocity_window_minutes),
-    )
+    reported_at = datetime.now(UTC)
     history = [
         PastTransaction(r.amount, r.occurred_at)
         for r in await session.execute(
@@ -671,19 +723,25 @@ async def screen_transaction(
                 "SELECT amount, occurred_at FROM aml_transactions WHERE user_id = :u "
                 "AND occurred_at >= :since AND occurred_at <= :until"
             ),
-            {"u": tx.user_id, "since": since, "until": tx.occurred_at},
+            {
+                "u": tx.user_id,
+                "since": _lookback_start(rules, tx.occurred_at),
+                "until": tx.occurred_at,
+            },
         )
     ]
     hits = await find_candidates(session, cache, tx.counterparties, tx.addresses, threshold)
-    result = evaluate_aml(rules, tx.amount, tx.occurred_at, history, [c.reason for c in hits])
+    result = evaluate_aml(
+        rules, tx.amount, tx.occurred_at, history, [c.reason for c in hits], reported_at
+    )
     fired = [f.to_json() for f in result.fired]
     tx_id = uuid.uuid4()
     await session.execute(
         text(
             "INSERT INTO aml_transactions (id, external_id, user_id, amount, currency, tx_type, "
             "counterparties, addresses, occurred_at, business_day, rules_version, score, level, "
-            "fired) VALUES (:id, :e, :u, :amt, :cur, :ty, CAST(:cp AS jsonb), CAST(:ad AS jsonb),"
-            " :at, :day, :rv, :score, :level, CAST(:fired AS jsonb))"
+            "fired, screened_at) VALUES (:id, :e, :u, :amt, :cur, :ty, CAST(:cp AS jsonb), "
+            "CAST(:ad AS jsonb), :at, :day, :rv, :score, :level, CAST(:fired AS jsonb), :now)"
         ),
         {
             "id": tx_id,
@@ -700,54 +758,190 @@ async def screen_transaction(
             "score": result.score,
             "level": result.level,
             "fired": json.dumps(fired),
+            "now": reported_at,
         },
     )
-    alert_id: uuid.UUID | None = None
-    case_id: uuid.UUID | None = None
-    if result.level in (RiskLevel.MEDIUM, RiskLevel.HIGH):
-        case_id = await _open_case(
-            session,
-            "aml",
-            tx.user_id,
-            result.level,
-            f"AML {result.level} (score {result.score}): " + ", ".join(f["rule"] for f in fired),
-        )
-        alert_id = uuid.uuid4()
+    alert_id, case_id = await _raise_alert(session, tx_id, tx.user_id, result, fired)
+    response = await _recorded_screening(session, tx_id, alert_id, case_id, tx.tx_type)
+    await _rescore_later(session, rules, tx.user_id, tx_id, tx.occurred_at)
+    AML_SCREENINGS_TOTAL.labels(SERVICE, result.level.value).inc()
+    return response
+
+
+def _lookback_start(rules: AmlRules, at: datetime) -> datetime:
+    """The earliest time any rule looks at for a transaction at `at` (its business day
+    start, or the longest window)."""
+    zone = ZoneInfo(rules.business_timezone)
+    day_start = datetime.combine(rules.business_day(at), time(0), tzinfo=zone)
+    return min(day_start, at - rules.lookback)
+
+
+def _rule_names(fired: Sequence[dict[str, Any]]) -> set[str]:
+    return {str(f["rule"]) for f in fired}
+
+
+async def _raise_alert(
+    session: AsyncSession,
+    tx_id: uuid.UUID,
+    user_id: str,
+    result: AmlResult,
+    fired: Sequence[dict[str, Any]],
+) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    """Open (or, on a re-score, raise) the alert and case of a medium/high result."""
+    if result.level not in (RiskLevel.MEDIUM, RiskLevel.HIGH):
+        return None, None
+    summary = f"AML {result.level} (score {result.score}): " + ", ".join(
+        str(f["rule"]) for f in fired
+    )
+    prior = (
         await session.execute(
             text(
-                "INSERT INTO aml_alerts (id, transaction_id, user_id, level, score, case_id) "
-                "VALUES (:id, :t, :u, :l, :s, :c)"
+                "SELECT a.id, a.case_id, c.status AS case_status FROM aml_alerts a "
+                "JOIN cases c ON c.id = a.case_id WHERE a.transaction_id = :t FOR UPDATE OF a"
             ),
-            {
-                "id": alert_id,
-                "t": tx_id,
-                "u": tx.user_id,
-                "l": result.level,
-                "s": result.score,
-                "c": case_id,
-            },
+            {"t": tx_id},
         )
+    ).one_or_none()
+    if prior is not None and prior.case_status != "resolved":
+        await session.execute(
+            text("UPDATE cases SET level = :l, summary = :s, updated_at = now() WHERE id = :id"),
+            {"l": result.level, "s": summary, "id": prior.case_id},
+        )
+        await session.execute(
+            text("UPDATE aml_alerts SET level = :l, score = :s WHERE id = :id"),
+            {"l": result.level, "s": result.score, "id": prior.id},
+        )
+        return prior.id, prior.case_id
+    # new alert, or the earlier case was already resolved: the raised score is new
+    # information, so it gets a case of its own
+    case_id = await _open_case(session, "aml", user_id, result.level, summary)
+    if prior is not None:
+        await session.execute(
+            text(
+                "UPDATE aml_alerts SET level = :l, score = :s, case_id = :c, status = 'open' "
+                "WHERE id = :id"
+            ),
+            {"l": result.level, "s": result.score, "c": case_id, "id": prior.id},
+        )
+        return prior.id, case_id
+    alert_id = uuid.uuid4()
+    await session.execute(
+        text(
+            "INSERT INTO aml_alerts (id, transaction_id, user_id, level, score, case_id) "
+            "VALUES (:id, :t, :u, :l, :s, :c)"
+        ),
+        {"id": alert_id, "t": tx_id, "u": user_id, "l": result.level, "s": result.score,
+         "c": case_id},
+    )  # fmt: skip
+    return alert_id, case_id
+
+
+async def _recorded_screening(
+    session: AsyncSession,
+    tx_id: uuid.UUID,
+    alert_id: uuid.UUID | None,
+    case_id: uuid.UUID | None,
+    tx_type: str,
+    rescored_from: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Read the stored row back, then audit and publish it as `aml.screened`."""
     row = (
         await session.execute(
             text(
-                f"SELECT {_TX_COLUMNS} FROM aml_transactions t "
+                f"SELECT {_TX_COLUMNS}, t.occurred_at FROM aml_transactions t "
                 "LEFT JOIN aml_alerts a ON a.transaction_id = t.id WHERE t.id = :id"
             ),
             {"id": tx_id},
         )
     ).one()
     response = _aml_response(row, alert_id, case_id, False)
+    extra: dict[str, Any] = {}
+    if rescored_from is not None:
+        extra = {"rescored": True, "previous": rescored_from}
     await _record_decision(
         session,
         "aml.screened",
-        subject=tx.user_id,
+        subject=row.user_id,
         actor="aml-engine",
-        audit={**response, "occurred_at": _iso(tx.occurred_at), "tx_type": tx.tx_type},
+        audit={**response, "occurred_at": _iso(row.occurred_at), "tx_type": tx_type, **extra},
         event={k: response[k] for k in ("transaction_id", "score", "level", "rules_version")}
-        | {"rules": [f["rule"] for f in fired], "case_id": response["case_id"]},
+        | {"rules": [f["rule"] for f in row.fired], "case_id": response["case_id"], **extra},
     )
-    AML_SCREENINGS_TOTAL.labels(SERVICE, result.level.value).inc()
     return response
+
+
+_SANCTIONS_PREFIX = "counterparty on a sanctions list: "
+
+
+async def _rescore_later(
+    session: AsyncSession, rules: AmlRules, user_id: str, new_id: uuid.UUID, at: datetime
+) -> None:
+    """Re-score the user's stored transactions that a new one at `at` precedes.
+
+    Every rule only looks back from a transaction, so one that arrives late (occurred
+    before already-stored ones) changes what those later ones should have scored. Adding
+    a transaction to a history can only fire more rules, so scores only rise; after
+    re-scoring, every stored transaction has the result it would have had in time order,
+    whatever the order of submission. Only a changed score or rule set is a decision
+    (audited and published as `aml.screened` with `rescored: true`).
+    """
+    zone = ZoneInfo(rules.business_timezone)
+    day_end = datetime.combine(rules.business_day(at) + timedelta(days=1), time(0), tzinfo=zone)
+    until = max(at + rules.lookback, day_end)
+    rows = list(
+        await session.execute(
+            text(
+                "SELECT id, amount, occurred_at, screened_at, tx_type, score, level, fired "
+                "FROM aml_transactions WHERE user_id = :u AND occurred_at >= :since "
+                "AND occurred_at <= :until ORDER BY occurred_at, id"
+            ),
+            {"u": user_id, "since": _lookback_start(rules, at), "until": until},
+        )
+    )
+    for row in rows:
+        if row.id == new_id or row.occurred_at < at:
+            continue
+        if row.occurred_at >= at + rules.lookback and rules.business_day(
+            row.occurred_at
+        ) != rules.business_day(at):
+            continue  # beyond every window of the new transaction
+        history = [
+            PastTransaction(o.amount, o.occurred_at)
+            for o in rows
+            if o.id != row.id and o.occurred_at <= row.occurred_at
+        ]
+        sanctions = [
+            str(f["explanation"]).removeprefix(_SANCTIONS_PREFIX)
+            for f in row.fired
+            if f["rule"] == "sanctions"
+        ]
+        result = evaluate_aml(
+            rules, row.amount, row.occurred_at, history, sanctions, row.screened_at
+        )
+        fired = [f.to_json() for f in result.fired]
+        before, after = _rule_names(row.fired), _rule_names(fired)
+        if result.score == row.score and after == before:
+            continue
+        if result.score < row.score or not before <= after:
+            continue  # a newer rules version may weigh less: never lower a stored result
+        await session.execute(
+            text(
+                "UPDATE aml_transactions SET score = :s, level = :l, fired = CAST(:f AS jsonb), "
+                "rules_version = :rv, rescored_at = now() WHERE id = :id"
+            ),
+            {"s": result.score, "l": result.level, "f": json.dumps(fired), "rv": rules.version,
+             "id": row.id},
+        )  # fmt: skip
+        alert_id, case_id = await _raise_alert(session, row.id, user_id, result, fired)
+        await _recorded_screening(
+            session,
+            row.id,
+            alert_id,
+            case_id,
+            row.tx_type,
+            rescored_from={"score": row.score, "level": row.level, "rules": sorted(before)},
+        )
+        AML_SCREENINGS_TOTAL.labels(SERVICE, result.level.value).inc()
 
 
 # -- cases ---------------------------------------------------------------------------
@@ -915,9 +1109,23 @@ async def compliance_status(session: AsyncSession, user_id: str) -> dict[str, An
         sanctions_status = "not_screened"
     else:
         sanctions_status = "clear"
+    # A rejection is sticky: a new case of the same person (this user id, or another one
+    # that presented a document with the same SHA-256) does not lift it.
+    rejected = (
+        await session.execute(
+            text(
+                "SELECT c.id FROM kyc_cases c WHERE c.status = 'rejected' AND (c.user_id = :u "
+                "OR EXISTS (SELECT 1 FROM kyc_documents d JOIN kyc_documents mine "
+                "ON mine.sha256 = d.sha256 JOIN kyc_cases mc ON mc.id = mine.case_id "
+                "WHERE d.case_id = c.id AND mc.user_id = :u)) "
+                "ORDER BY c.updated_at DESC LIMIT 1"
+            ),
+            {"u": user_id},
+        )
+    ).one_or_none()
     kyc_status = kyc.status if kyc else None
     open_cases = sum(case_counts.values())
-    if kyc_status == "rejected" or confirmed:
+    if rejected is not None or confirmed:
         overall = "blocked"
     elif open_cases or open_alerts:
         overall = "review"
@@ -932,6 +1140,7 @@ async def compliance_status(session: AsyncSession, user_id: str) -> dict[str, An
             "status": kyc_status,
             "case_id": str(kyc.id) if kyc else None,
             "updated_at": _iso(kyc.updated_at) if kyc else None,
+            "rejected_case_id": str(rejected.id) if rejected else None,
         },
         "open_alerts": open_alerts,
         "open_cases": {

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+
+# ASCII digits only, at most 12 (unix seconds until year 33658): str.isdigit() accepts
+# "\u00b2" and int() refuses it, and int() of more than 4300 digits raises too (both were 500s)
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class SignatureError(Exception):
@@ -42,7 +47,7 @@ def verify_header(
             if sep:
                 fields.setdefault(key, []).append(value)
         ts_values = fields.get("t")
-        if not ts_values or not ts_values[0].isdigit():
+        if not ts_values or not _TIMESTAMP.fullmatch(ts_values[0]):
             last_error = "missing or malformed timestamp"
             continue
         ts = int(ts_values[0])

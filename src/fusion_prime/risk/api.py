@@ -283,6 +283,7 @@ class ConfigIn(BaseModel):
     snapshot_interval_seconds: int = Field(gt=0, le=MAX_INTERVAL_SECONDS)
     close_factor: Decimal = Field(default=Decimal("0.5"), gt=0, le=1)
     full_close_below: Decimal = Field(default=Decimal("0.95"), gt=0, le=1)
+    max_future_skew_seconds: int = Field(default=60, ge=0, le=3600)
 
 
 def _config_json(version: int, c: TierConfig) -> dict[str, Any]:
@@ -296,6 +297,7 @@ def _config_json(version: int, c: TierConfig) -> dict[str, Any]:
         "snapshot_interval_seconds": int(c.snapshot_interval.total_seconds()),
         "close_factor": dec_str(c.close_factor),
         "full_close_below": dec_str(c.full_close_below),
+        "max_future_skew_seconds": int(c.max_future_skew.total_seconds()),
     }
 
 
@@ -319,6 +321,7 @@ async def put_config(body: ConfigIn, session: Session) -> dict[str, Any]:
         snapshot_interval=timedelta(seconds=body.snapshot_interval_seconds),
         close_factor=body.close_factor,
         full_close_below=body.full_close_below,
+        max_future_skew=timedelta(seconds=body.max_future_skew_seconds),
     )
     version = await service.put_config(session, cfg)
     return _config_json(version, cfg)

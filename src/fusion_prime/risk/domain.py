@@ -68,6 +68,9 @@ class TierConfig:
     snapshot_interval: timedelta = timedelta(hours=6)
     close_factor: Decimal = Decimal("0.5")
     full_close_below: Decimal = Decimal("0.95")
+    # how far a price's source time may lie ahead of our clock; beyond it the price is
+    # refused at the door and, if one was stored before, counts as stale
+    max_future_skew: timedelta = timedelta(seconds=60)
 
     def __post_init__(self) -> None:
         if not (self.healthy > self.warning > self.margin_call > ZERO):
@@ -76,6 +79,8 @@ class TierConfig:
             raise ValueError("hysteresis must be >= 0")
         if not (ZERO < self.close_factor <= ONE):
             raise ValueError("close_factor must be in (0, 1]")
+        if self.max_future_skew < timedelta(0):
+            raise ValueError("max_future_skew must be >= 0")
 
     @property
     def bounds(self) -> tuple[Decimal, Decimal, Decimal]:
@@ -128,13 +133,26 @@ class Price:
 
 
 @dataclass(frozen=True)
-class Seizure:
-    """What a liquidator may take from one collateral asset for repaying debt."""
+class Repay:
+    """How much of one debt asset a single liquidation may repay (Aave v3 close factor:
+    a share of *that asset's* debt, not of the account's total debt)."""
 
     asset: str
+    debt_value: Decimal
+    close_factor: Decimal
+    max_repay_value: Decimal
+    max_repay_units: int  # base units of the debt asset (floor)
+
+
+@dataclass(frozen=True)
+class Seizure:
+    """What a liquidator may take from one collateral asset for repaying one debt asset."""
+
+    asset: str  # the collateral seized
     repay_value: Decimal
     seize_value: Decimal
     seize_units: int  # base units of the collateral asset
+    debt_asset: str = ""  # the debt repaid
 
 
 @dataclass(frozen=True)
@@ -146,10 +164,11 @@ class Health:
     debt_value: Decimal
     borrow_capacity: Decimal  # sum(value x ltv) - debt, floored at 0
     price_drop_to_liquidation: Decimal | None  # fraction of collateral prices; None = n/a
-    max_repay_value: Decimal
+    max_repay_value: Decimal  # the largest single liquidation (over the debt assets)
     seizures: tuple[Seizure, ...]
     prices: Mapping[str, Decimal]
     missing_prices: tuple[str, ...] = ()
+    repays: tuple[Repay, ...] = ()
     stale_prices: tuple[str, ...] = ()
     evaluated_at: datetime | None = None
 
@@ -202,12 +221,15 @@ def evaluate(
             p.asset
             for p in positions
             if p.asset in prices
-            and now - prices[p.asset].source_time > params[p.asset].max_price_age
+            and not usable_price_time(
+                prices[p.asset].source_time, now, params[p.asset].max_price_age, config
+            )
         }
     )
     used = {p.asset: prices[p.asset].price for p in positions if p.asset in prices}
     coll = weighted = capacity = debt = ZERO
     coll_by_asset: dict[str, Decimal] = {}
+    debt_by_asset: dict[str, Decimal] = {}
     for pos in positions:
         if pos.asset not in prices:
             continue
@@ -219,8 +241,12 @@ def evaluate(
         weighted = EXACT.add(weighted, EXACT.multiply(cv, rp.liquidation_threshold))
         capacity = EXACT.add(capacity, EXACT.multiply(cv, rp.ltv))
         debt = EXACT.add(debt, dv)
-        if pos.collateral > 0:
+        # Aave refuses to liquidate collateral whose liquidation threshold is 0: it backs
+        # nothing, so it is never offered for seizure
+        if pos.collateral > 0 and rp.liquidation_threshold > ZERO:
             coll_by_asset[pos.asset] = cv
+        if pos.debt > 0:
+            debt_by_asset[pos.asset] = dv
     borrow = max(ZERO, capacity - debt)
     if missing or stale:
         return Health(
@@ -244,18 +270,28 @@ def evaluate(
     if factor is not None and weighted > ZERO:
         # all collateral prices x (1 - d), debt prices fixed: factor x (1 - d) = 1
         drop = max(ZERO, ONE - ratio(debt, weighted))
-    repay = ZERO
+    repays: tuple[Repay, ...] = ()
     seizures: tuple[Seizure, ...] = ()
     if factor is not None and tier is Tier.LIQUIDATION:
         close = ONE if factor <= config.full_close_below else config.close_factor
-        repay = EXACT.multiply(close, debt)
+        by_asset = {p.asset: p for p in positions}
+        repays = tuple(
+            _repay(by_asset[asset], prices[asset].price, value, close)
+            for asset, value in sorted(debt_by_asset.items())
+        )
         seizures = tuple(
             _seizure(
-                pos, params[pos.asset], prices[pos.asset].price, coll_by_asset[pos.asset], repay
+                by_asset[asset],
+                params[asset],
+                prices[asset].price,
+                coll_by_asset[asset],
+                r.max_repay_value,
+                r.asset,
             )
-            for pos in positions
-            if pos.asset in coll_by_asset
+            for r in repays
+            for asset in sorted(coll_by_asset)
         )
+    repay = max((r.max_repay_value for r in repays), default=ZERO)
     return Health(
         status=tier,
         factor=factor,
@@ -268,11 +304,34 @@ def evaluate(
         seizures=seizures,
         prices=used,
         evaluated_at=now,
+        repays=repays,
     )
 
 
+def usable_price_time(
+    source_time: datetime, now: datetime, max_age: timedelta, config: TierConfig
+) -> bool:
+    """Not older than `max_age` and not further ahead of `now` than the allowed skew."""
+    return now - max_age <= source_time <= now + config.max_future_skew
+
+
+def _repay(pos: Position, price: Decimal, value: Decimal, close: Decimal) -> Repay:
+    repay = EXACT.multiply(close, value)
+    units = int(
+        EXACT.divide(repay, price)
+        .scaleb(pos.decimals, EXACT)
+        .to_integral_value(decimal.ROUND_FLOOR)
+    )
+    return Repay(pos.asset, value, close, repay, min(units, pos.debt))
+
+
 def _seizure(
-    pos: Position, rp: RiskParams, price: Decimal, value: Decimal, repay: Decimal
+    pos: Position,
+    rp: RiskParams,
+    price: Decimal,
+    value: Decimal,
+    repay: Decimal,
+    debt_asset: str,
 ) -> Seizure:
     """Repaying `repay` of debt against this collateral yields repay x (1 + bonus) of it,
     capped by what the account holds (then the repayable amount shrinks accordingly)."""
@@ -284,7 +343,7 @@ def _seizure(
         .scaleb(pos.decimals, EXACT)
         .to_integral_value(decimal.ROUND_FLOOR)
     )
-    return Seizure(pos.asset, repay_here, seize, min(units, pos.collateral))
+    return Seizure(pos.asset, repay_here, seize, min(units, pos.collateral), debt_asset)
 
 
 @dataclass(frozen=True)

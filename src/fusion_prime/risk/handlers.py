@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from prometheus_client import Counter
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fusion_prime.platform.bus.envelope import Envelope
@@ -24,6 +25,10 @@ from fusion_prime.risk.domain import ASSET_RE
 from fusion_prime.risk.service import apply_prices
 
 log = get_logger(__name__)
+
+PRICES_REJECTED = Counter(
+    "fp_risk_prices_rejected_total", "Price events refused (recorded and skipped)", ["reason"]
+)
 
 
 class PriceUpdated(BaseModel):
@@ -58,15 +63,48 @@ class PriceUpdated(BaseModel):
         return v
 
 
+def _validation_reason(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'data'}: {err['msg']}" for err in exc.errors()
+    )
+
+
 @batch_handler
 async def handle_prices(session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
-    """Apply a batch of prices; holders of every changed asset are re-evaluated once."""
+    """Apply a batch of prices; holders of every changed asset are re-evaluated once.
+
+    A price that cannot be used (malformed, or stamped further ahead of our clock than the
+    configured skew) is recorded in `price_rejections` and skipped, in the same
+    transaction as its inbox claim. Retrying it could never succeed, and raising would
+    hold back every later price of the asset while it was retried to the dead letters.
+    """
+    _, config = await repo.get_config(session)
+    now = datetime.now(UTC)
     updates = []
+    rejected: list[repo.PriceRejection] = []
     for e in envelopes:
         if e.type != "price.updated":
             continue
-        p = PriceUpdated.model_validate(e.data)
+        try:
+            p = PriceUpdated.model_validate(e.data)
+        except ValidationError as exc:
+            rejected.append(repo.PriceRejection.of(e, _validation_reason(exc), None))
+            PRICES_REJECTED.labels("invalid").inc()
+            continue
+        if p.source_time > now + config.max_future_skew:
+            reason = (
+                f"source_time {p.source_time.isoformat()} is "
+                f"{(p.source_time - now).total_seconds():.0f} s ahead of our clock "
+                f"(allowed skew {config.max_future_skew.total_seconds():.0f} s)"
+            )
+            rejected.append(repo.PriceRejection.of(e, reason, p.source_time))
+            PRICES_REJECTED.labels("future").inc()
+            continue
         updates.append(repo.PriceUpdate(p.asset, p.price, p.source, p.source_time, e.id))
+    if rejected:
+        await repo.record_price_rejections(session, rejected)
+        for r in rejected:
+            log.warning("price refused", event_id=str(r.event_id), asset=r.asset, reason=r.reason)
     out = await apply_prices(session, updates)
     if out.events:
         log.info("margin events", count=len(out.events), evaluated=out.evaluated)

@@ -33,7 +33,20 @@ risk_config = sa.Table(
     sa.Column("snapshot_interval_seconds", sa.Integer),
     sa.Column("close_factor", sa.Numeric),
     sa.Column("full_close_below", sa.Numeric),
+    sa.Column("max_future_skew_seconds", sa.Integer),
     sa.Column("created_at", TS),
+)
+
+price_rejections = sa.Table(
+    "price_rejections",
+    metadata,
+    sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("asset", sa.Text),
+    sa.Column("source", sa.Text),
+    sa.Column("source_time", TS),
+    sa.Column("reason", sa.Text),
+    sa.Column("data", pg.JSONB),
+    sa.Column("received_at", TS),
 )
 
 prices = sa.Table(

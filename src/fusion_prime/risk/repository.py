@@ -48,6 +48,7 @@ def _config(row: Any) -> TierConfig:
         snapshot_interval=timedelta(seconds=row.snapshot_interval_seconds),
         close_factor=row.close_factor,
         full_close_below=row.full_close_below,
+        max_future_skew=timedelta(seconds=row.max_future_skew_seconds),
     )
 
 
@@ -72,6 +73,7 @@ async def insert_config(session: AsyncSession, cfg: TierConfig) -> int:
             snapshot_interval_seconds=int(cfg.snapshot_interval.total_seconds()),
             close_factor=cfg.close_factor,
             full_close_below=cfg.full_close_below,
+            max_future_skew_seconds=int(cfg.max_future_skew.total_seconds()),
         )
         .returning(m.risk_config.c.version)
     )
@@ -158,6 +160,65 @@ class PriceUpdate:
     source: str
     source_time: datetime
     event_id: uuid.UUID
+
+
+def _without_nul(value: Any) -> Any:
+    """jsonb refuses U+0000 anywhere in a document."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class PriceRejection:
+    event_id: uuid.UUID
+    asset: str | None
+    source: str | None
+    source_time: datetime | None
+    reason: str
+    data: Any
+
+    @classmethod
+    def of(cls, e: Envelope, reason: str, at: datetime | None) -> PriceRejection:
+        """From a refused event; text PostgreSQL cannot store (NUL) is dropped, so the
+        record of a bad event can never itself fail."""
+
+        def clean(value: object, limit: int) -> str | None:
+            return value.replace("\x00", "")[:limit] if isinstance(value, str) else None
+
+        return cls(
+            e.id,
+            clean(e.data.get("asset"), 200),
+            clean(e.data.get("source"), 200),
+            at,
+            clean(reason, 2000) or "",
+            e.data,
+        )
+
+
+async def record_price_rejections(
+    session: AsyncSession, rejections: Sequence[PriceRejection]
+) -> None:
+    await session.execute(
+        text(
+            "INSERT INTO price_rejections (event_id, asset, source, source_time, reason, data) "
+            "SELECT * FROM unnest(CAST(:e AS uuid[]), CAST(:a AS text[]), CAST(:s AS text[]), "
+            "CAST(:t AS timestamptz[]), CAST(:r AS text[]), CAST(:d AS jsonb[])) "
+            "ON CONFLICT (event_id) DO NOTHING"
+        ),
+        {
+            "e": [r.event_id for r in rejections],
+            "a": [r.asset for r in rejections],
+            "s": [r.source for r in rejections],
+            "t": [r.source_time for r in rejections],
+            "r": [r.reason for r in rejections],
+            "d": [json.dumps(_without_nul(r.data), default=str) for r in rejections],
+        },
+    )
 
 
 async def upsert_prices(session: AsyncSession, updates: Sequence[PriceUpdate]) -> list[str]:
@@ -272,11 +333,13 @@ WITH params AS (
 ), cfg AS (SELECT * FROM risk_config ORDER BY version DESC LIMIT 1),
 assetk AS (  -- per asset, exact: USD per base unit (x threshold); positions use its decimals
   SELECT pa.asset,
-    pr.price IS NULL OR pr.source_time
-      < CAST(:now AS timestamptz) - make_interval(secs => pa.age) AS bad,
+    pr.price IS NULL
+      OR pr.source_time < CAST(:now AS timestamptz) - make_interval(secs => pa.age)
+      OR pr.source_time > CAST(:now AS timestamptz)
+         + make_interval(secs => cfg.max_future_skew_seconds) AS bad,
     coalesce(pr.price * pa.lt * power(10::numeric, -pa.decimals), 0) AS kw,
     coalesce(pr.price * power(10::numeric, -pa.decimals), 0) AS kd
-  FROM params pa LEFT JOIN prices pr USING (asset)
+  FROM params pa CROSS JOIN cfg LEFT JOIN prices pr USING (asset)
 ),
 target AS ({target}),
 agg AS (
@@ -314,9 +377,11 @@ _SWEEP = """
   UNION SELECT a.id FROM accounts a
    WHERE NOT EXISTS (SELECT 1 FROM account_state s WHERE s.account_id = a.id)
   UNION SELECT p.account_id FROM positions p JOIN params pa USING (asset)
-   LEFT JOIN prices pr USING (asset)
+   CROSS JOIN cfg LEFT JOIN prices pr USING (asset)
    WHERE pr.price IS NULL
       OR pr.source_time < CAST(:now AS timestamptz) - make_interval(secs => pa.age)
+      OR pr.source_time > CAST(:now AS timestamptz)
+         + make_interval(secs => cfg.max_future_skew_seconds)
 """
 
 

@@ -83,8 +83,19 @@ def health_json(h: Health) -> dict[str, Any]:
         "borrow_capacity": dec_str(h.borrow_capacity),
         "price_drop_to_liquidation": dec_str(h.price_drop_to_liquidation),
         "max_repay_value": dec_str(h.max_repay_value),
+        "repays": [
+            {
+                "asset": r.asset,
+                "debt_value": dec_str(r.debt_value),
+                "close_factor": dec_str(r.close_factor),
+                "max_repay_value": dec_str(r.max_repay_value),
+                "max_repay_units": str(r.max_repay_units),
+            }
+            for r in h.repays
+        ],
         "seizures": [
             {
+                "debt_asset": s.debt_asset,
                 "asset": s.asset,
                 "repay_value": dec_str(s.repay_value),
                 "seize_value": dec_str(s.seize_value),
