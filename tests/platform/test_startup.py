@@ -13,29 +13,32 @@ from tests.conftest import MakeDatabase
 from tests.harness import REPO_ROOT, ServiceProcess, _env, running
 
 
-def _start_and_wait_exit(
-    database_url: str | None, log_dir: Path, **env: str
-) -> tuple[int, str, float]:
+def _start_and_wait_exit(database_url: str | None, log_dir: Path, **env: str) -> tuple[int, str]:
+    """Exit code and log of a process expected to stop by itself (a hang fails the test).
+
+    "Fast" is shown by what the process did, not by wall time (a loaded machine makes any
+    time bound flaky): it refused before the database line and before serving anything.
+    """
     proc = ServiceProcess.for_module("tests.platform.testapp", database_url, log_dir, extra_env=env)
-    started = time.monotonic()
     proc.start()
-    code = proc.wait_exit(timeout=15)
-    return code, proc.log_text(), time.monotonic() - started
+    code = proc.wait_exit(timeout=60)
+    return code, proc.log_text()
 
 
 def test_missing_database_url_exits_fast_naming_the_variable(log_dir: Path) -> None:
-    code, out, elapsed = _start_and_wait_exit(None, log_dir)
+    code, out = _start_and_wait_exit(None, log_dir)
     assert code != 0
-    assert elapsed < 5
+    assert "Using database URL" not in out
     assert "DATABASE_URL" in out
     assert "fp-testapp-db-connection-string" in out
     assert "Uvicorn running" not in out
 
 
 def test_sqlite_url_is_refused_as_not_postgresql(log_dir: Path) -> None:
-    code, out, elapsed = _start_and_wait_exit("sqlite+aiosqlite:///./settlement.db", log_dir)
+    code, out = _start_and_wait_exit("sqlite+aiosqlite:///./settlement.db", log_dir)
     assert code != 0
-    assert elapsed < 5
+    assert "Using database URL" not in out
+    assert "Uvicorn running" not in out
     assert "only PostgreSQL is supported" in out
     assert not (REPO_ROOT / "settlement.db").exists()
 
@@ -43,9 +46,9 @@ def test_sqlite_url_is_refused_as_not_postgresql(log_dir: Path) -> None:
 def test_embedded_server_refused_in_production(embedded_admin_url: str, log_dir: Path) -> None:
     # a database on the embedded server (the marker setting is server-wide)
     url = make_url(embedded_admin_url).set(database="postgres").render_as_string(False)
-    code, out, elapsed = _start_and_wait_exit(url, log_dir, FP_ENV="production")
+    code, out = _start_and_wait_exit(url, log_dir, FP_ENV="production")
     assert code != 0
-    assert elapsed < 5
+    assert "Uvicorn running" not in out
     assert "embedded" in out
     assert "FP_ENV=production" in out
 
@@ -55,7 +58,7 @@ async def test_refuses_database_not_at_head_unless_migrate(
 ) -> None:
     url = await make_database("testapp")  # empty: no migrations applied
     with_pw = make_url(url).set(password="s3cr3t-pw").render_as_string(hide_password=False)
-    code, out, _ = _start_and_wait_exit(with_pw, log_dir)
+    code, out = _start_and_wait_exit(with_pw, log_dir)
     assert code == 4
     assert "fusion-prime migrate testapp" in out
     assert "s3cr3t-pw" not in out
@@ -89,8 +92,10 @@ def test_unreachable_database_exits_after_bounded_retry(log_dir: Path) -> None:
     from tests.harness import free_port
 
     url = f"postgresql://fp:pw@127.0.0.1:{free_port()}/fp_nothing_listens_here"
-    code, out, elapsed = _start_and_wait_exit(url, log_dir, FP_DB_CONNECT_TIMEOUT="1.5")
+    started = time.monotonic()
+    code, out = _start_and_wait_exit(url, log_dir, FP_DB_CONNECT_TIMEOUT="1.5")
     assert code == 3
-    assert 1.5 <= elapsed < 10
+    # it kept retrying for the whole bound (a lower bound: load cannot make it flaky)
+    assert time.monotonic() - started >= 1.5
     assert "did not answer within 1.5 s" in out
     assert ":pw@" not in out
