@@ -505,9 +505,7 @@ async def test_settlement_commands_go_to_the_signer_and_are_confirmed_by_the_cha
         assert await status(create["command_id"]) == "submitted"
         # the signer's transaction lands on chain; the indexer publishes the log with the
         # correlation id the signer echoed
-        deployed = e.deployed(
-            required=2, amount=2_500_000, correlation_id=create["correlation_id"]
-        )
+        deployed = e.deployed(required=2, amount=2_500_000, correlation_id=create["correlation_id"])
         await _index(stack.bus, deployed)
         await wait_for(lambda: _is(status, create["command_id"], "confirmed"), timeout=30)
         assert (await client.get(f"/commands/{create['command_id']}")).json()[

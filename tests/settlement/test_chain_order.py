@@ -7,6 +7,8 @@ later one re-folds the escrow from that position.
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.harness import asgi_client, count_rows, fetch, fetchval
@@ -43,6 +45,14 @@ async def test_a_release_delivered_before_its_approvals_ends_released(
     assert await _current(db, "escrow_anomalies", "reason") == []
     # the early anomaly is kept, marked superseded by the re-fold, never rewritten
     assert await count_rows(db, "escrow_anomalies", "superseded_at IS NOT NULL") == 1
+    async with asgi_client(SPEC, db, **FAST) as client:
+        current = (await client.get(f"/escrows/{e.address}/anomalies")).json()["items"]
+        kept = await client.get(
+            f"/escrows/{e.address}/anomalies", params={"include_superseded": "true"}
+        )
+    assert current == []
+    assert [a["reason"] for a in kept.json()["items"]] == ["release_without_approval"]
+    assert kept.json()["items"][0]["superseded_at"] is not None
     # downstream saw the escrow reach released
     statuses = await fetch(
         db, "SELECT envelope->'data'->>'to_status' AS s FROM outbox ORDER BY seq"
@@ -78,7 +88,7 @@ async def test_a_replaced_arbiters_earlier_approval_no_longer_counts(
     change = await fetchval(
         db, "SELECT details FROM escrow_history WHERE event_type = 'escrow.arbiter_changed'"
     )
-    assert change["revoked_approval"] == old_arbiter
+    assert json.loads(change)["revoked_approval"] == old_arbiter
     # once the new arbiter approves too, the two current parties make it approved
     await deliver(engine, [e.approved(new_arbiter)])
     assert await fetchval(db, "SELECT status FROM escrows") == "approved"
@@ -119,3 +129,22 @@ async def test_asset_symbols_are_unique_case_insensitively_and_lookups_are_exact
         )
         assert exact.status_code == 201, exact.text
         assert exact.json()["asset_address"] == USDC
+
+
+async def test_a_late_batch_re_folds_and_every_event_keeps_one_current_outcome(
+    db: str, engine: AsyncEngine
+) -> None:
+    e = Escrow()
+    deployed, release = e.deployed(required=1, block=101, log=1), e.released(block=103, log=3)
+    first, again = e.approved(e.payer, block=102, log=2), e.approved(e.payer, block=104, log=4)
+    await deliver(engine, [deployed, release])
+    await deliver(engine, [first, again])
+    assert await fetchval(db, "SELECT status FROM escrows") == "released"
+    assert await _current(db, "escrow_history", "to_status") == [
+        ("escrow.deployed", "created"),
+        ("escrow.approved", "approved"),
+        ("escrow.released", "released"),
+    ]
+    assert await _current(db, "escrow_anomalies", "reason") == [
+        ("escrow.approved", "after_terminal")
+    ]

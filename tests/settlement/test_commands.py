@@ -48,7 +48,9 @@ async def test_events_migrate_declares_the_signer_queue_and_commands_reach_it(
     db: str, bus_url: str
 ) -> None:
     await migrate_bus(bus_url)
-    subs = await fetch(bus_url, "SELECT topic, max_attempts FROM bus_subscriptions WHERE name = $1", SIGNER)
+    subs = await fetch(
+        bus_url, "SELECT topic, max_attempts FROM bus_subscriptions WHERE name = $1", SIGNER
+    )
     assert [(r["topic"], r["max_attempts"]) for r in subs] == [(COMMANDS, 5)]
     e = Escrow()
     env = FAST | {"FP_BUS_URL": bus_url, "FP_BUS_POLL_INTERVAL": "0.05"}
@@ -86,7 +88,9 @@ async def _submit(engine: AsyncEngine, *commands: tuple[str, dict[str, Any]]) ->
 
 
 async def _status(db: str, command_id: str) -> str:
-    return str(await fetchval(db, "SELECT status FROM commands WHERE id = $1", uuid.UUID(command_id)))
+    return str(
+        await fetchval(db, "SELECT status FROM commands WHERE id = $1", uuid.UUID(command_id))
+    )
 
 
 async def test_create_escrow_is_confirmed_by_its_correlation_id_never_by_terms(

@@ -176,8 +176,10 @@ async def test_handler_state_matches_rules_under_any_delivery(
         assert len(approvers) >= row["approvals_required"]
     counts = await fetch(
         db,
-        "SELECT (SELECT count(*) FROM escrow_history WHERE escrow_address = $1) AS applied, "
-        "(SELECT count(*) FROM escrow_anomalies WHERE escrow_address = $1) AS anomalies, "
+        "SELECT (SELECT count(*) FROM escrow_history WHERE escrow_address = $1 "
+        "AND superseded_at IS NULL) AS applied, "
+        "(SELECT count(*) FROM escrow_anomalies WHERE escrow_address = $1 "
+        "AND superseded_at IS NULL) AS anomalies, "
         "(SELECT count(*) FROM parked_events WHERE escrow_address = $1) AS parked, "
         "(SELECT count(*) FROM chain_events WHERE escrow_address = $1) AS distinct_events",
         address,
