@@ -163,3 +163,25 @@ async def test_a_release_is_refused_for_an_escrow_that_is_not_approved(
         r = await client.post("/commands", json=release, headers={"Idempotency-Key": "r2"})
         assert r.status_code == 201, r.text
     assert await count_rows(db, "commands", "action = 'release'") == 1
+
+
+async def test_a_release_whose_escrow_lost_its_approval_is_not_handed_to_the_signer(
+    db: str, engine: AsyncEngine
+) -> None:
+    from tests.settlement.factory import new_address
+
+    e = Escrow()
+    await deliver(engine, [e.deployed(required=1), e.approved(e.arbiter)])
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    async with sessions() as session, session.begin():
+        release, _ = await service.create_command(
+            session, "rel", {"action": "release", "escrow_address": e.address}
+        )
+    # the arbiter is replaced before the submitter runs: its approval no longer counts
+    await deliver(engine, [e.arbiter_changed(new_address())])
+    async with sessions() as session, session.begin():
+        assert await service.submit_received(session) == 0
+    row = (await fetch(db, "SELECT status, failure_reason FROM commands"))[0]
+    assert row["status"] == "failed"
+    assert "not approved" in row["failure_reason"]
+    assert await count_rows(db, "outbox", "topic = $1", COMMANDS) == 0

@@ -611,13 +611,19 @@ async def submit_received(session: AsyncSession, limit: int = 100) -> int:
     )
     submitted = 0
     for row in rows:
+        reason = None
         if row["escrow_status"] in domain.TERMINAL:
+            reason = f"escrow is {row['escrow_status']} on chain"
+        elif row["action"] == "release" and row["escrow_status"] != "approved":
+            # approved when accepted, then an arbiter change revoked an approval
+            reason = f"escrow is {row['escrow_status']} on chain, not approved"
+        if reason is not None:
             await session.execute(
                 text(
                     "UPDATE commands SET status = 'failed', failure_reason = :r, "
                     "resolved_at = now(), updated_at = now() WHERE id = :id"
                 ),
-                {"r": f"escrow is {row['escrow_status']} on chain", "id": row["id"]},
+                {"r": reason, "id": row["id"]},
             )
             COMMANDS.labels(SERVICE, "failed").inc()
             continue

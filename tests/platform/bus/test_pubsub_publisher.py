@@ -139,3 +139,29 @@ async def test_relay_marks_published_only_what_pubsub_accepted(
         assert await count_rows(db_url, "outbox", "published_at IS NULL") == 0
     finally:
         await engine.dispose()
+
+
+async def test_a_message_pubsub_keeps_refusing_is_dead_lettered_and_its_key_flows_on(
+    fake_pubsub: FakePublisher, make_database: MakeDatabase
+) -> None:
+    db_url = await make_database("busconsumer", MIGRATIONS)
+    events = make_events(6, subjects=2)
+    await insert_outbox(db_url, events)
+    bad = events[1]  # the oldest message of s1
+    fake_pubsub.reject = {"s1"}
+    engine = create_engine(normalise_database_url(db_url, service="t"), pool_size=2)
+    try:
+        for _ in range(2):  # refused twice: max attempts reached
+            relay = Relay("busconsumer", engine, PubSubPublisher(PROJECT), max_attempts=2)
+            with pytest.raises(RelayError):
+                await relay.run_once()
+        fake_pubsub.reject = set()  # the broker would take the others of s1
+        relay = Relay("busconsumer", engine, PubSubPublisher(PROJECT), max_attempts=2)
+        assert await relay.run_once() == 2
+        assert await relay.run_once() == 0  # the dead-lettered row is not relayed again
+    finally:
+        await engine.dispose()
+    unpublished = await fetch(db_url, "SELECT id, attempts FROM outbox WHERE published_at IS NULL")
+    assert [(r["id"], r["attempts"]) for r in unpublished] == [(bad.id, 2)]
+    sent = [m.attributes["event_id"] for _, m in _messages(fake_pubsub) if m.ordering_key == "s1"]
+    assert sent == [str(e.id) for e in events if e.subject == "s1" and e is not bad]
