@@ -174,7 +174,7 @@ async def test_a_release_whose_escrow_lost_its_approval_is_not_handed_to_the_sig
     await deliver(engine, [e.deployed(required=1), e.approved(e.arbiter)])
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     async with sessions() as session, session.begin():
-        release, _ = await service.create_command(
+        await service.create_command(
             session, "rel", {"action": "release", "escrow_address": e.address}
         )
     # the arbiter is replaced before the submitter runs: its approval no longer counts
