@@ -148,3 +148,28 @@ async def test_a_late_batch_re_folds_and_every_event_keeps_one_current_outcome(
     assert await _current(db, "escrow_anomalies", "reason") == [
         ("escrow.approved", "after_terminal")
     ]
+
+
+async def test_a_re_fold_keeps_the_rows_whose_outcome_did_not_change(
+    db: str, engine: AsyncEngine
+) -> None:
+    e = Escrow()
+    await deliver(
+        engine,
+        [
+            e.deployed(required=1, block=101, log=1),
+            e.approved(e.payer, block=102, log=2),
+            e.released(block=104, log=4),
+        ],
+    )
+    await deliver(engine, [e.approved(e.payee, block=103, log=3)])  # late, changes nothing
+    assert await count_rows(db, "escrow_history", "superseded_at IS NOT NULL") == 0
+    assert await _current(db, "escrow_history", "to_status") == [
+        ("escrow.deployed", "created"),
+        ("escrow.approved", "approved"),
+        ("escrow.approved", "approved"),
+        ("escrow.released", "released"),
+    ]
+    assert await fetchval(db, "SELECT approvals_count FROM escrows") == 2
+    # no second "released" for downstream: the status did not change
+    assert await count_rows(db, "outbox") == 3
