@@ -10,12 +10,23 @@
 # null) stays pull: there is no endpoint to push to, and pushing to a missing one would
 # only burn the delivery attempts into the dead-letter topic. Pull keeps the messages (7
 # days) until the consumer ships and the next apply turns it into push.
+#
+# External consumers: a registry subscription without a handler (external = true, e.g.
+# settlement-signer on settlement.commands.v1) belongs to a system outside Fusion Prime. It
+# is always pull, with the same retry and dead-letter policy; its consumer gets the
+# subscriber role on it through var.external_consumers (nothing here consumes it).
 
 locals {
   subscriptions = merge([
     for topic, t in var.topics : {
       for name, s in t.subscriptions : name => merge(s, { topic = topic })
     }
+  ]...)
+  external_bindings = merge([
+    for sub, members in var.external_consumers : {
+      for m in members : "${sub}/${m}" => { subscription = sub, member = m }
+    }
+    if contains(keys(local.subscriptions), sub) && try(local.subscriptions[sub].external, false)
   ]...)
   publisher_bindings = merge([
     for svc, s in var.services : {
@@ -106,4 +117,12 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
   subscription = google_pubsub_subscription.sub[each.key].id
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_agent
+}
+
+# The external consumer of an external subscription pulls and acknowledges it.
+resource "google_pubsub_subscription_iam_member" "external_consumer" {
+  for_each     = local.external_bindings
+  subscription = google_pubsub_subscription.sub[each.value.subscription].id
+  role         = "roles/pubsub.subscriber"
+  member       = each.value.member
 }

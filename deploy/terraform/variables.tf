@@ -45,6 +45,12 @@ variable "invokers" {
   default     = {}
 }
 
+variable "external_consumers" {
+  description = "IAM members of consumers outside this system allowed to pull their registry subscription (subscription name -> members), e.g. {\"settlement-signer\" = [\"serviceAccount:signer@PROJECT.iam.gserviceaccount.com\"]}. Only subscriptions the registry marks external are accepted."
+  type        = map(list(string))
+  default     = {}
+}
+
 variable "github_repository" {
   description = "GitHub repository (connected to Cloud Build) whose pushes to `branch` deploy; null: no triggers."
   type = object({
@@ -81,6 +87,7 @@ variable "topics" {
       service               = string
       max_delivery_attempts = number
       push_path             = string
+      external              = bool
     }))
   }))
 }

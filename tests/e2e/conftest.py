@@ -36,7 +36,9 @@ from tests.settlement.factory import WEBHOOK_KEY
 # subscriber yet; a topic without subscriptions keeps nothing in the broker (like Pub/Sub).
 ESCROWS_OBSERVER = "e2e-escrows-observer"
 DECISIONS_OBSERVER = "e2e-decisions-observer"
-SIGNER = "e2e-signer"  # stands in for the external transaction signer
+# The external signer's queue: declared by the registry (`events migrate`), not by the test,
+# so a command that nobody subscribed to cannot pass here unnoticed.
+SIGNER = "settlement-signer"
 
 BUS_ENV = {
     "FP_BUS_POLL_INTERVAL": "0.2",
@@ -133,7 +135,6 @@ async def stack(
             bus,
             ("settlement.escrows.v1", ESCROWS_OBSERVER),
             ("compliance.decisions.v1", DECISIONS_OBSERVER),
-            ("settlement.commands.v1", SIGNER),
         )
         env = {"FP_BUS_URL": bus, **BUS_ENV, **SERVICE_ENV}
         procs = {

@@ -496,18 +496,28 @@ async def test_settlement_commands_go_to_the_signer_and_are_confirmed_by_the_cha
              "approvals_required": 2, "release_delay": 3600},
         )  # fmt: skip
         assert create["action"] == "create_escrow"
+        assert create["correlation_id"] == create["command_id"]
         assert await status(create["command_id"]) == "submitted"
-        # the signer's transaction lands on chain; the indexer publishes the log
-        deployed = e.deployed(required=2, amount=2_500_000)
+        # someone else's escrow with the very same terms confirms nothing
+        lookalike = Escrow(payer=e.payer, payee=e.payee, arbiter=e.arbiter)
+        await _index(stack.bus, lookalike.deployed(required=2, amount=2_500_000))
+        await wait_for(lambda: _known(client, lookalike.address), timeout=30)
+        assert await status(create["command_id"]) == "submitted"
+        # the signer's transaction lands on chain; the indexer publishes the log with the
+        # correlation id the signer echoed
+        deployed = e.deployed(required=2, amount=2_500_000, correlation_id=create["correlation_id"])
         await _index(stack.bus, deployed)
         await wait_for(lambda: _is(status, create["command_id"], "confirmed"), timeout=30)
+        assert (await client.get(f"/commands/{create['command_id']}")).json()[
+            "escrow_address"
+        ] == e.address
 
         approve = await command(
             f"e2e-approve-{e.address}",
             {"action": "approve", "escrow_address": e.address, "approver": e.payer},
         )
         assert approve["approver"] == e.payer
-        await _index(stack.bus, e.approved(e.payer))
+        await _index(stack.bus, e.approved(e.payer, correlation_id=approve["correlation_id"]))
         await wait_for(lambda: _is(status, approve["command_id"], "confirmed"), timeout=30)
         escrow = (await client.get(f"/escrows/{e.address}")).json()
     assert escrow["status"] == "created"
@@ -523,6 +533,10 @@ async def _index(bus_url: str, *envelopes: Envelope) -> None:
         await broker.publish(
             [OutgoingEvent(x.id, CHAIN, x.subject, x.type, x.to_json()) for x in envelopes]
         )
+
+
+async def _known(client: httpx.AsyncClient, address: str) -> bool:
+    return (await client.get(f"/escrows/{address}")).status_code == 200
 
 
 async def _is(read: Any, key: str, value: str) -> bool:

@@ -237,8 +237,10 @@ def test_tfvars_follow_the_event_registry(tmp_path: Path) -> None:
             assert subs[s.name]["service"] == s.service
             assert subs[s.name]["max_delivery_attempts"] == s.max_attempts
             # pushed to the consuming service when it is deployed, else pull
-            push = f"/events/pubsub/{s.name}" if s.service in {"risk", "alerts"} else None
+            shipped = s.service in {"risk", "alerts"} and not s.external
+            push = f"/events/pubsub/{s.name}" if shipped else None
             assert subs[s.name]["push_path"] == push
+            assert subs[s.name]["external"] is s.external
 
 
 def test_generate_command_writes_checks_and_removes(tmp_path: Path) -> None:
@@ -267,7 +269,7 @@ def test_terraform_declares_every_generated_variable() -> None:
     # the object types name every field the generator writes
     for field in ("db_slug", "publishes", "consumes", "secrets", "push_audience"):
         assert field in declared["services"]
-    for field in ("service", "max_delivery_attempts", "push_path"):
+    for field in ("service", "max_delivery_attempts", "push_path", "external"):
         assert field in declared["topics"]
 
 

@@ -76,21 +76,27 @@ class Escrow:
         }
         return envelope("escrow.deployed", data | extra)
 
-    def approved(self, approver: str, *, block: int | None = None, log: int | None = None):
-        return envelope("escrow.approved", self._coords(block, log) | {"approver": approver})
+    def approved(
+        self, approver: str, *, block: int | None = None, log: int | None = None, **extra: Any
+    ) -> Envelope:
+        data = self._coords(block, log) | {"approver": approver}
+        return envelope("escrow.approved", data | extra)
 
-    def released(self, *, block: int | None = None, log: int | None = None) -> Envelope:
-        return envelope("escrow.released", self._coords(block, log))
+    def released(
+        self, *, block: int | None = None, log: int | None = None, **extra: Any
+    ) -> Envelope:
+        return envelope("escrow.released", self._coords(block, log) | extra)
 
-    def refunded(self, *, block: int | None = None, log: int | None = None) -> Envelope:
-        return envelope("escrow.refunded", self._coords(block, log))
+    def refunded(
+        self, *, block: int | None = None, log: int | None = None, **extra: Any
+    ) -> Envelope:
+        return envelope("escrow.refunded", self._coords(block, log) | extra)
 
     def arbiter_changed(
-        self, new_arbiter: str, *, block: int | None = None, log: int | None = None
+        self, new_arbiter: str, *, block: int | None = None, log: int | None = None, **extra: Any
     ) -> Envelope:
-        return envelope(
-            "escrow.arbiter_changed", self._coords(block, log) | {"new_arbiter": new_arbiter}
-        )
+        data = self._coords(block, log) | {"new_arbiter": new_arbiter}
+        return envelope("escrow.arbiter_changed", data | extra)
 
 
 def envelope(event_type: str, data: dict[str, Any]) -> Envelope:

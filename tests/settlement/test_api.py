@@ -77,8 +77,8 @@ async def test_command_lifecycle_and_idempotency(db: str, engine: AsyncEngine) -
         assert len(outbox) == 1
         assert await fetchval(db, "SELECT outbox_event_id FROM commands") is not None
 
-        # the deployment on chain with the same terms confirms it
-        await deliver(engine, [e.deployed(required=2)])
+        # the deployment on chain carrying the command's correlation id confirms it
+        await deliver(engine, [e.deployed(required=2, correlation_id=command["id"])])
         got = (await client.get(f"/commands/{command['id']}")).json()
         assert got["status"] == "confirmed"
         assert got["escrow_address"] == e.address
@@ -90,9 +90,9 @@ async def test_command_lifecycle_and_idempotency(db: str, engine: AsyncEngine) -
             headers={"Idempotency-Key": "k-2"},
         )
         assert approve.status_code == 201, approve.text
-        release = await client.post(
+        release = await client.post(  # (an approval the arbiter never gives)
             "/commands",
-            json={"action": "release", "escrow_address": e.address},
+            json={"action": "approve", "escrow_address": e.address, "approver": e.arbiter},
             headers={"Idempotency-Key": "k-3"},
         )
         await deliver(engine, [e.approved(e.payee)])
@@ -280,7 +280,7 @@ async def test_command_stored_while_its_escrow_closed_fails_at_submission(
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     async with sessions() as session, session.begin():
         release, _ = await service.create_command(
-            session, "late", {"action": "release", "escrow_address": e.address}
+            session, "late", {"action": "approve", "escrow_address": e.address, "approver": e.payee}
         )
         await deliver(engine, [e.refunded()])  # commits first, misses the uncommitted command
     async with sessions() as session, session.begin():

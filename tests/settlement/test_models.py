@@ -46,3 +46,31 @@ async def test_migration_downgrades_to_an_empty_database_and_back(db: str) -> No
     async with engine_for(db) as engine, engine.begin() as conn:
         await upgrade(conn, SPEC.migrations_dir)
     assert {r["table_name"] for r in await fetch(db, tables)} == before
+
+
+async def test_migration_0002_stops_on_symbols_that_differ_only_in_case(db: str) -> None:
+    """A database at 0001 may hold `usdc` next to `USDC`: the unique index cannot be built
+    silently over that; the migration names the clash and leaves the database at 0001."""
+    import pytest
+    from alembic import command
+    from sqlalchemy import Connection
+
+    from fusion_prime.platform.migrations import alembic_config, upgrade
+    from tests.settlement.factory import SPEC, engine_for
+
+    def _downgrade(sync_conn: Connection) -> None:
+        cfg = alembic_config(SPEC.migrations_dir)
+        cfg.attributes["connection"] = sync_conn
+        command.downgrade(cfg, "0001")
+
+    async with engine_for(db) as engine, engine.begin() as conn:
+        await conn.run_sync(_downgrade)
+    await fetch(
+        db,
+        "INSERT INTO assets (chain_id, address, symbol, decimals) "
+        "VALUES (1, '0x1111111111111111111111111111111111111111', 'usdc', 6)",
+    )
+    with pytest.raises(RuntimeError, match="chain 1: USDC, usdc"):
+        async with engine_for(db) as engine, engine.begin() as conn:
+            await upgrade(conn, SPEC.migrations_dir)
+    assert await fetch(db, "SELECT version_num FROM alembic_version") == [("0001",)]

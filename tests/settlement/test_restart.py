@@ -48,7 +48,8 @@ async def test_escrows_history_commands_deliveries_survive_kill_9(db: str, log_d
                 )
             ).json()
             async with engine_for(db) as engine:
-                await deliver(engine, [e.deployed(), e.approved(e.payer)])
+                deployed = e.deployed(correlation_id=command["id"])  # the signer's transaction
+                await deliver(engine, [deployed, e.approved(e.payer)])
 
             async def delivered() -> bool:
                 return len(rx.verified_bodies()) == 1

@@ -77,7 +77,12 @@ class ServiceDeploy:
     def consumes(self) -> tuple[str, ...]:
         """Registry subscriptions this service consumes (delivered by Pub/Sub push)."""
         return tuple(
-            sorted(s.name for t in TOPICS for s in t.subscriptions if s.service == self.name)
+            sorted(
+                s.name
+                for t in TOPICS
+                for s in t.subscriptions
+                if s.service == self.name and not s.external
+            )
         )
 
     @property
@@ -314,7 +319,9 @@ def delivery_attempts(subscription: str, max_attempts: int) -> int:
 
 def tfvars(services: Sequence[ServiceDeploy]) -> dict[str, Any]:
     """Subscriptions of shipped services are pushed to them; the others stay pull (with
-    dead letters) and keep their messages until their consumer ships."""
+    dead letters) and keep their messages until their consumer ships. An external
+    consumer's subscription (no handler here, e.g. the signer's) is always pull: the
+    consumer outside pulls it, with the subscriber role granted by `external_consumers`."""
     shipped = {s.name for s in services}
     topics: dict[str, Any] = {}
     for t in TOPICS:
@@ -325,8 +332,11 @@ def tfvars(services: Sequence[ServiceDeploy]) -> dict[str, Any]:
                     "service": s.service,
                     "max_delivery_attempts": delivery_attempts(s.name, s.max_attempts),
                     "push_path": (
-                        PUSH_PATH.format(subscription=s.name) if s.service in shipped else None
+                        PUSH_PATH.format(subscription=s.name)
+                        if s.service in shipped and not s.external
+                        else None
                     ),
+                    "external": s.external,
                 }
                 for s in t.subscriptions
             },

@@ -83,7 +83,7 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> Fa
     app.include_router(health_router)
     for router in spec.routers():
         app.include_router(router)
-    attach_bus(app, spec)  # relay/consumers from the registry + the Pub/Sub push endpoint
+    attach_bus(app, spec, settings)  # consumers from the registry (+ push with FP_BUS=pubsub)
 
     @app.middleware("http")
     async def _request_context(

@@ -130,14 +130,11 @@ async def _bus_preflight(spec: ServiceSpec, settings: BaseServiceSettings) -> No
                 f"{spec.name}: FP_BUS=pubsub needs GCP_PROJECT (the project of the topics).",
                 EXIT_CONFIG,
             )
-        if (
-            consumers
-            and settings.production
-            and not (settings.push_audience and settings.push_service_account)
-        ):
+        if consumers and not (settings.push_audience and settings.push_service_account):
+            # in every FP_ENV: an unauthenticated push endpoint would let anyone inject events
             raise StartupRefusedError(
-                f"{spec.name}: FP_PUSH_AUDIENCE and FP_PUSH_SERVICE_ACCOUNT must be set in "
-                "production to authenticate Pub/Sub push requests.",
+                f"{spec.name}: FP_BUS=pubsub with consumers needs FP_PUSH_AUDIENCE and "
+                "FP_PUSH_SERVICE_ACCOUNT to authenticate Pub/Sub push requests.",
                 EXIT_CONFIG,
             )
         return

@@ -38,6 +38,9 @@ class BaseServiceSettings(BaseSettings):
     bus_retry_base: float = Field(default=2.0, alias="FP_BUS_RETRY_BASE", ge=0)
     bus_retry_max: float = Field(default=300.0, alias="FP_BUS_RETRY_MAX", ge=0)
     bus_retention: float = Field(default=86_400.0, alias="FP_BUS_RETENTION_SECONDS", ge=0)
+    # an outbox row the broker refused this many times is dead-lettered (left in the outbox,
+    # no longer relayed) so the rows behind it keep flowing
+    bus_relay_max_attempts: int = Field(default=5, alias="FP_BUS_RELAY_MAX_ATTEMPTS", ge=1)
     push_audience: str | None = Field(default=None, alias="FP_PUSH_AUDIENCE")
     push_service_account: str | None = Field(default=None, alias="FP_PUSH_SERVICE_ACCOUNT")
     push_certs_url: str = Field(

@@ -209,9 +209,13 @@ async def get_escrow(address: str, request: Request) -> JSONResponse:
 
 
 @router.get("/escrows/{address}/history")
-async def escrow_history(address: str, session: Session) -> dict[str, Any]:
+async def escrow_history(
+    address: str, session: Session, include_superseded: bool = False
+) -> dict[str, Any]:
+    """The applied events in chain order; `include_superseded` also lists the rows a late
+    event's re-fold replaced (kept, never rewritten)."""
     normalised = _address_param(address, "address")
-    rows = await repository.history(session, normalised)
+    rows = await repository.history(session, normalised, include_superseded=include_superseded)
     # a deployed escrow always has its deployment row: the existence check is for misses only
     if not rows and not await repository.escrow_exists(session, normalised):
         raise NotFoundError(f"escrow {normalised} does not exist")
@@ -219,13 +223,15 @@ async def escrow_history(address: str, session: Session) -> dict[str, Any]:
 
 
 @router.get("/escrows/{address}/anomalies")
-async def escrow_anomalies(address: str, session: Session) -> dict[str, Any]:
+async def escrow_anomalies(
+    address: str, session: Session, include_superseded: bool = False
+) -> dict[str, Any]:
     """Chain events about this escrow that were recorded but not applied, and why.
 
     Answers for addresses not deployed yet too: a conflict can be known before the escrow.
     """
     normalised = _address_param(address, "address")
-    rows = await repository.anomalies(session, normalised)
+    rows = await repository.anomalies(session, normalised, include_superseded=include_superseded)
     if not rows and not await repository.escrow_exists(session, normalised):
         raise NotFoundError(f"escrow {normalised} does not exist and has no anomalies")
     return {"address": normalised, "items": [_jsonable(r) for r in rows]}

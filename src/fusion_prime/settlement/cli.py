@@ -32,7 +32,11 @@ _SUMMARY = (
         "SELECT event_type, count(*) FROM chain_events c "
         "JOIN parked_events p ON p.chain_event_id = c.id GROUP BY 1 ORDER BY 1",
     ),
-    ("anomalies", "SELECT reason, count(*) FROM escrow_anomalies GROUP BY 1 ORDER BY 1"),
+    (
+        "anomalies",  # the current ones: a re-fold in chain order supersedes some
+        "SELECT reason, count(*) FROM escrow_anomalies WHERE superseded_at IS NULL "
+        "GROUP BY 1 ORDER BY 1",
+    ),
     ("commands", "SELECT status, count(*) FROM commands GROUP BY 1 ORDER BY 1"),
     ("webhook deliveries", "SELECT status, count(*) FROM webhook_deliveries GROUP BY 1 ORDER BY 1"),
 )

@@ -2,7 +2,9 @@
 
 created -> approved (distinct approvals reach the requirement) -> released | refunded,
 and created -> refunded. Only the payer, the payee or the (current) arbiter may approve,
-each once. Nothing is applied after a terminal state. An event that breaks a rule is not
+each once; an arbiter change revokes the replaced arbiter's approval (unless that address
+is still the payer or payee), which can take an approved escrow back to created. Nothing
+is applied after a terminal state. An event that breaks a rule is not
 applied: it becomes an `Anomaly` with a machine-readable reason, because on-chain facts
 that contradict what we know must be surfaced, not silently dropped or forced through.
 An event for an escrow not deployed yet is `Park`ed until the deployment arrives.
@@ -96,6 +98,8 @@ class Deployed:
     release_delay: int
     approvals_required: int
     type: str = DEPLOYED
+    # the command id the signer echoed (None: not sent through our commands)
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ class Approved:
     escrow: str
     approver: str
     type: str = APPROVED
+    # the command id the signer echoed (None: not sent through our commands)
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,8 @@ class Released:
     ref: ChainRef
     escrow: str
     type: str = RELEASED
+    # the command id the signer echoed (None: not sent through our commands)
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,8 @@ class Refunded:
     ref: ChainRef
     escrow: str
     type: str = REFUNDED
+    # the command id the signer echoed (None: not sent through our commands)
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,8 @@ class ArbiterChanged:
     escrow: str
     new_arbiter: str
     type: str = ARBITER_CHANGED
+    # the command id the signer echoed (None: not sent through our commands)
+    correlation_id: str | None = None
 
 
 ChainEvent = Deployed | Approved | Released | Refunded | ArbiterChanged
@@ -165,6 +177,7 @@ class Applied:
     to_status: Status
     details: dict[str, str | int]
     approver_role: Role | None = None
+    revoked: tuple[str, ...] = ()  # approvals that no longer count (arbiter replaced)
 
     @property
     def status_changed(self) -> bool:
@@ -218,12 +231,26 @@ def apply(state: EscrowState | None, event: ChainEvent) -> Outcome:
         return _move(state, event, "released", {})
     if isinstance(event, Refunded):
         return _move(state, event, "refunded", {})
-    old = state.arbiter
+    return _change_arbiter(state, event)
+
+
+def _change_arbiter(state: EscrowState, event: ArbiterChanged) -> Applied:
+    """The replaced arbiter's approval stops counting: an approval is a party's consent,
+    and that address is no longer a party (unless it is also the payer or payee)."""
+    parties = {state.payer, state.payee, event.new_arbiter}
+    kept = tuple(a for a in state.approvers if a in parties)
+    revoked = tuple(a for a in state.approvers if a not in parties)
+    to: Status = "approved" if len(kept) >= state.approvals_required else "created"
+    details: dict[str, str | int] = {"old_arbiter": state.arbiter, "new_arbiter": event.new_arbiter}
+    if revoked:
+        details["revoked_approval"] = revoked[0]  # at most one: the old arbiter's
+        details["approvals"] = len(kept)
     return Applied(
-        replace(state, arbiter=event.new_arbiter, last=event.ref),
+        replace(state, arbiter=event.new_arbiter, approvers=kept, status=to, last=event.ref),
         state.status,
-        state.status,
-        {"old_arbiter": old, "new_arbiter": event.new_arbiter},
+        to,
+        details,
+        revoked=revoked,
     )
 
 
@@ -312,6 +339,11 @@ def fold(
             state = outcome.state
     outcomes.extend((event, PARK) for event in waiting)
     return state, outcomes
+
+
+def position(ref: ChainRef) -> tuple[int, int]:
+    """Chain order within one chain: block number, then log index."""
+    return (ref.block_number, ref.log_index)
 
 
 def check_invariants(state: EscrowState, allowed_ever: set[str]) -> None:

@@ -6,6 +6,7 @@ so the bus retries and finally dead-letters it; it is never silently dropped.
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from pydantic import (
@@ -38,6 +39,12 @@ class _Common(BaseModel):
     log_index: int = Field(ge=0, strict=True)
     block_number: int = Field(ge=0, strict=True)
     escrow: Address = Field(validation_alias=AliasChoices("escrow", "escrow_address"))
+    # the command id a transaction of ours carries back (the signer echoes it)
+    correlation_id: uuid.UUID | None = None
+
+    @property
+    def correlation(self) -> str | None:
+        return str(self.correlation_id) if self.correlation_id is not None else None
 
     def ref(self) -> ChainRef:
         return ChainRef(self.block_number, self.log_index, self.chain_id, self.tx_hash)
@@ -104,14 +111,19 @@ def parse_data(event_type: str, data: dict[str, Any]) -> ChainEvent:
             parsed.amount,
             parsed.release_delay,
             parsed.approvals_required,
+            correlation_id=parsed.correlation,
         )
     if isinstance(parsed, ApprovedData):
-        return domain.Approved(ref, parsed.escrow, parsed.approver)
+        return domain.Approved(
+            ref, parsed.escrow, parsed.approver, correlation_id=parsed.correlation
+        )
     if isinstance(parsed, ArbiterChangedData):
-        return domain.ArbiterChanged(ref, parsed.escrow, parsed.new_arbiter)
+        return domain.ArbiterChanged(
+            ref, parsed.escrow, parsed.new_arbiter, correlation_id=parsed.correlation
+        )
     if isinstance(parsed, ReleasedData):
-        return domain.Released(ref, parsed.escrow)
-    return domain.Refunded(ref, parsed.escrow)
+        return domain.Released(ref, parsed.escrow, correlation_id=parsed.correlation)
+    return domain.Refunded(ref, parsed.escrow, correlation_id=parsed.correlation)
 
 
 def parse_envelope(envelope: Envelope) -> ChainEvent:
@@ -143,4 +155,6 @@ def event_data(event: ChainEvent) -> dict[str, Any]:
         data["approver"] = event.approver
     elif isinstance(event, domain.ArbiterChanged):
         data["new_arbiter"] = event.new_arbiter
+    if event.correlation_id is not None:
+        data["correlation_id"] = event.correlation_id
     return data

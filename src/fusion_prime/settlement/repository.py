@@ -23,11 +23,12 @@ from fusion_prime.settlement.domain import ChainEvent, ChainRef, EscrowState
 # -- chain events -----------------------------------------------------------------------
 
 _INSERT_CHAIN_EVENTS = text(
-    "INSERT INTO chain_events "
-    "(chain_id, tx_hash, log_index, block_number, event_type, escrow_address, envelope_id, data) "
+    "INSERT INTO chain_events (chain_id, tx_hash, log_index, block_number, event_type, "
+    "escrow_address, envelope_id, data, correlation_id) "
     "SELECT * FROM unnest(CAST(:chain_ids AS bigint[]), CAST(:tx_hashes AS text[]), "
     "CAST(:log_indexes AS integer[]), CAST(:blocks AS bigint[]), CAST(:types AS text[]), "
-    "CAST(:escrows AS text[]), CAST(:envelope_ids AS uuid[]), CAST(:datas AS jsonb[])) "
+    "CAST(:escrows AS text[]), CAST(:envelope_ids AS uuid[]), CAST(:datas AS jsonb[]), "
+    "CAST(:correlations AS uuid[])) "
     "ON CONFLICT ON CONSTRAINT uq_chain_events_key DO NOTHING "
     "RETURNING id, chain_id, tx_hash, log_index"
 )
@@ -57,9 +58,117 @@ async def insert_chain_events(
             "escrows": [i.event.escrow for i in items],
             "envelope_ids": [i.envelope_id for i in items],
             "datas": [i.data_json for i in items],
+            "correlations": [i.event.correlation_id for i in items],
         },
     )
     return {(r.chain_id, r.tx_hash, r.log_index): r.id for r in rows}
+
+
+async def latest_positions(
+    session: AsyncSession, addresses: Sequence[str], exclude: Sequence[int]
+) -> dict[str, tuple[int, int]]:
+    """The latest chain position (block, log index) of the events already recorded for
+    each escrow, leaving out `exclude` (this batch's own new events)."""
+    if not addresses:
+        return {}
+    rows = await session.execute(
+        text(
+            "SELECT DISTINCT ON (escrow_address) escrow_address, block_number, log_index "
+            "FROM chain_events WHERE escrow_address = ANY(CAST(:addrs AS text[])) "
+            "AND NOT (id = ANY(CAST(:ex AS bigint[]))) "
+            "ORDER BY escrow_address, block_number DESC, log_index DESC"
+        ),
+        {"addrs": list(addresses), "ex": list(exclude)},
+    )
+    return {r.escrow_address: (r.block_number, r.log_index) for r in rows}
+
+
+async def chain_events_of(
+    session: AsyncSession, addresses: Sequence[str]
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """(id, type, data) of every recorded chain event of these escrows, in chain order."""
+    rows = await session.execute(
+        text(
+            "SELECT id, event_type, data FROM chain_events "
+            "WHERE escrow_address = ANY(CAST(:addrs AS text[])) "
+            "ORDER BY escrow_address, block_number, log_index, id"
+        ),
+        {"addrs": list(addresses)},
+    )
+    return [(r.id, r.event_type, r.data) for r in rows]
+
+
+@dataclass(frozen=True)
+class CurrentOutcome:
+    """The current (not superseded) recorded outcome of one chain event."""
+
+    applied: bool
+    from_status: str | None = None
+    to_status: str | None = None
+    details: dict[str, Any] | None = None
+    reason: str | None = None
+    status_at_event: str | None = None
+
+
+async def current_outcomes(
+    session: AsyncSession, chain_event_ids: Sequence[int]
+) -> dict[int, CurrentOutcome]:
+    if not chain_event_ids:
+        return {}
+    rows = await session.execute(
+        text(
+            "SELECT chain_event_id, true AS applied, from_status, to_status, details, "
+            "NULL AS reason, NULL AS status_at_event FROM escrow_history "
+            "WHERE chain_event_id = ANY(CAST(:ids AS bigint[])) AND superseded_at IS NULL "
+            "UNION ALL SELECT chain_event_id, false, NULL, NULL, NULL, reason, status_at_event "
+            "FROM escrow_anomalies "
+            "WHERE chain_event_id = ANY(CAST(:ids AS bigint[])) AND superseded_at IS NULL"
+        ),
+        {"ids": list(chain_event_ids)},
+    )
+    return {
+        r.chain_event_id: CurrentOutcome(
+            r.applied, r.from_status, r.to_status, r.details, r.reason, r.status_at_event
+        )
+        for r in rows
+    }
+
+
+async def supersede(session: AsyncSession, superseded: Sequence[tuple[int, int]]) -> None:
+    """Mark the current outcome rows of (chain event id, re-folding event id) superseded."""
+    if not superseded:
+        return
+    for table in ("escrow_history", "escrow_anomalies"):
+        await session.execute(
+            text(
+                f"UPDATE {table} t SET superseded_at = now(), superseded_by = s.by "
+                "FROM unnest(CAST(:ids AS bigint[]), CAST(:bys AS bigint[])) AS s(id, by) "
+                "WHERE t.chain_event_id = s.id AND t.superseded_at IS NULL"
+            ),
+            {"ids": [i for i, _ in superseded], "bys": [b for _, b in superseded]},
+        )
+
+
+async def delete_approvals(session: AsyncSession, pairs: Sequence[tuple[str, str]]) -> None:
+    """Approvals that no longer count (escrow, approver): revoked or re-folded away."""
+    if not pairs:
+        return
+    await session.execute(
+        text(
+            "DELETE FROM escrow_approvals p USING unnest(CAST(:e AS text[]), "
+            "CAST(:a AS text[])) AS x(escrow, approver) "
+            "WHERE p.escrow_address = x.escrow AND p.approver = x.approver"
+        ),
+        {"e": [p[0] for p in pairs], "a": [p[1] for p in pairs]},
+    )
+
+
+async def clear_approvals(session: AsyncSession, addresses: Sequence[str]) -> None:
+    if addresses:
+        await session.execute(
+            text("DELETE FROM escrow_approvals WHERE escrow_address = ANY(CAST(:a AS text[]))"),
+            {"a": list(addresses)},
+        )
 
 
 async def lock_escrows(session: AsyncSession, addresses: Sequence[str]) -> None:
@@ -333,72 +442,88 @@ class CommandMatch:
     action: str
     actor: str | None
     chain_event_id: int
+    correlation_id: str | None
 
 
-async def confirm_commands(session: AsyncSession, matches: Sequence[CommandMatch]) -> int:
+# A command is confirmed by the chain event that carries its correlation id (also when it
+# had failed: then 'confirmed_late'), or, for the escrow actions only, by the matching
+# event (same escrow, action and approver / new arbiter) when the event carries none.
+_STATUS_ON_CONFIRM = (
+    "status = CASE WHEN c.status = 'failed' THEN 'confirmed_late' ELSE 'confirmed' END"
+)
+
+
+async def confirm_commands(session: AsyncSession, matches: Sequence[CommandMatch]) -> list[str]:
+    """Returns the new status of every command confirmed."""
     if not matches:
-        return 0
+        return []
     result = await session.execute(
         text(
-            "UPDATE commands c SET status = 'confirmed', "
-            "confirmed_chain_event_id = ev.chain_event_id, resolved_at = now(), "
-            "updated_at = now() "
-            "FROM unnest(CAST(:escrows AS text[]), CAST(:actions AS text[]), "
-            "CAST(:actors AS text[]), CAST(:ids AS bigint[])) "
-            "AS ev(escrow, action, actor, chain_event_id) "
-            "WHERE c.status IN ('received', 'submitted') AND c.escrow_address = ev.escrow "
-            "AND c.action = ev.action AND CASE c.action WHEN 'approve' THEN c.approver = ev.actor "
+            "WITH ev AS (SELECT * FROM unnest(CAST(:escrows AS text[]), "
+            "CAST(:actions AS text[]), CAST(:actors AS text[]), CAST(:ids AS bigint[]), "
+            "CAST(:corrs AS uuid[])) AS ev(escrow, action, actor, chain_event_id, corr)), "
+            "m AS (SELECT DISTINCT ON (ev.chain_event_id) ev.chain_event_id, c.id "
+            "FROM ev JOIN commands c ON c.escrow_address = ev.escrow AND c.action = ev.action "
+            "AND CASE c.action WHEN 'approve' THEN c.approver = ev.actor "
             "WHEN 'change_arbiter' THEN c.new_arbiter = ev.actor ELSE true END "
-            "RETURNING c.id"
+            "AND CASE WHEN ev.corr IS NOT NULL THEN c.id = ev.corr "
+            "AND c.status IN ('received', 'submitted', 'failed') "
+            "ELSE c.status IN ('received', 'submitted') END "
+            "ORDER BY ev.chain_event_id, c.created_at, c.id) "
+            f"UPDATE commands c SET {_STATUS_ON_CONFIRM}, "
+            "confirmed_chain_event_id = m.chain_event_id, resolved_at = now(), "
+            "updated_at = now() FROM m WHERE c.id = m.id RETURNING c.status"
         ),
         {
             "escrows": [m.escrow for m in matches],
             "actions": [m.action for m in matches],
             "actors": [m.actor for m in matches],
             "ids": [m.chain_event_id for m in matches],
+            "corrs": [m.correlation_id for m in matches],
         },
     )
-    return len(result.all())
+    return [r.status for r in result]
 
 
 async def confirm_creations(
-    session: AsyncSession, deployed: Sequence[tuple[EscrowState, int]]
-) -> int:
-    """A deployment confirms the oldest pending create_escrow command with the same terms."""
+    session: AsyncSession, deployed: Sequence[tuple[EscrowState, int, str]]
+) -> list[str]:
+    """A deployment confirms the create_escrow command whose correlation id it carries
+    (and whose terms it has); never a command picked by its terms alone."""
     if not deployed:
-        return 0
+        return []
     result = await session.execute(
         text(
             "WITH d AS (SELECT * FROM unnest(CAST(:addrs AS text[]), CAST(:chains AS bigint[]), "
             "CAST(:payers AS text[]), CAST(:payees AS text[]), CAST(:arbiters AS text[]), "
             "CAST(:assets AS text[]), CAST(:amounts AS numeric[]), CAST(:reqs AS smallint[]), "
-            "CAST(:delays AS bigint[]), CAST(:ids AS bigint[])) AS d(address, chain_id, payer, "
-            "payee, arbiter, asset, amount, req, delay, chain_event_id)), "
-            "m AS (SELECT DISTINCT ON (d.address) d.address, d.chain_event_id, c.id "
-            "FROM d JOIN commands c ON c.action = 'create_escrow' "
-            "AND c.status IN ('received', 'submitted') AND c.chain_id = d.chain_id "
+            "CAST(:delays AS bigint[]), CAST(:ids AS bigint[]), CAST(:corrs AS uuid[])) "
+            "AS d(address, chain_id, payer, payee, arbiter, asset, amount, req, delay, "
+            "chain_event_id, corr)) "
+            f"UPDATE commands c SET {_STATUS_ON_CONFIRM}, escrow_address = d.address, "
+            "confirmed_chain_event_id = d.chain_event_id, resolved_at = now(), "
+            "updated_at = now() FROM d WHERE c.id = d.corr AND c.action = 'create_escrow' "
+            "AND c.status IN ('received', 'submitted', 'failed') AND c.chain_id = d.chain_id "
             "AND c.payer = d.payer AND c.payee = d.payee AND c.arbiter = d.arbiter "
             "AND c.asset_address = d.asset AND c.amount = d.amount "
             "AND c.approvals_required = d.req AND c.release_delay = d.delay "
-            "ORDER BY d.address, c.created_at, c.id) "
-            "UPDATE commands c SET status = 'confirmed', escrow_address = m.address, "
-            "confirmed_chain_event_id = m.chain_event_id, resolved_at = now(), "
-            "updated_at = now() FROM m WHERE c.id = m.id RETURNING c.id"
+            "RETURNING c.status"
         ),
         {
-            "addrs": [s.address for s, _ in deployed],
-            "chains": [s.chain_id for s, _ in deployed],
-            "payers": [s.payer for s, _ in deployed],
-            "payees": [s.payee for s, _ in deployed],
-            "arbiters": [s.arbiter for s, _ in deployed],
-            "assets": [s.asset for s, _ in deployed],
-            "amounts": [Decimal(s.amount) for s, _ in deployed],
-            "reqs": [s.approvals_required for s, _ in deployed],
-            "delays": [s.release_delay for s, _ in deployed],
-            "ids": [i for _, i in deployed],
+            "addrs": [s.address for s, _, _ in deployed],
+            "chains": [s.chain_id for s, _, _ in deployed],
+            "payers": [s.payer for s, _, _ in deployed],
+            "payees": [s.payee for s, _, _ in deployed],
+            "arbiters": [s.arbiter for s, _, _ in deployed],
+            "assets": [s.asset for s, _, _ in deployed],
+            "amounts": [Decimal(s.amount) for s, _, _ in deployed],
+            "reqs": [s.approvals_required for s, _, _ in deployed],
+            "delays": [s.release_delay for s, _, _ in deployed],
+            "ids": [i for _, i, _ in deployed],
+            "corrs": [c for _, _, c in deployed],
         },
     )
-    return len(result.all())
+    return [r.status for r in result]
 
 
 async def fail_commands_of_closed(session: AsyncSession, addresses: Sequence[str]) -> int:
@@ -501,11 +626,18 @@ async def escrow_exists(session: AsyncSession, address: str) -> bool:
     return found.first() is not None
 
 
-async def history(session: AsyncSession, address: str) -> list[dict[str, Any]]:
+def _current_only(include_superseded: bool) -> str:
+    return "" if include_superseded else " AND superseded_at IS NULL"
+
+
+async def history(
+    session: AsyncSession, address: str, *, include_superseded: bool = False
+) -> list[dict[str, Any]]:
     rows = await session.execute(
         text(
             "SELECT id, chain_id, tx_hash, log_index, block_number, event_type, from_status, "
-            "to_status, details, recorded_at FROM escrow_history WHERE escrow_address = :a "
+            "to_status, details, recorded_at, superseded_at FROM escrow_history "
+            f"WHERE escrow_address = :a{_current_only(include_superseded)} "
             "ORDER BY block_number, log_index, id"
         ),
         {"a": address},
@@ -513,11 +645,14 @@ async def history(session: AsyncSession, address: str) -> list[dict[str, Any]]:
     return [dict(r) for r in rows.mappings()]
 
 
-async def anomalies(session: AsyncSession, address: str) -> list[dict[str, Any]]:
+async def anomalies(
+    session: AsyncSession, address: str, *, include_superseded: bool = False
+) -> list[dict[str, Any]]:
     rows = await session.execute(
         text(
             "SELECT id, chain_id, tx_hash, log_index, block_number, event_type, reason, detail, "
-            "status_at_event, recorded_at FROM escrow_anomalies WHERE escrow_address = :a "
+            "status_at_event, recorded_at, superseded_at FROM escrow_anomalies "
+            f"WHERE escrow_address = :a{_current_only(include_superseded)} "
             "ORDER BY block_number, log_index, id"
         ),
         {"a": address},
@@ -529,13 +664,15 @@ async def anomalies(session: AsyncSession, address: str) -> list[dict[str, Any]]
 
 
 async def find_asset(session: AsyncSession, chain_id: int, asset: str) -> dict[str, Any] | None:
-    """An asset by address or by symbol (case-insensitive) on a chain."""
+    """An asset by address (any case: addresses are case-insensitive hex) or by its exact
+    symbol on a chain. At most one row can match: symbols are unique per chain whatever
+    their case, and a symbol cannot look like an address."""
     row = (
         (
             await session.execute(
                 text(
                     "SELECT chain_id, address, symbol, decimals FROM assets WHERE chain_id = :c "
-                    "AND (address = lower(:a) OR upper(symbol) = upper(:a))"
+                    "AND (address = lower(:a) OR symbol = :a)"
                 ),
                 {"c": chain_id, "a": asset},
             )
@@ -544,6 +681,15 @@ async def find_asset(session: AsyncSession, chain_id: int, asset: str) -> dict[s
         .first()
     )
     return dict(row) if row is not None else None
+
+
+async def symbol_like(session: AsyncSession, chain_id: int, symbol: str) -> str | None:
+    """The stored spelling of a symbol that matches `symbol` except for case (a hint)."""
+    found = await session.execute(
+        text("SELECT symbol FROM assets WHERE chain_id = :c AND upper(symbol) = upper(:s)"),
+        {"c": chain_id, "s": symbol},
+    )
+    return found.scalar()
 
 
 async def list_assets(session: AsyncSession) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,7 @@ from fusion_prime.platform.bus.outbox import OutboxRow, publish, publish_rows
 from fusion_prime.platform.errors import ConflictError, InvalidError, NotFoundError
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.settlement import domain, repository
-from fusion_prime.settlement.domain import Anomaly, Applied, ChainEvent, EscrowState, Park
+from fusion_prime.settlement.domain import Anomaly, Applied, ChainEvent, EscrowState, Park, Status
 from fusion_prime.settlement.events import event_data, parse_data
 
 log = get_logger(__name__)
@@ -36,6 +36,7 @@ ESCROWS_TOPIC = "settlement.escrows.v1"
 ESCROW_STATE_CHANGED = "escrow.state_changed"
 COMMANDS_TOPIC = "settlement.commands.v1"
 COMMAND_SUBMITTED = "settlement.command_submitted"
+COMMAND_CANCELLED = "settlement.command_cancelled"
 # Webhook event types: one per state an escrow can enter.
 WEBHOOK_EVENT_TYPES = ("escrow.created", "escrow.approved", "escrow.released", "escrow.refunded")
 
@@ -88,22 +89,31 @@ class IngestResult:
 
 @dataclass
 class _Writes:
-    states: dict[str, EscrowState]
-    approvals: list[repository.ApprovalRow]
-    history: list[repository.HistoryRow]
-    anomalies: list[repository.AnomalyRow]
-    parked: list[tuple[int, str]]
-    outbox: list[OutboxRow]
-    webhooks: list[repository.WebhookEvent]
-    matches: list[repository.CommandMatch]
-    deployed: list[tuple[EscrowState, int]]
+    states: dict[str, EscrowState] = field(default_factory=dict)
+    approvals: list[repository.ApprovalRow] = field(default_factory=list)
+    unapproved: list[tuple[str, str]] = field(default_factory=list)  # (escrow, approver)
+    cleared: list[str] = field(default_factory=list)  # escrows whose approvals are rewritten
+    history: list[repository.HistoryRow] = field(default_factory=list)
+    anomalies: list[repository.AnomalyRow] = field(default_factory=list)
+    superseded: list[tuple[int, int]] = field(default_factory=list)  # (event id, by event id)
+    parked: list[tuple[int, str]] = field(default_factory=list)
+    outbox: list[OutboxRow] = field(default_factory=list)
+    webhooks: list[repository.WebhookEvent] = field(default_factory=list)
+    matches: list[repository.CommandMatch] = field(default_factory=list)
+    deployed: list[tuple[EscrowState, int, str]] = field(default_factory=list)
 
 
 async def ingest(
     session: AsyncSession,
     items: Sequence[tuple[uuid.UUID, ChainEvent]],
 ) -> IngestResult:
-    """Apply a batch of parsed chain events. Idempotent by (chain id, tx hash, log index)."""
+    """Apply a batch of parsed chain events. Idempotent by (chain id, tx hash, log index).
+
+    Chain order, whatever the delivery order: events of a batch are applied in chain order
+    onto the escrow; a new event older (block, log index) than one already recorded for
+    its escrow re-folds the escrow from its deployment over all its recorded events in
+    chain order (`_refold`), so the same set of events always gives the same escrow.
+    """
     result = IngestResult()
     unique: dict[tuple[int, str, int], repository.NewChainEvent] = {}
     for envelope_id, event in items:
@@ -136,24 +146,49 @@ async def ingest(
         event = parse_data(event_type, data)
         by_escrow[event.escrow].append((chain_event_id, event))
 
-    writes = _Writes({}, [], [], [], [], [], [], [], [])
+    known = [a for a in by_escrow if a in states]
+    latest = await repository.latest_positions(session, known, list(fresh_ids.values()))
+    late = [
+        a
+        for a in known
+        if a in latest and min(domain.position(e.ref) for _, e in by_escrow[a]) < latest[a]
+    ]
+    recorded: dict[str, list[tuple[int, ChainEvent]]] = defaultdict(list)
+    current: dict[int, repository.CurrentOutcome] = {}
+    if late:
+        for chain_event_id, event_type, data in await repository.chain_events_of(session, late):
+            event = parse_data(event_type, data)
+            recorded[event.escrow].append((chain_event_id, event))
+        current = await repository.current_outcomes(
+            session, [i for evs in recorded.values() for i, _ in evs]
+        )
+
+    writes = _Writes()
     now = datetime.now(UTC)
+    fresh = set(fresh_ids.values())
     for address, evs in by_escrow.items():
-        _apply_escrow(address, states.get(address), evs, writes, result, now)
+        if address in recorded:
+            _refold(states[address], recorded[address], fresh, current, writes, result, now)
+        else:
+            _apply_escrow(address, states.get(address), evs, writes, result, now)
 
     await repository.upsert_escrows(session, list(writes.states.values()))
+    await repository.clear_approvals(session, writes.cleared)
+    await repository.delete_approvals(session, writes.unapproved)
     await repository.insert_approvals(session, writes.approvals)
+    # superseded first: a chain event has one current outcome row at a time
+    await repository.supersede(session, writes.superseded)
     await repository.insert_history(session, writes.history)
     await repository.insert_anomalies(session, writes.anomalies)
     await repository.park(session, writes.parked)
     await publish_rows(session, writes.outbox)
     await repository.insert_deliveries(session, writes.webhooks)
-    confirmed = await repository.confirm_commands(session, writes.matches)
-    confirmed += await repository.confirm_creations(session, writes.deployed)
+    outcomes = await repository.confirm_commands(session, writes.matches)
+    outcomes += await repository.confirm_creations(session, writes.deployed)
     closed = [s.address for s in writes.states.values() if s.status in domain.TERMINAL]
     failed = await repository.fail_commands_of_closed(session, closed)
-    if confirmed:
-        COMMANDS.labels(SERVICE, "confirmed").inc(confirmed)
+    for status in set(outcomes):
+        COMMANDS.labels(SERVICE, status).inc(outcomes.count(status))
     if failed:
         COMMANDS.labels(SERVICE, "failed").inc(failed)
     return result
@@ -167,9 +202,10 @@ def _apply_escrow(
     result: IngestResult,
     now: datetime,
 ) -> None:
+    """Events all newer than what the escrow has seen: applied onto it in chain order."""
     ids = {e.ref.key: i for i, e in events}
-    before = state
     final, outcomes = domain.fold(state, [e for _, e in events])
+    status: Status | None = state.status if state is not None else None
     for event, outcome in outcomes:
         chain_event_id = ids[event.ref.key]
         if isinstance(outcome, Park):
@@ -177,72 +213,206 @@ def _apply_escrow(
             result.parked += 1
             EVENTS.labels(SERVICE, event.type, "parked").inc()
             continue
-        if isinstance(outcome, Anomaly):
-            writes.anomalies.append(
-                repository.AnomalyRow(
-                    address,
-                    chain_event_id,
-                    event.ref,
-                    event.type,
-                    outcome.reason,
-                    outcome.detail,
-                    # the state the event met: the final state of the escrow when it arrived
-                    before.status if before is not None else None,
-                )
-            )
-            result.anomalies += 1
-            EVENTS.labels(SERVICE, event.type, "anomaly").inc()
-            ANOMALIES.labels(SERVICE, outcome.reason).inc()
+        _record(address, chain_event_id, event, outcome, status, writes, result)
+        if isinstance(outcome, Applied):
+            status = outcome.to_status
+            _match(address, chain_event_id, event, outcome, writes)
+            if outcome.status_changed:
+                result.state_changes += 1
+                _state_change(outcome.state, outcome.from_status, event.ref, writes, now)
+    if final is None or final is state:
+        return
+    writes.states[address] = final
+    before = set(state.approvers) if state is not None else set()
+    after = set(final.approvers)
+    writes.unapproved += [(address, a) for a in sorted(before - after)]
+    writes.approvals += [r for r in _approval_rows(address, outcomes) if r.approver not in before]
+
+
+def _refold(
+    stored: EscrowState,
+    recorded: list[tuple[int, ChainEvent]],
+    fresh: set[int],
+    current: dict[int, repository.CurrentOutcome],
+    writes: _Writes,
+    result: IngestResult,
+    now: datetime,
+) -> None:
+    """A late event: fold the escrow again from its deployment over every recorded event
+    in chain order. Events whose outcome is unchanged keep their rows; a changed one's row
+    is marked superseded (by the late event) and the new outcome appended.
+
+    The deployment is the one already applied: a second deployment stays an anomaly even
+    if it is older on chain (another contract's address reuse is not a re-deployment)."""
+    address = stored.address
+    ids = {e.ref.key: i for i, e in recorded}
+    deployment = next(e for _, e in recorded if e.ref.key == stored.deployed.key)
+    others = [e for _, e in recorded if not isinstance(e, domain.Deployed)]
+    extra_deploys = [
+        (i, e) for i, e in recorded if isinstance(e, domain.Deployed) and e is not deployment
+    ]
+    final, outcomes = domain.fold(None, [deployment, *others])
+    assert final is not None
+    # the re-fold is attributed to the oldest (on chain) of the new events
+    late = min((e for i, e in recorded if i in fresh), key=lambda e: domain.position(e.ref))
+    by = ids[late.ref.key]
+    status: Status | None = None
+    for event, outcome in outcomes:
+        chain_event_id = ids[event.ref.key]
+        if event is deployment:
+            status = "created"
             continue
-        assert isinstance(outcome, Applied)
-        before = outcome.state
-        result.applied += 1
-        EVENTS.labels(SERVICE, event.type, "applied").inc()
-        writes.history.append(
-            repository.HistoryRow(
+        before = current.get(chain_event_id)
+        if not _same(before, outcome, status):
+            if before is not None:
+                writes.superseded.append((chain_event_id, by))
+            counted = chain_event_id in fresh
+            _record(address, chain_event_id, event, outcome, status, writes, result, count=counted)
+            if isinstance(outcome, Applied) and (before is None or not before.applied):
+                _match(address, chain_event_id, event, outcome, writes)
+        if isinstance(outcome, Applied):
+            status = outcome.to_status
+    for chain_event_id, event in extra_deploys:
+        if chain_event_id in fresh:
+            outcome = domain.apply(final, event)
+            _record(address, chain_event_id, event, outcome, final.status, writes, result)
+    writes.states[address] = final
+    writes.cleared.append(address)
+    writes.approvals += _approval_rows(address, outcomes, only=set(final.approvers))
+    if final.status != stored.status:
+        result.state_changes += 1
+        _state_change(final, stored.status, final.last, writes, now, refold=True)
+
+
+def _same(
+    before: repository.CurrentOutcome | None, outcome: domain.Outcome, status: Status | None
+) -> bool:
+    """Whether the recorded row already says what the new fold says."""
+    if before is None:
+        return False
+    if isinstance(outcome, Applied):
+        details = json.loads(json.dumps(outcome.details))
+        return (
+            before.applied
+            and (before.from_status, before.to_status) == (outcome.from_status, outcome.to_status)
+            and before.details == details
+        )
+    if isinstance(outcome, Anomaly):
+        return not before.applied and (before.reason, before.status_at_event) == (
+            outcome.reason,
+            status,
+        )
+    return False
+
+
+def _record(
+    address: str,
+    chain_event_id: int,
+    event: ChainEvent,
+    outcome: domain.Outcome,
+    status: Status | None,
+    writes: _Writes,
+    result: IngestResult,
+    *,
+    count: bool = True,
+) -> None:
+    """The history row of an applied event, or the anomaly row (with the status it met)."""
+    if isinstance(outcome, Anomaly):
+        writes.anomalies.append(
+            repository.AnomalyRow(
                 address,
                 chain_event_id,
                 event.ref,
                 event.type,
-                outcome.from_status,
-                outcome.to_status,
-                json.dumps(outcome.details),
+                outcome.reason,
+                outcome.detail,
+                status,
             )
         )
-        if outcome.approver_role is not None and isinstance(event, domain.Approved):
-            writes.approvals.append(
-                repository.ApprovalRow(address, event.approver, outcome.approver_role, event.ref)
-            )
-        if isinstance(event, domain.Deployed):
-            writes.deployed.append((outcome.state, chain_event_id))
-        else:
-            actor = (
-                event.approver
-                if isinstance(event, domain.Approved)
-                else event.new_arbiter
-                if isinstance(event, domain.ArbiterChanged)
-                else None
-            )
-            writes.matches.append(
-                repository.CommandMatch(address, _ACTION_OF[event.type], actor, chain_event_id)
-            )
-        if outcome.status_changed:
-            result.state_changes += 1
-            _state_change(outcome, event, writes, now)
-    if final is not None and final is not state:
-        writes.states[address] = final
+        if count:
+            result.anomalies += 1
+            EVENTS.labels(SERVICE, event.type, "anomaly").inc()
+            ANOMALIES.labels(SERVICE, outcome.reason).inc()
+        return
+    assert isinstance(outcome, Applied)
+    if count:
+        result.applied += 1
+        EVENTS.labels(SERVICE, event.type, "applied").inc()
+    writes.history.append(
+        repository.HistoryRow(
+            address,
+            chain_event_id,
+            event.ref,
+            event.type,
+            outcome.from_status,
+            outcome.to_status,
+            json.dumps(outcome.details),
+        )
+    )
 
 
-def _state_change(outcome: Applied, event: ChainEvent, writes: _Writes, now: datetime) -> None:
-    state = outcome.state
+def _match(
+    address: str, chain_event_id: int, event: ChainEvent, outcome: Applied, writes: _Writes
+) -> None:
+    """The command this applied event may confirm."""
+    if isinstance(event, domain.Deployed):
+        # a creation is confirmed only through the correlation id the signer echoed
+        if event.correlation_id is not None:
+            writes.deployed.append((outcome.state, chain_event_id, event.correlation_id))
+        return
+    actor = (
+        event.approver
+        if isinstance(event, domain.Approved)
+        else event.new_arbiter
+        if isinstance(event, domain.ArbiterChanged)
+        else None
+    )
+    writes.matches.append(
+        repository.CommandMatch(
+            address, _ACTION_OF[event.type], actor, chain_event_id, event.correlation_id
+        )
+    )
+
+
+def _approval_rows(
+    address: str,
+    outcomes: list[tuple[ChainEvent, domain.Outcome]],
+    only: set[str] | None = None,
+) -> list[repository.ApprovalRow]:
+    """Rows for the approvals applied in `outcomes` that still count at the end."""
+    rows: dict[str, repository.ApprovalRow] = {}
+    final_approvers: set[str] = set()
+    for event, outcome in outcomes:
+        if isinstance(outcome, Applied):
+            final_approvers = set(outcome.state.approvers)
+            if outcome.approver_role is not None and isinstance(event, domain.Approved):
+                rows[event.approver] = repository.ApprovalRow(
+                    address, event.approver, outcome.approver_role, event.ref
+                )
+    keep = final_approvers if only is None else only
+    return [r for a, r in rows.items() if a in keep]
+
+
+def _state_change(
+    state: EscrowState,
+    from_status: Status | None,
+    ref: domain.ChainRef,
+    writes: _Writes,
+    now: datetime,
+    *,
+    refold: bool = False,
+) -> None:
     data = {
         **escrow_snapshot(state),
-        "from_status": outcome.from_status,
-        "to_status": outcome.to_status,
-        "block_number": event.ref.block_number,
-        "tx_hash": event.ref.tx_hash,
-        "log_index": event.ref.log_index,
+        "from_status": from_status,
+        "to_status": state.status,
+        "block_number": ref.block_number,
+        "tx_hash": ref.tx_hash,
+        "log_index": ref.log_index,
     }
+    if refold:
+        # a late event changed the escrow's status in chain order (see docs/settlement.md)
+        data["refold"] = True
     envelope = Envelope(
         type=ESCROW_STATE_CHANGED, source=SERVICE, subject=state.address, data=data, time=now
     )
@@ -251,7 +421,7 @@ def _state_change(outcome: Applied, event: ChainEvent, writes: _Writes, now: dat
             envelope.id, ESCROWS_TOPIC, state.address, ESCROW_STATE_CHANGED, envelope.to_json()
         )
     )
-    webhook_type = f"escrow.{outcome.to_status}"
+    webhook_type = f"escrow.{state.status}"
     body = json.dumps(
         {"id": str(envelope.id), "type": webhook_type, "created_at": now.isoformat(), "data": data},
         separators=(",", ":"),
@@ -378,8 +548,10 @@ async def _resolve(session: AsyncSession, body: dict[str, Any]) -> dict[str, Any
     if action == "create_escrow":
         asset = await repository.find_asset(session, body["chain_id"], body["asset"])
         if asset is None:
+            hint = await repository.symbol_like(session, body["chain_id"], body["asset"])
+            also = f" (symbols are exact: did you mean {hint!r}?)" if hint else ""
             raise InvalidError(
-                f"asset {body['asset']!r} is not a known asset on chain {body['chain_id']}",
+                f"asset {body['asset']!r} is not a known asset on chain {body['chain_id']}" + also,
                 field="asset",
             )
         cols["asset_address"] = asset["address"]
@@ -396,6 +568,12 @@ async def _resolve(session: AsyncSession, body: dict[str, Any]) -> dict[str, Any
     cols["chain_id"] = escrow["chain_id"]
     if escrow["status"] in domain.TERMINAL:
         raise ConflictError(f"escrow {escrow['address']} is already {escrow['status']}")
+    if action == "release" and escrow["status"] != "approved":
+        raise ConflictError(
+            f"escrow {escrow['address']} is not approved (it is {escrow['status']} with "
+            f"{escrow['approvals_count']} of {escrow['approvals_required']} approvals): "
+            "a release needs the approvals first"
+        )
     if action == "approve":
         parties = {escrow["payer"], escrow["payee"], escrow["arbiter"]}
         if body["approver"] not in parties:
@@ -433,13 +611,19 @@ async def submit_received(session: AsyncSession, limit: int = 100) -> int:
     )
     submitted = 0
     for row in rows:
+        reason = None
         if row["escrow_status"] in domain.TERMINAL:
+            reason = f"escrow is {row['escrow_status']} on chain"
+        elif row["action"] == "release" and row["escrow_status"] != "approved":
+            # approved when accepted, then an arbiter change revoked an approval
+            reason = f"escrow is {row['escrow_status']} on chain, not approved"
+        if reason is not None:
             await session.execute(
                 text(
                     "UPDATE commands SET status = 'failed', failure_reason = :r, "
                     "resolved_at = now(), updated_at = now() WHERE id = :id"
                 ),
-                {"r": f"escrow is {row['escrow_status']} on chain", "id": row["id"]},
+                {"r": reason, "id": row["id"]},
             )
             COMMANDS.labels(SERVICE, "failed").inc()
             continue
@@ -447,8 +631,10 @@ async def submit_received(session: AsyncSession, limit: int = 100) -> int:
             session,
             COMMANDS_TOPIC,
             event_type=COMMAND_SUBMITTED,
-            subject=row["escrow_address"] or str(row["id"]),
-            data={"command_id": str(row["id"]), **row["body"]},
+            subject=_command_subject(row),
+            # the signer puts correlation_id into the transaction; the chain event carries
+            # it back and only that confirms the command (see confirm_commands/creations)
+            data={"command_id": str(row["id"]), "correlation_id": str(row["id"]), **row["body"]},
             source=SERVICE,
         )
         await session.execute(
@@ -463,18 +649,42 @@ async def submit_received(session: AsyncSession, limit: int = 100) -> int:
     return submitted
 
 
+def _command_subject(row: Any) -> str:
+    """The ordering key of a command's events: its escrow, or (creation) the command."""
+    return str(row["escrow_address"] or row["id"])
+
+
 async def expire_submitted(session: AsyncSession, timeout: float) -> int:
-    """Fail submitted commands that no chain event confirmed within `timeout` seconds."""
-    result = await session.execute(
-        text(
-            "UPDATE commands SET status = 'failed', failure_reason = 'no matching chain event "
-            "within ' || CAST(:t AS text) || ' s of submission', resolved_at = now(), "
-            "updated_at = now() WHERE status = 'submitted' "
-            "AND submitted_at < now() - make_interval(secs => :t)"
-        ),
-        {"t": timeout},
-    )
-    expired = int(result.rowcount)  # type: ignore[attr-defined]
+    """Fail submitted commands that no chain event confirmed within `timeout` seconds and
+    tell the signer to drop them (`settlement.command_cancelled`, same ordering key as the
+    submission). If it sends one anyway, the chain event makes it `confirmed_late`."""
+    expired = (
+        await session.execute(
+            text(
+                "UPDATE commands SET status = 'failed', failure_reason = 'no matching chain "
+                "event within ' || CAST(:t AS text) || ' s of submission', resolved_at = now(), "
+                "updated_at = now() WHERE id IN (SELECT id FROM commands "
+                "WHERE status = 'submitted' AND submitted_at < now() - make_interval(secs => :t) "
+                "ORDER BY submitted_at LIMIT 100 FOR UPDATE SKIP LOCKED) "
+                "RETURNING id, escrow_address, action, failure_reason"
+            ),
+            {"t": timeout},
+        )
+    ).all()
+    for row in expired:
+        await publish(
+            session,
+            COMMANDS_TOPIC,
+            event_type=COMMAND_CANCELLED,
+            subject=_command_subject(row._mapping),
+            data={
+                "command_id": str(row.id),
+                "correlation_id": str(row.id),
+                "action": row.action,
+                "reason": row.failure_reason,
+            },
+            source=SERVICE,
+        )
     if expired:
-        COMMANDS.labels(SERVICE, "failed").inc(expired)
-    return expired
+        COMMANDS.labels(SERVICE, "failed").inc(len(expired))
+    return len(expired)

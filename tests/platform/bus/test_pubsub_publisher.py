@@ -25,7 +25,7 @@ from fusion_prime.platform.bus.pubsub import PubSubPublisher, pubsub_message
 from fusion_prime.platform.bus.relay import Relay, RelayError
 from fusion_prime.platform.database import create_engine, normalise_database_url
 from tests.conftest import MakeDatabase
-from tests.harness import count_rows
+from tests.harness import count_rows, fetch
 from tests.platform.bus.consumerapp import MIGRATIONS, TOPIC
 from tests.platform.bus.helpers import insert_outbox, make_events, outgoing
 
@@ -94,8 +94,9 @@ async def test_publisher_sends_ordering_key_attributes_and_envelope(
 ) -> None:
     events = outgoing(make_events(6, subjects=2))
     publisher = PubSubPublisher(PROJECT)
-    accepted = await publisher.publish(events)
-    assert accepted == {e.event_id for e in events}
+    result = await publisher.publish(events)
+    assert result.accepted == {e.event_id for e in events}
+    assert result.refused == {}
     sent = _messages(fake_pubsub)
     assert len(sent) == 6
     assert {topic for topic, _ in sent} == {f"projects/{PROJECT}/topics/{TOPIC}"}
@@ -123,13 +124,44 @@ async def test_relay_marks_published_only_what_pubsub_accepted(
         with pytest.raises(RelayError):
             await relay.run_once()
         assert await count_rows(db_url, "outbox", "published_at IS NOT NULL") == 3
-        rejected = await count_rows(
-            db_url, "outbox", "published_at IS NULL AND attempts = 1 AND subject = 's1'"
+        # INVALID_ARGUMENT is a refusal: the oldest row of the key is charged an attempt,
+        # the ones held back behind it for order are not
+        unpublished = await fetch(
+            db_url,
+            "SELECT attempts, last_error FROM outbox WHERE published_at IS NULL "
+            "AND subject = 's1' ORDER BY seq",
         )
-        assert rejected == 3
+        assert [r["attempts"] for r in unpublished] == [1, 0, 0]
+        assert "rejected by the fake" in unpublished[0]["last_error"]
         fake_pubsub.reject = set()
         relay = Relay("busconsumer", engine, PubSubPublisher(PROJECT))
         assert await relay.run_once() == 3
         assert await count_rows(db_url, "outbox", "published_at IS NULL") == 0
     finally:
         await engine.dispose()
+
+
+async def test_a_message_pubsub_keeps_refusing_is_dead_lettered_and_its_key_flows_on(
+    fake_pubsub: FakePublisher, make_database: MakeDatabase
+) -> None:
+    db_url = await make_database("busconsumer", MIGRATIONS)
+    events = make_events(6, subjects=2)
+    await insert_outbox(db_url, events)
+    bad = events[1]  # the oldest message of s1
+    fake_pubsub.reject = {"s1"}
+    engine = create_engine(normalise_database_url(db_url, service="t"), pool_size=2)
+    try:
+        for _ in range(2):  # refused twice: max attempts reached
+            relay = Relay("busconsumer", engine, PubSubPublisher(PROJECT), max_attempts=2)
+            with pytest.raises(RelayError):
+                await relay.run_once()
+        fake_pubsub.reject = set()  # the broker would take the others of s1
+        relay = Relay("busconsumer", engine, PubSubPublisher(PROJECT), max_attempts=2)
+        assert await relay.run_once() == 2
+        assert await relay.run_once() == 0  # the dead-lettered row is not relayed again
+    finally:
+        await engine.dispose()
+    unpublished = await fetch(db_url, "SELECT id, attempts FROM outbox WHERE published_at IS NULL")
+    assert [(r["id"], r["attempts"]) for r in unpublished] == [(bad.id, 2)]
+    sent = [m.attributes["event_id"] for _, m in _messages(fake_pubsub) if m.ordering_key == "s1"]
+    assert sent == [str(e.id) for e in events if e.subject == "s1" and e is not bad]

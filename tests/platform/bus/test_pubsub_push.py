@@ -107,13 +107,23 @@ def token(key: bytes, **overrides: Any) -> str:
     return jwt.encode(signer, claims).decode()
 
 
-@pytest.fixture
-async def service(make_database: MakeDatabase, certs_url: str) -> AsyncIterator[tuple[str, str]]:
-    """The consumer app served by uvicorn on a real port, FP_ENV=production."""
+@pytest.fixture(params=["production", "development"])
+async def service(
+    request: pytest.FixtureRequest,
+    make_database: MakeDatabase,
+    certs_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[str, str]]:
+    """The consumer app with FP_BUS=pubsub served by uvicorn on a real port; tokens are
+    verified in every environment (production and development alike)."""
+    # the relay's Pub/Sub client is created but has nothing to publish: no credentials
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:9")
     db_url = await make_database("busconsumer", MIGRATIONS)
     settings = BaseServiceSettings(
         DATABASE_URL=db_url,
-        FP_ENV="production",
+        FP_ENV=request.param,
+        FP_BUS="pubsub",
+        GCP_PROJECT="fusion-prime-test",
         FP_PUSH_AUDIENCE=AUDIENCE,
         FP_PUSH_SERVICE_ACCOUNT=PUSH_SA,
         FP_PUSH_CERTS_URL=certs_url,
@@ -206,7 +216,7 @@ async def test_handler_failure_is_500_with_no_partial_write_then_succeeds_when_f
     assert await count_rows(db_url, "effects", "event_id = $1", event.id) == 1
 
 
-async def test_missing_or_invalid_token_is_refused_in_production(
+async def test_missing_or_invalid_token_is_refused(
     service: tuple[str, str], keys: dict[str, Any]
 ) -> None:
     base, db_url = service
@@ -243,12 +253,38 @@ async def test_unknown_subscription_is_404(service: tuple[str, str], keys: dict[
     assert r.status_code == 404
 
 
-async def test_outside_production_no_token_is_needed(make_database: MakeDatabase) -> None:
+async def test_the_push_endpoint_does_not_exist_with_the_postgres_bus(
+    make_database: MakeDatabase,
+) -> None:
     from tests.harness import asgi_client
 
     db_url = await make_database("busconsumer", MIGRATIONS)
-    body, event = push_body()
-    async with asgi_client(SPEC, db_url) as client:
+    body, _ = push_body()
+    async with asgi_client(SPEC, db_url) as client:  # FP_BUS=postgres (the default)
         r = await client.post(f"/events/pubsub/{SUBSCRIPTION}", json=body)
-    assert r.status_code == 204
-    assert await count_rows(db_url, "effects", "event_id = $1", event.id) == 1
+    assert r.status_code == 404
+    assert await count_rows(db_url, "effects") == 0
+    assert await count_rows(db_url, "inbox") == 0
+
+
+async def test_a_pubsub_consumer_refuses_to_start_without_push_authentication_in_any_env(
+    make_database: MakeDatabase, log_dir: Any
+) -> None:
+    import subprocess
+
+    from tests.harness import ServiceProcess
+
+    db_url = await make_database("busconsumer", MIGRATIONS)
+    env = {"FP_BUS": "pubsub", "GCP_PROJECT": "fusion-prime-test", "FP_ENV": "development"}
+    proc = ServiceProcess.for_module(
+        "tests.platform.bus.consumerapp", db_url, log_dir, extra_env=env
+    )
+    proc.start()
+    try:
+        code = await asyncio.to_thread(proc.wait_exit, 20)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        pytest.fail("the service started and served push requests without authentication")
+    assert code == 2
+    lines = [x for x in proc.log_text().splitlines() if "FP_PUSH_AUDIENCE" in x]
+    assert len(lines) == 1, proc.log_text()

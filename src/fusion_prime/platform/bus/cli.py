@@ -93,7 +93,7 @@ def publish(
         if not project:
             err.print("FP_BUS=pubsub needs GCP_PROJECT")
             raise typer.Exit(2)
-        accepted = asyncio.run(PubSubPublisher(project).publish(events))
+        accepted = asyncio.run(PubSubPublisher(project).publish(events)).accepted
         if len(accepted) != len(events):
             err.print(f"only {len(accepted)} of {len(events)} accepted by Pub/Sub")
             raise typer.Exit(1)
@@ -159,6 +159,75 @@ def replay(dead_letter_id: Annotated[int, typer.Argument(help="id from `dead-let
     except (KeyError, ValueError) as exc:
         err.print(str(exc.args[0]) if exc.args else str(exc))
         raise typer.Exit(1) from None
+
+
+@app.command()
+def outbox(
+    replay: Annotated[
+        int | None, typer.Option(help="re-queue this dead-lettered outbox row (its seq)")
+    ] = None,
+) -> None:
+    """Dead-lettered rows of a service's outbox (DATABASE_URL): refused by the broker
+    FP_BUS_RELAY_MAX_ATTEMPTS times, no longer relayed. `--replay SEQ` re-queues one."""
+    import asyncpg
+
+    from fusion_prime.platform.admin import asyncpg_dsn
+    from fusion_prime.platform.bus.relay import DEAD_LETTERED_SQL
+    from fusion_prime.platform.database import DatabaseConfigError, normalise_database_url
+    from fusion_prime.platform.settings import BaseServiceSettings
+
+    try:
+        url = normalise_database_url(os.environ.get("DATABASE_URL"), service="events")
+    except DatabaseConfigError as exc:
+        err.print(str(exc))
+        raise typer.Exit(2) from None
+    max_attempts = BaseServiceSettings.model_fields["bus_relay_max_attempts"].default
+    raw = os.environ.get("FP_BUS_RELAY_MAX_ATTEMPTS")
+    if raw:
+        max_attempts = int(raw)
+    where = DEAD_LETTERED_SQL.replace(":max", "$1")
+
+    async def _go() -> None:
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            if replay is not None:
+                done = await conn.execute(
+                    f"UPDATE outbox SET attempts = 0 WHERE seq = $2 AND {where}",
+                    max_attempts,
+                    replay,
+                )
+                if done.split()[-1] == "0":
+                    err.print(f"outbox row {replay} is not dead-lettered")
+                    raise typer.Exit(1)
+                console.print(f"outbox row {replay} re-queued for the relay")
+                return
+            rows = await conn.fetch(
+                "SELECT seq, id, topic, subject, event_type, attempts, created_at, last_error "
+                f"FROM outbox WHERE {where} ORDER BY seq",
+                max_attempts,
+            )
+        finally:
+            await conn.close()
+        table = Table(title=f"dead-lettered outbox rows ({redact_url(url)})")
+        for col in ("seq", "event id", "topic", "type", "subject", "attempts", "created"):
+            table.add_column(col)
+        table.add_column("error", overflow="fold")
+        for r in rows:
+            table.add_row(
+                str(r["seq"]),
+                str(r["id"]),
+                r["topic"],
+                r["event_type"],
+                r["subject"][:80],
+                str(r["attempts"]),
+                r["created_at"].isoformat(timespec="seconds"),
+                (r["last_error"] or "").splitlines()[0][:200] if r["last_error"] else "",
+            )
+        console.print(table)
+        if not rows:
+            console.print("no dead-lettered outbox rows")
+
+    asyncio.run(_go())
 
 
 @app.command()

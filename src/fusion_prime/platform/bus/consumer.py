@@ -70,6 +70,8 @@ class Consumer:
 
     @classmethod
     def from_registry(cls, topic: Topic, sub: Subscription) -> Consumer:
+        if sub.handler is None:
+            raise ValueError(f"subscription {sub.name!r} is consumed outside this system")
         return cls(topic.name, sub.name, sub.handler, sub.max_attempts)
 
     def resolved(self) -> AnyHandler:

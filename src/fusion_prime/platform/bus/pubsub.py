@@ -16,7 +16,6 @@ import binascii
 import contextlib
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ from fusion_prime.platform.bus.consumer import CONSUMED, Consumer
 from fusion_prime.platform.bus.envelope import Envelope
 from fusion_prime.platform.bus.inbox import consume_batch
 from fusion_prime.platform.bus.postgres import OutgoingEvent
+from fusion_prime.platform.bus.relay import PublishResult
 from fusion_prime.platform.errors import problem
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.platform.runtime import get_runtime
@@ -50,8 +50,15 @@ def pubsub_message(event: OutgoingEvent) -> tuple[bytes, dict[str, str], str]:
     )
 
 
+def refused_by_pubsub(exc: BaseException) -> bool:
+    """Pub/Sub refuses the message itself (it will every time), not a transient failure."""
+    from google.api_core import exceptions as gexc
+
+    return isinstance(exc, gexc.InvalidArgument)
+
+
 class PubSubPublisher:
-    """Publishes outbox batches; returns only the ids whose publish future succeeded."""
+    """Publishes outbox batches; accepted = the ids whose publish future succeeded."""
 
     def __init__(self, project: str, client: Any = None) -> None:
         if client is None:
@@ -63,20 +70,22 @@ class PubSubPublisher:
         self.project = project
         self.client = client
 
-    async def publish(self, events: Sequence[OutgoingEvent]) -> set[uuid.UUID]:
+    async def publish(self, events: Sequence[OutgoingEvent]) -> PublishResult:
         pending = []
         for event in events:
             data, attributes, key = pubsub_message(event)
             topic_path = self.client.topic_path(self.project, event.topic)
             future = self.client.publish(topic_path, data, ordering_key=key, **attributes)
             pending.append((event, topic_path, future))
-        accepted: set[uuid.UUID] = set()
+        result = PublishResult(set())
         paused: set[tuple[str, str]] = set()
         for event, topic_path, future in pending:
             try:
                 await asyncio.wrap_future(future)
             except Exception as exc:
                 paused.add((topic_path, event.subject))
+                if refused_by_pubsub(exc):
+                    result.refused[event.event_id] = f"{type(exc).__name__}: {exc}"[:2000]
                 log.warning(
                     "pubsub publish failed",
                     topic=event.topic,
@@ -84,13 +93,13 @@ class PubSubPublisher:
                     error=f"{type(exc).__name__}: {exc}"[:300],
                 )
                 continue
-            accepted.add(event.event_id)
+            result.accepted.add(event.event_id)
         # a failed ordering key stays paused (later messages of it fail too, which keeps
         # the order); resume it so the relay's retry of the same rows can go out
         for topic_path, key in paused:
             with contextlib.suppress(RuntimeError):  # "not paused": nothing to do
                 self.client.resume_publish(topic_path, key)
-        return accepted
+        return result
 
 
 # -- push endpoint -------------------------------------------------------------------
@@ -229,22 +238,23 @@ async def pubsub_push(subscription: str, request: Request) -> Response:
     """Apply one pushed message; 204 only after its transaction committed."""
     runtime = get_runtime(request)
     settings = runtime.settings
-    if settings.production:
-        verifier: PushTokenVerifier | None = getattr(request.app.state, "push_verifier", None)
-        if verifier is None:
-            verifier = push_verifier(settings)
-            request.app.state.push_verifier = verifier
-        if verifier is None:
-            return problem(
-                503,
-                "Push authentication not configured",
-                "set FP_PUSH_AUDIENCE and FP_PUSH_SERVICE_ACCOUNT",
-            )
-        try:
-            await verifier.verify(request.headers.get("authorization"))
-        except PushAuthError as exc:
-            title = {401: "Unauthorized", 403: "Forbidden"}.get(exc.status, "Unavailable")
-            return problem(exc.status, title, exc.detail)
+    # mounted only with FP_BUS=pubsub, and then every request is authenticated, whatever
+    # FP_ENV says: development is no reason to accept events from anyone
+    verifier: PushTokenVerifier | None = getattr(request.app.state, "push_verifier", None)
+    if verifier is None:
+        verifier = push_verifier(settings)
+        request.app.state.push_verifier = verifier
+    if verifier is None:
+        return problem(
+            503,
+            "Push authentication not configured",
+            "set FP_PUSH_AUDIENCE and FP_PUSH_SERVICE_ACCOUNT",
+        )
+    try:
+        await verifier.verify(request.headers.get("authorization"))
+    except PushAuthError as exc:
+        title = {401: "Unauthorized", 403: "Forbidden"}.get(exc.status, "Unavailable")
+        return problem(exc.status, title, exc.detail)
     consumers: dict[str, Consumer] = getattr(request.app.state, "bus_consumers", {})
     consumer = consumers.get(subscription)
     if consumer is None:

@@ -11,10 +11,23 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Subscription:
+    """A subscription and who consumes it.
+
+    `handler` None means the consumer is outside this system (e.g. the transaction
+    signer): the subscription is still declared everywhere (`events migrate` / the postgres
+    broker, a Pub/Sub *pull* subscription with its dead-letter topic in Terraform) so the
+    broker keeps every message for it, but no process here consumes it and no push
+    endpoint is generated for it. `service` then names the external consumer.
+    """
+
     name: str
-    service: str  # the consuming service
-    handler: str  # "module:attribute" of its handler
+    service: str  # the consuming service (or the external system, see above)
+    handler: str | None  # "module:attribute" of its handler; None: consumed outside
     max_attempts: int = 5
+
+    @property
+    def external(self) -> bool:
+        return self.handler is None
 
 
 @dataclass(frozen=True)
@@ -74,12 +87,14 @@ TOPICS: tuple[Topic, ...] = (
         publisher="settlement",
         event_types=("escrow.state_changed",),
     ),
-    # Settlement commands handed to the external transaction signer (outside this system);
-    # their outcome comes back as chain events on settlement.events.v1.
+    # Settlement commands handed to the external transaction signer (outside this system):
+    # a submission, and a cancel once it timed out. The outcome comes back as chain events
+    # on settlement.events.v1 carrying the command's correlation id.
     Topic(
         "settlement.commands.v1",
         publisher="settlement",
-        event_types=("settlement.command_submitted",),
+        event_types=("settlement.command_submitted", "settlement.command_cancelled"),
+        subscriptions=(Subscription("settlement-signer", "signer", None),),
     ),
     Topic(
         "compliance.decisions.v1",
@@ -110,4 +125,7 @@ def subscription(name: str) -> tuple[Topic, Subscription]:
 
 
 def subscriptions_of(service: str) -> list[tuple[Topic, Subscription]]:
-    return [(t, s) for t in TOPICS for s in t.subscriptions if s.service == service]
+    """What a service of this system consumes (never an external consumer's queue)."""
+    return [
+        (t, s) for t in TOPICS for s in t.subscriptions if s.service == service and not s.external
+    ]

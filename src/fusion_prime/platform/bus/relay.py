@@ -6,6 +6,15 @@ unpublished rows in `seq` order, hands them to the broker and marks them publish
 the same service-database transaction only after the broker accepted them. A crash
 between the broker's commit and ours re-sends the rows with the same envelope ids: the
 postgres broker ignores ids it still holds and every inbox ignores ids it has processed.
+
+Dead letters: a row the broker *refuses* (the event itself is unacceptable: a PostgreSQL
+data/integrity/limit error, Pub/Sub INVALID_ARGUMENT) counts an attempt; after
+`max_attempts` refusals it is dead-lettered: it stays in the outbox, unpublished, with its
+error, and is no longer relayed, so the rows behind it (its own subject's too) flow on.
+Only the oldest unaccepted row of a subject is charged (the later ones were held back for
+order, not refused). Transient failures (broker unreachable) never count: they are
+retried with back-off forever, so an outage cannot dead-letter anything.
+`fusion-prime events outbox` lists dead-lettered rows and `--replay SEQ` re-queues one.
 """
 
 from __future__ import annotations
@@ -13,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
+import asyncpg
 from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,33 +39,81 @@ log = get_logger(__name__)
 
 RELAYED = Counter("fp_bus_relayed_total", "Outbox rows handed to the broker", ["service"])
 RELAY_ERRORS = Counter("fp_bus_relay_errors_total", "Failed relay batches", ["service"])
+OUTBOX_DEAD_LETTERS = Counter(
+    "fp_bus_outbox_dead_letters_total",
+    "Outbox rows dead-lettered after the broker refused them max-attempts times",
+    ["service"],
+)
 
 _LOCK = text("SELECT pg_try_advisory_xact_lock(hashtext('fp_outbox_relay'))")
 _PENDING = text(
     "SELECT seq, id, topic, subject, event_type, CAST(envelope AS text) AS envelope "
-    "FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT :n FOR UPDATE"
+    "FROM outbox WHERE published_at IS NULL AND attempts < :max "
+    "ORDER BY seq LIMIT :n FOR UPDATE"
 )
 _MARK = text("UPDATE outbox SET published_at = now() WHERE seq = ANY(:seqs)")
-_FAILED = text(
-    "UPDATE outbox SET attempts = attempts + 1, last_error = :err WHERE seq = ANY(:seqs)"
+_REFUSED = text(
+    "UPDATE outbox SET attempts = attempts + 1, last_error = :err WHERE seq = ANY(:seqs) "
+    "RETURNING seq, id, attempts"
 )
+_FAILED = text("UPDATE outbox SET last_error = :err WHERE seq = ANY(:seqs)")
+DEAD_LETTERED_SQL = "published_at IS NULL AND attempts >= :max"
+
+# SQLSTATE classes in which PostgreSQL refuses the data itself (it will every time):
+# 22 data exception, 23 integrity constraint violation, 54 program limit exceeded
+_REFUSAL_CLASSES = ("22", "23", "54")
+
+
+def refused_by_postgres(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate or "")[:2] in (
+        _REFUSAL_CLASSES
+    )
+
+
+@dataclass
+class PublishResult:
+    """What the broker did with a batch: accepted ids, and ids it refused (with why)."""
+
+    accepted: set[uuid.UUID]
+    refused: dict[uuid.UUID, str] = field(default_factory=dict)
 
 
 class Publisher(Protocol):
-    """A broker's publishing side. Returns the ids it durably accepted."""
+    """A broker's publishing side. Transient failures raise or leave ids unaccepted."""
 
-    async def publish(self, events: Sequence[OutgoingEvent]) -> set[uuid.UUID]: ...
+    async def publish(self, events: Sequence[OutgoingEvent]) -> PublishResult: ...
 
 
 class PostgresPublisher:
-    """All-or-nothing: the whole batch is one bus-database transaction."""
+    """The whole batch in one bus-database transaction; when the broker refuses it, the
+    batch is retried one event at a time to find the refused ones (a subject stops at its
+    first refusal, keeping its order)."""
 
     def __init__(self, broker: PostgresBroker) -> None:
         self.broker = broker
 
-    async def publish(self, events: Sequence[OutgoingEvent]) -> set[uuid.UUID]:
-        await self.broker.publish(events)
-        return {e.event_id for e in events}
+    async def publish(self, events: Sequence[OutgoingEvent]) -> PublishResult:
+        try:
+            await self.broker.publish(events)
+            return PublishResult({e.event_id for e in events})
+        except Exception as exc:
+            if not refused_by_postgres(exc):
+                raise
+        result = PublishResult(set())
+        blocked: set[str] = set()
+        for event in events:
+            if event.subject in blocked:
+                continue
+            try:
+                await self.broker.publish([event])
+            except Exception as exc:
+                if not refused_by_postgres(exc):
+                    return result  # an outage meanwhile: the rest is retried later
+                result.refused[event.event_id] = f"{type(exc).__name__}: {exc}"[:2000]
+                blocked.add(event.subject)
+                continue
+            result.accepted.add(event.event_id)
+        return result
 
 
 class Relay:
@@ -68,10 +127,12 @@ class Relay:
         poll_interval: float = 1.0,
         retry_base: float = 0.5,
         retry_max: float = 30.0,
+        max_attempts: int = 5,
     ) -> None:
         self.service = service
         self.engine = engine
         self.publisher = publisher
+        self.max_attempts = max_attempts
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.retry_base = retry_base
@@ -84,27 +145,51 @@ class Relay:
         async with self.engine.connect() as conn, conn.begin():
             if not (await conn.execute(_LOCK)).scalar():
                 return 0  # another relay of this database is working
-            rows = (await conn.execute(_PENDING, {"n": self.batch_size})).all()
+            rows = (
+                await conn.execute(_PENDING, {"n": self.batch_size, "max": self.max_attempts})
+            ).all()
             if not rows:
                 return 0
             events = [
                 OutgoingEvent(r.id, r.topic, r.subject, r.event_type, r.envelope) for r in rows
             ]
             try:
-                accepted = await self.publisher.publish(events)
+                result = await self.publisher.publish(events)
             except Exception as exc:
-                accepted = set()
+                result = PublishResult(set())
                 error = f"{type(exc).__name__}: {exc}"[:2000]
             else:
                 error = "not accepted by the broker"
             # losing this mark in a server crash only re-sends (same ids): no flush wait
             await conn.execute(text("SET LOCAL synchronous_commit = off"))
-            done = [r.seq for r in rows if r.id in accepted]
-            failed = [r.seq for r in rows if r.id not in accepted]
+            done = [r.seq for r in rows if r.id in result.accepted]
+            failed = [r for r in rows if r.id not in result.accepted]
+            first_of_subject: dict[str, int] = {}
+            for r in failed:
+                first_of_subject.setdefault(r.subject, r.seq)
+            refused = [
+                r for r in failed if r.id in result.refused and first_of_subject[r.subject] == r.seq
+            ]
             if done:
                 await conn.execute(_MARK, {"seqs": done})
-            if failed:
-                await conn.execute(_FAILED, {"seqs": failed, "err": error})
+            for r in refused:  # one statement each: every refusal has its own reason
+                charged = (
+                    await conn.execute(_REFUSED, {"seqs": [r.seq], "err": result.refused[r.id]})
+                ).one()
+                if charged.attempts >= self.max_attempts:
+                    OUTBOX_DEAD_LETTERS.labels(self.service).inc()
+                    log.error(
+                        "outbox row dead-lettered: the broker refused it",
+                        seq=r.seq,
+                        event_id=str(r.id),
+                        topic=r.topic,
+                        attempts=charged.attempts,
+                        error=result.refused[r.id][:500],
+                    )
+            charged_seqs = {r.seq for r in refused}
+            others = [r.seq for r in failed if r.seq not in charged_seqs]
+            if others:
+                await conn.execute(_FAILED, {"seqs": others, "err": error})
         RELAYED.labels(self.service).inc(len(done))
         if failed:
             RELAY_ERRORS.labels(self.service).inc()

@@ -1,6 +1,6 @@
 """How a service process gets its relay and consumers without writing any bus code.
 
-`attach_bus(app, spec)` (called by the app factory) resolves the consumers: every
+`attach_bus(app, spec, settings)` (called by the app factory) resolves the consumers: every
 registry subscription whose `service == spec.name`, plus `spec.consumes` (explicit
 `Consumer(topic, subscription, handler)` triples for test-only topics). `BusWorkers`
 then gives the lifespan its background loops: the outbox relay when the service
@@ -45,14 +45,16 @@ def consumers_for(spec: ServiceSpec) -> list[Consumer]:
     return found
 
 
-def attach_bus(app: FastAPI, spec: ServiceSpec) -> list[Consumer]:
-    """Resolve handlers now (a missing one stops start-up) and mount the push endpoint."""
+def attach_bus(app: FastAPI, spec: ServiceSpec, settings: BaseServiceSettings) -> list[Consumer]:
+    """Resolve handlers now (a missing one stops start-up); with FP_BUS=pubsub mount the
+    push endpoint. With FP_BUS=postgres it does not exist: consumption is the consumer
+    loops', and an endpoint nobody pushes to would only be a way in around the bus."""
     from fusion_prime.platform.bus.pubsub import push_router
 
     consumers = consumers_for(spec)
     app.state.bus_consumers = {c.subscription: c for c in consumers}
     app.state.bus_handlers = {c.subscription: c.resolved() for c in consumers}
-    if consumers:
+    if consumers and settings.fp_bus == "pubsub":
         app.include_router(push_router)
     return consumers
 
@@ -174,6 +176,7 @@ class BusWorkers:
             self._publisher(),
             batch_size=self.settings.bus_batch_size,
             poll_interval=self.settings.bus_poll_interval,
+            max_attempts=self.settings.bus_relay_max_attempts,
         )
         await relay.run()
 
