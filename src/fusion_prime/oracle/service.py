@@ -302,7 +302,7 @@ async def price_history(
     rows = await repo.history(session, pair, start, end, seconds)
     return [
         {
-            "start": r.t.isoformat(),
+            "start": r.bucket_start.isoformat(),
             "open": str(r.open),
             "high": str(r.high),
             "low": str(r.low),
@@ -333,6 +333,12 @@ async def price_twap(
     }
 
 
+def _rate(successes: int, total: int) -> str | None:
+    if not total:
+        return None
+    return str((Decimal(successes) / total).quantize(Decimal("0.0001")).normalize())
+
+
 async def sources_view(session: AsyncSession) -> list[dict[str, Any]]:
     out = []
     for r in await repo.source_health(session):
@@ -342,7 +348,7 @@ async def sources_view(session: AsyncSession) -> list[dict[str, Any]]:
                 "source": r.source,
                 "successes": r.successes,
                 "failures": r.failures,
-                "success_rate": str(round(Decimal(r.successes) / total, 4)) if total else None,
+                "success_rate": _rate(r.successes, total),
                 "last_success_at": r.last_success_at.isoformat() if r.last_success_at else None,
                 "last_error": r.last_error,
                 "last_error_at": r.last_error_at.isoformat() if r.last_error_at else None,
