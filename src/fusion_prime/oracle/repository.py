@@ -323,15 +323,16 @@ async def latest_aggregate(session: AsyncSession, pair: str) -> Any:
     ).first()
 
 
+_BIN = "date_bin(make_interval(secs => :secs), {}, TIMESTAMPTZ 'epoch') AS bucket_start"
 _HISTORY_HOURS = text(
-    "SELECT date_bin(make_interval(secs => :secs), bucket, TIMESTAMPTZ 'epoch') AS bucket_start, "
+    f"SELECT {_BIN.format('bucket')}, "
     "(array_agg(open ORDER BY first_at))[1] AS open, max(high) AS high, min(low) AS low, "
     "(array_agg(close ORDER BY last_at DESC))[1] AS close, sum(count) AS count "
     "FROM aggregate_hours WHERE pair = :pair AND bucket >= :start AND bucket < :end "
     "GROUP BY 1 ORDER BY 1"
 )
 _HISTORY_RAW = text(
-    "SELECT date_bin(make_interval(secs => :secs), observed_at, TIMESTAMPTZ 'epoch') AS bucket_start, "
+    f"SELECT {_BIN.format('observed_at')}, "
     "(array_agg(price ORDER BY observed_at))[1] AS open, max(price) AS high, "
     "min(price) AS low, (array_agg(price ORDER BY observed_at DESC))[1] AS close, "
     "count(*) AS count FROM aggregates "
