@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,16 +21,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-KINDS = ("coinbase", "kraken", "binance", "coingecko")
+KINDS = ("coinbase", "kraken", "binance", "coingecko", "chainlink")
 # Kraken answers with its own pair names
 KRAKEN_NAMES = {"XBTUSD": "XXBTZUSD", "ETHUSD": "XETHZUSD"}
 
 
 @dataclass
 class Behaviour:
-    mode: str = "ok"  # ok | error | garbage | zero | negative | nonfinite | slow | stale | future
+    mode: str = "ok"  # ok | error | garbage | zero | negative | nonfinite | stale | future
     delay: float = 0.0
     age: float = 0.0  # seconds the source's own time lags behind now
+    jitter: tuple[float, float] | None = None  # a random delay in [low, high] per request
+
+    def wait(self) -> None:
+        if self.jitter is not None:
+            time.sleep(random.uniform(*self.jitter))
+        elif self.delay:
+            time.sleep(self.delay)
 
 
 @dataclass
@@ -37,6 +46,7 @@ class FakeState:
     behaviour: dict[str, Behaviour] = field(default_factory=lambda: {k: Behaviour() for k in KINDS})
     requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    rpc_upstream: str | None = None  # POSTs (JSON-RPC) are forwarded here, after the delay
 
     def set(self, kind: str, symbol: str, price: str) -> None:
         with self.lock:
@@ -47,9 +57,16 @@ class FakeState:
         for kind, symbol in symbols.items():
             self.set(kind, symbol, price)
 
-    def mode(self, kind: str, mode: str, delay: float = 0.0, age: float = 0.0) -> None:
+    def mode(
+        self,
+        kind: str,
+        mode: str,
+        delay: float = 0.0,
+        age: float = 0.0,
+        jitter: tuple[float, float] | None = None,
+    ) -> None:
         with self.lock:
-            self.behaviour[kind] = Behaviour(mode, delay, age)
+            self.behaviour[kind] = Behaviour(mode, delay, age, jitter)
 
 
 def _source_time(b: Behaviour) -> float:
@@ -142,13 +159,29 @@ class _Handler(BaseHTTPRequestHandler):
             state.requests[kind] += 1
             b = state.behaviour[kind]
             price = state.prices.get((kind, symbol))
-        if b.delay:
-            time.sleep(b.delay)
+        b.wait()
         if b.mode == "garbage":
             self._send(200, "<html><body>502 Bad Gateway</body></html>", "text/html")
             return
         status, body = render(b, symbol, price)
         self._send(status, body)
+
+    def do_POST(self) -> None:
+        """A delaying proxy in front of a JSON-RPC node (the Chainlink source's latency)."""
+        state = self.server.state
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        with state.lock:
+            state.requests["chainlink"] += 1
+            b = state.behaviour["chainlink"]
+        b.wait()
+        if state.rpc_upstream is None:
+            self._send(404, '{"message":"no upstream"}')
+            return
+        req = urllib.request.Request(
+            state.rpc_upstream, data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            self._send(r.status, r.read().decode())
 
     def _send(self, status: int, body: str, ctype: str = "application/json") -> None:
         data = body.encode()
@@ -164,6 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # a round opens hundreds of connections at once
     state: FakeState
 
 

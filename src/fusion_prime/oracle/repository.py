@@ -175,13 +175,17 @@ async def copy_observations(session: AsyncSession, judged: Sequence[Judged]) -> 
     )
 
 
-_INSERT_AGGREGATES = text(
-    "INSERT INTO aggregates (pair, price, observed_at, sources, spread, published, "
-    "publish_reason, event_id) SELECT * FROM unnest(CAST(:pairs AS text[]), "
-    "CAST(:prices AS numeric[]), CAST(:ats AS timestamptz[]), CAST(:sources AS jsonb[]), "
-    "CAST(:spreads AS numeric[]), CAST(:published AS boolean[]), CAST(:reasons AS text[]), "
-    "CAST(:events AS uuid[]))"
-)
+AGGREGATE_COLUMNS = [
+    "pair",
+    "price",
+    "observed_at",
+    "sources",
+    "spread",
+    "published",
+    "publish_reason",
+    "event_id",
+]
+
 
 # hourly OHLC kept with the aggregates; open/close follow the earliest/latest time seen
 _UPSERT_HOURS = text(
@@ -198,21 +202,19 @@ _UPSERT_HOURS = text(
 
 
 async def insert_aggregates(session: AsyncSession, rows: Sequence[AggregateRow]) -> None:
+    """The round's aggregates (one COPY) and their hours in the rollup."""
     if not rows:
         return
-    await session.execute(
-        _INSERT_AGGREGATES,
-        {
-            "pairs": [r.pair for r in rows],
-            "prices": [r.price for r in rows],
-            "ats": [r.observed_at for r in rows],
-            "sources": [json.dumps(r.sources) for r in rows],
-            "spreads": [r.spread for r in rows],
-            "published": [r.published for r in rows],
-            "reasons": [r.publish_reason for r in rows],
-            "events": [r.event_id for r in rows],
-        },
-    )
+    apg = await driver_connection(session)
+    await apg.copy_records_to_table(
+        "aggregates",
+        records=[
+            (r.pair, r.price, r.observed_at, json.dumps(r.sources), r.spread, r.published,
+             r.publish_reason, r.event_id)
+            for r in rows
+        ],
+        columns=AGGREGATE_COLUMNS,
+    )  # fmt: skip
     await session.execute(
         _UPSERT_HOURS,
         {
@@ -331,6 +333,10 @@ _HISTORY_HOURS = text(
     "FROM aggregate_hours WHERE pair = :pair AND bucket >= :start AND bucket < :end "
     "GROUP BY 1 ORDER BY 1"
 )
+_HISTORY_HOURLY = text(
+    "SELECT bucket AS bucket_start, open, high, low, close, count FROM aggregate_hours "
+    "WHERE pair = :pair AND bucket >= :start AND bucket < :end ORDER BY bucket"
+)
 _HISTORY_RAW = text(
     f"SELECT {_BIN.format('observed_at')}, "
     "(array_agg(price ORDER BY observed_at))[1] AS open, max(price) AS high, "
@@ -349,7 +355,10 @@ async def history(
     With the rollup, `start`/`end` are hour-aligned by the caller (an hour is the
     smallest unit the rollup knows)."""
     sql = _HISTORY_HOURS if seconds % 3600 == 0 else _HISTORY_RAW
-    params = {"pair": pair, "start": start, "end": end, "secs": seconds}
+    params: dict[str, Any] = {"pair": pair, "start": start, "end": end, "secs": seconds}
+    if seconds == 3600:  # the rollup's own rows
+        sql = _HISTORY_HOURLY
+        del params["secs"]
     return list((await session.execute(sql, params)).all())
 
 

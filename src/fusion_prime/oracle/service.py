@@ -8,13 +8,15 @@ Nothing here commits.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter as Metric
+from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fusion_prime.oracle import repository as repo
@@ -38,10 +40,10 @@ from fusion_prime.platform.errors import InvalidError, NotFoundError
 PRICES_TOPIC = "market.prices.v1"
 SERVICE = "oracle"
 
-OBSERVATIONS = Counter(
+OBSERVATIONS = Metric(
     "fp_oracle_observations_total", "Source observations by outcome", ["source", "status"]
 )
-PUBLISHED = Counter("fp_oracle_published_total", "Events published", ["event_type", "reason"])
+PUBLISHED = Metric("fp_oracle_published_total", "Events published", ["event_type", "reason"])
 DEGRADED = Gauge("fp_oracle_feed_degraded", "1 while a feed has no quorum", ["pair"])
 
 
@@ -60,7 +62,9 @@ def _envelope(event_type: str, asset: str, data: dict[str, Any]) -> Envelope:
     return Envelope(type=event_type, source=SERVICE, subject=asset, data=data)
 
 
-def price_event(result: RoundResult, reason: str) -> Envelope:
+def price_event(
+    result: RoundResult, reason: str, sources: list[dict[str, Any]] | None = None
+) -> Envelope:
     """`price.updated` as the risk engine consumes it, plus what the oracle knows."""
     agg = result.aggregate
     assert agg is not None
@@ -76,7 +80,7 @@ def price_event(result: RoundResult, reason: str) -> Envelope:
             # when the oracle observed it (not a source's own, possibly older, clock)
             "source_time": agg.observed_at.isoformat(),
             "pair": result.feed.pair,
-            "sources": agg.sources_json(),
+            "sources": sources if sources is not None else agg.sources_json(),
             "spread": str(agg.spread),
             "observed_at": agg.observed_at.isoformat(),
             "reason": reason,
@@ -125,7 +129,8 @@ async def store_round(
         agg = result.aggregate
         if agg is not None:
             published = publish_reason(state, agg, feed)
-            event = price_event(result, published) if published else None
+            used = agg.sources_json()
+            event = price_event(result, published, used) if published else None
             if event is not None:
                 events.append(event)
             aggregates.append(
@@ -133,7 +138,7 @@ async def store_round(
                     feed.pair,
                     agg.price,
                     agg.observed_at,
-                    agg.sources_json(),
+                    used,
                     agg.spread,
                     event is not None,
                     published,
@@ -175,11 +180,14 @@ def _health(judged: Sequence[Judged]) -> dict[str, repo.HealthDelta]:
     """A source succeeded when it answered a usable price (an outlier or a stale answer
     still counts as answered; its usefulness is in the observation's status)."""
     out: dict[str, repo.HealthDelta] = {}
+    counts: Counter[tuple[str, str]] = Counter()
     for j in judged:
         o = j.observation
-        d = out.setdefault(o.source, repo.HealthDelta())
+        d = out.get(o.source)
+        if d is None:
+            d = out[o.source] = repo.HealthDelta()
         d.last_latency_ms = max(d.last_latency_ms, o.latency_ms)
-        OBSERVATIONS.labels(o.source, j.status.value).inc()
+        counts[(o.source, j.status.value)] += 1
         if j.status is ObservationStatus.ERROR:
             d.failures += 1
             if d.last_error_at is None or o.observed_at >= d.last_error_at:
@@ -188,18 +196,23 @@ def _health(judged: Sequence[Judged]) -> dict[str, repo.HealthDelta]:
             d.successes += 1
             if d.last_success_at is None or o.observed_at > d.last_success_at:
                 d.last_success_at = o.observed_at
+    for (source, status), n in counts.items():
+        OBSERVATIONS.labels(source, status).inc(n)
     return out
 
 
 async def _publish(session: AsyncSession, events: Sequence[Envelope]) -> None:
     allowed = lookup_topic(PRICES_TOPIC).event_types
     rows = []
+    counts: Counter[tuple[str, str]] = Counter()
     for e in events:
         if e.type not in allowed:
             raise ValueError(f"{e.type!r} is not an event type of {PRICES_TOPIC}")
         rows.append(OutboxRow(e.id, PRICES_TOPIC, e.subject, e.type, e.to_json()))
-        PUBLISHED.labels(e.type, str(e.data.get("reason", "quorum_lost"))).inc()
+        counts[(e.type, str(e.data.get("reason", "quorum_lost")))] += 1
     await publish_rows(session, rows)
+    for (event_type, reason), n in counts.items():
+        PUBLISHED.labels(event_type, reason).inc(n)
 
 
 # -- feeds ---------------------------------------------------------------------------

@@ -39,12 +39,14 @@ def _background(runtime: Runtime) -> Sequence[BackgroundTask]:
         from fusion_prime.oracle.poller import poll_once
 
         sources = settings.source_set()
+        had_feeds = True
         try:
             while True:
                 started = time.monotonic()
                 report = await poll_once(runtime.sessions, sources)
-                if not report.outcomes:
+                if had_feeds and not report.outcomes:
                     log.warning("no enabled feeds: run `fusion-prime oracle init` or PUT /feeds")
+                had_feeds = bool(report.outcomes)
                 published = [o.result.feed.pair for o in report.outcomes if o.published]
                 degraded = [o.result.feed.pair for o in report.outcomes if o.result.reason]
                 if published or degraded:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import httpx
+import aiohttp
 
 from fusion_prime.oracle.domain import Feed, Observation, SourceRef
 from fusion_prime.oracle.sources.base import Source, SourceError
@@ -33,23 +33,29 @@ class SourceSet:
 
     timeout: float
     sources: dict[str, Source] = field(default_factory=dict)
-    client: httpx.AsyncClient | None = None
+    _session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """One HTTP session for every source, made in the running loop on first use.
+
+        No connection limit: every request of a round is in flight at once, so one slow
+        source never queues the others behind it."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(limit=0),
+                headers={"Accept": "application/json", "User-Agent": "fusion-prime-oracle"},
+            )
+        return self._session
 
     @classmethod
     def from_urls(cls, urls: SourceUrls, timeout: float) -> SourceSet:
-        # no pool limit: every request of a round is in flight at once, so one slow
-        # source never queues the others behind it
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
-            headers={"Accept": "application/json", "User-Agent": "fusion-prime-oracle"},
-        )
-        out = cls(timeout, client=client)
+        out = cls(timeout)
         out.sources = {
-            "coinbase": Coinbase(urls.coinbase, client),
-            "kraken": Kraken(urls.kraken, client),
-            "binance": Binance(urls.binance, client),
-            "coingecko": CoinGecko(urls.coingecko, client),
+            "coinbase": Coinbase(urls.coinbase, out.session),
+            "kraken": Kraken(urls.kraken, out.session),
+            "binance": Binance(urls.binance, out.session),
+            "coingecko": CoinGecko(urls.coingecko, out.session),
         }
         if urls.eth_rpc:
             from fusion_prime.oracle.sources.chainlink import Chainlink
@@ -88,5 +94,5 @@ class SourceSet:
     async def close(self) -> None:
         for s in self.sources.values():
             await s.close()
-        if self.client is not None:
-            await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()

@@ -3,17 +3,22 @@
 An adapter turns one API's real response into a `Quote` (a Decimal and the time the
 source says it is from) or raises `SourceError` with the reason, which is stored with
 the observation. JSON is parsed with Decimal for numbers, so a float never appears.
+
+HTTP goes through aiohttp rather than httpx: a round has every request in flight at once
+(250 for 50 feeds x 5 sources), and with 250 concurrent requests to a server answering
+in 100 ms httpx took 3.3-5.9 s, aiohttp 0.15-0.19 s on this machine (bench/oracle.py).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 
 from fusion_prime.oracle.domain import validate_value
 
@@ -91,24 +96,32 @@ def obj(raw: object, what: str) -> dict[str, Any]:
     return raw
 
 
+MAX_BODY = 1 << 20  # a ticker is a few hundred bytes; anything this big is not one
+
+
 class HttpSource:
-    """A JSON-over-HTTP source at a configurable base URL, with a timeout."""
+    """A JSON-over-HTTP source at a configurable base URL (the timeout is the session's)."""
 
     kind = "http"
 
-    def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
+    def __init__(self, base_url: str, session: Callable[[], aiohttp.ClientSession]) -> None:
         self.base_url = base_url.rstrip("/")
-        self.client = client
+        self.session = session
 
     async def get_json(self, path: str, params: dict[str, str]) -> tuple[int, Any]:
         try:
-            r = await self.client.get(f"{self.base_url}{path}", params=params)
-        except httpx.TimeoutException:
+            async with self.session().get(f"{self.base_url}{path}", params=params) as r:
+                if (r.content_length or 0) > MAX_BODY:
+                    raise SourceError("response too large")
+                content = await r.content.read(MAX_BODY + 1)
+                if len(content) > MAX_BODY:
+                    raise SourceError("response too large")
+                status = r.status
+        except TimeoutError:
             raise SourceError("timed out") from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise SourceError(f"request failed: {type(exc).__name__}") from None
-        body = decode_json(r.content) if r.content else None
-        return r.status_code, body
+        return status, decode_json(content) if content else None
 
     @staticmethod
     def http_error(status: int, body: Any, message_keys: tuple[str, ...]) -> SourceError:
