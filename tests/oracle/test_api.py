@@ -133,6 +133,8 @@ async def test_history_buckets_are_ohlc_of_the_stored_aggregates(
         {**q, "interval": "10s"},
         {"from": q["to"], "to": q["from"]},
         {"from": "2026-11-30T10:00:00"},
+        {"from": "9999-12-31T00:00:00Z", "to": "9999-12-31T23:30:00Z"},
+        {"to": "0001-01-01T10:00:00Z"},
     ):
         r = await client.get("/prices/ETH-USD/history", params=bad)
         assert r.status_code == 422, (bad, r.text)

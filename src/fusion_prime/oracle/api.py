@@ -130,8 +130,11 @@ async def price_history(
     """OHLC buckets of the stored aggregates (default: the last 24 h in hours)."""
     seconds = _seconds(interval, "interval")
     end_at = _aware(end, "to") if end else service.now_utc()
-    start_at = _aware(start, "from") if start else end_at - timedelta(days=1)
-    buckets = await service.price_history(session, pair, start_at, end_at, seconds)
+    try:
+        start_at = _aware(start, "from") if start else end_at - timedelta(days=1)
+        buckets = await service.price_history(session, pair, start_at, end_at, seconds)
+    except OverflowError:
+        raise InvalidError("`from`/`to` are outside the supported dates", field="to") from None
     return {"pair": pair, "interval_seconds": seconds, "buckets": buckets}
 
 

@@ -6,7 +6,7 @@ No I/O here. Every price is a Decimal; a float never enters an aggregate.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -256,7 +256,6 @@ class FeedState:
     status: FeedStatus | None = None
     reason: str | None = None
     last_published: Published | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def publish_reason(state: FeedState, agg: Aggregate, feed: Feed) -> str | None:

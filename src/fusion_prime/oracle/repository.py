@@ -388,17 +388,3 @@ async def delete_observations_before(session: AsyncSession, cutoff: datetime, li
         {"cutoff": cutoff, "n": limit},
     )
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def observation_counts(session: AsyncSession, since: datetime) -> list[Any]:
-    return list(
-        (
-            await session.execute(
-                text(
-                    "SELECT source, status, count(*) AS n FROM observations "
-                    "WHERE observed_at >= :since GROUP BY 1, 2 ORDER BY 1, 2"
-                ),
-                {"since": since},
-            )
-        ).all()
-    )
