@@ -90,6 +90,7 @@ _GROUPS: dict[str, str] = {
     "settlement": "fusion_prime.settlement.cli",
     "compliance": "fusion_prime.compliance.cli",
     "risk": "fusion_prime.risk.cli",
+    "oracle": "fusion_prime.oracle.cli",
 }
 
 

@@ -213,3 +213,10 @@ async def engine_scope(url: URL, **kwargs: Any) -> AsyncIterator[AsyncEngine]:
         yield engine
     finally:
         await engine.dispose()
+
+
+async def driver_connection(session: Any) -> Any:
+    """The asyncpg connection inside an AsyncSession's transaction (for COPY)."""
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection

@@ -63,7 +63,9 @@ TOPICS: tuple[Topic, ...] = (
     Topic(
         "market.prices.v1",
         publisher="oracle",
-        event_types=("price.updated",),
+        # price.unavailable: a feed lost its quorum (one event per loss; risk ignores it
+        # and goes to unknown_price on its own when the last price ages out)
+        event_types=("price.updated", "price.unavailable"),
         subscriptions=(
             Subscription(
                 "risk-engine-prices-consumer", "risk", "fusion_prime.risk.handlers:handle_prices"
