@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+# the HTTP header carrying the signature, in every direction
+SIGNATURE_HEADER = "Fusion-Prime-Signature"
+
 
 class SignatureError(Exception):
     """Why a signature was refused (never carries the secret)."""

@@ -1,0 +1,244 @@
+"""The delivery worker: claims due notifications (SKIP LOCKED, with a lease), sends each
+through its channel, and records the attempt and the honest outcome right after the
+provider answered, one short transaction per delivery.
+
+Nothing is marked sent before the provider accepted. A worker killed between the
+provider's answer and the commit leaves the notification to be claimed again after the
+lease: that one may be sent twice, with the same idempotency key (notification id as
+Message-ID / Fusion-Prime-Delivery-Id / Idempotency-Key) so the receiver can drop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from cryptography.fernet import MultiFernet
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from fusion_prime.alerts import repository as repo
+from fusion_prime.alerts.channels import Delivery, Result, Sender
+from fusion_prime.alerts.channels.email import EmailSender
+from fusion_prime.alerts.channels.slack import SlackSender
+from fusion_prime.alerts.channels.sms import SmsSender
+from fusion_prime.alerts.channels.webhook import WebhookSender
+from fusion_prime.alerts.domain import FAILOVER_TIERS, Channel, retry_delay
+from fusion_prime.alerts.messages import render
+from fusion_prime.alerts.settings import AlertsSettings
+from fusion_prime.platform import secretbox
+from fusion_prime.platform.observability import get_logger
+
+log = get_logger(__name__)
+
+DELIVERIES = Counter(
+    "fp_alerts_deliveries_total", "Delivery attempts by channel and outcome", ["channel", "status"]
+)
+QUEUE_DEPTH = Gauge("fp_alerts_queue_depth", "Notifications waiting to be sent (pending)")
+OLDEST_PENDING = Gauge("fp_alerts_oldest_pending_seconds", "Age of the oldest pending notification")
+LATENCY = Histogram(
+    "fp_alerts_delivery_seconds",
+    "Provider call latency",
+    ["channel"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+_SECRETS_INFO = b"fusion-prime/alerts/contact-secrets/v1"
+STATS_INTERVAL = 1.0
+
+
+def contact_cipher(settings: AlertsSettings) -> MultiFernet:
+    return secretbox.cipher(
+        settings.secret_key.get_secret_value(),
+        secretbox.split_keys(settings.previous_secret_keys.get_secret_value()),
+        info=_SECRETS_INFO,
+    )
+
+
+class Deliverer:
+    """Sends claimed notifications and records what happened."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: AlertsSettings,
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.fernet = contact_cipher(settings)
+        self.senders: dict[Channel, Sender] = {
+            Channel.EMAIL: EmailSender(settings),
+            Channel.WEBHOOK: WebhookSender(client, settings.http_timeout),
+            Channel.SLACK: SlackSender(client, settings.http_timeout),
+            Channel.SMS: SmsSender(client, settings),
+        }
+
+    def _delivery(self, c: repo.Claimed) -> Delivery:
+        secret = self.fernet.decrypt(c.secret_ciphertext).decode() if c.secret_ciphertext else None
+        link = self.settings.account_url.replace("{account_id}", c.account_id)
+        data = dict(c.payload)
+        message = render(
+            c.kind,
+            account_id=c.account_id,
+            tier=c.tier,
+            data=data,
+            link=link,
+            count=c.fold_count,
+            test=c.test,
+        )
+        payload: dict[str, Any] = {
+            "account_id": c.account_id,
+            "kind": c.kind,
+            "tier": c.tier,
+            "count": c.fold_count,
+            "event_id": str(c.event_id) if c.event_id else None,
+            "link": link,
+            "test": c.test,
+            "data": data,
+        }
+        return Delivery(
+            c.id, c.event_id, Channel(c.channel), c.address or "", secret, message, payload,
+            c.attempts + 1,
+        )  # fmt: skip
+
+    async def deliver(self, c: repo.Claimed) -> Result:
+        attempted_at = datetime.now(UTC)
+        if c.contact_deleted or c.address is None:
+            result = Result("failed", 0, error="contact deleted or channel removed")
+        else:
+            try:
+                d = self._delivery(c)
+            except Exception as exc:  # unreadable secret, template error: recorded
+                result = Result("failed", 0, error=f"cannot build message: {type(exc).__name__}")
+            else:
+                started = time.perf_counter()
+                result = await self.senders[d.channel](d)
+                LATENCY.labels(c.channel).observe(time.perf_counter() - started)
+        await self._record(c, result, attempted_at)
+        return result
+
+    async def _record(self, c: repo.Claimed, r: Result, attempted_at: datetime) -> None:
+        async with self.sessions() as session, session.begin():
+            await repo.record_attempt(
+                session,
+                c,
+                attempted_at=attempted_at,
+                latency_ms=r.latency_ms,
+                code=r.code,
+                response=r.response,
+                error=r.error,
+                outcome=r.outcome,
+            )
+            if r.outcome == "accepted":
+                await repo.mark_sent(session, c, r.provider_ref)
+                DELIVERIES.labels(c.channel, "sent").inc()
+                return
+            error = r.error or "failed"
+            if r.outcome == "retry":
+                delay = retry_delay(
+                    c.attempts + 1, self.settings.retry_base, self.settings.retry_max_delay
+                )
+                delay = max(delay, r.retry_after or 0.0)
+                if datetime.now(UTC).timestamp() + delay <= c.retry_until.timestamp():
+                    await repo.mark_retry(session, c, error, delay)
+                    DELIVERIES.labels(c.channel, "retry").inc()
+                    return
+                error = f"retries exhausted after {c.attempts + 1} attempts: {error}"
+            await repo.mark_failed(session, c, error, attempted=True)
+            DELIVERIES.labels(c.channel, "failed").inc()
+            await self._failover(session, c)
+
+    async def _failover(self, session: AsyncSession, c: repo.Claimed) -> None:
+        """A margin call or liquidation that cannot reach a recipient on one channel is
+        sent on their next channel (in the contact's own order)."""
+        if c.tier not in FAILOVER_TIERS or c.test or c.contact_deleted:
+            return
+        contact_rows = await repo.contact_rows(session, contact_id=c.contact_id)
+        if not contact_rows:
+            return
+        contact = repo.to_contact(contact_rows[0])
+        root = await _root(session, c.id)
+        used = await repo.used_channels(session, c.event_id, c.contact_id, root)
+        nxt = next((e for e in contact.endpoints if e.channel.value not in used), None)
+        if nxt is None:
+            return
+        nid = await repo.insert_failover(session, c, nxt.channel.value, self.settings.retry_for)
+        log.info(
+            "failover", notification=str(c.id), to=str(nid), channel=nxt.channel.value,
+            frm=c.channel,
+        )  # fmt: skip
+
+
+async def _root(session: AsyncSession, nid: uuid.UUID) -> uuid.UUID:
+    from sqlalchemy import text
+
+    row = (
+        await session.execute(
+            text("SELECT coalesce(failover_of, id) FROM notifications WHERE id = :id"),
+            {"id": nid},
+        )
+    ).scalar_one()
+    return uuid.UUID(str(row))
+
+
+class DeliveryWorker:
+    """The background loop: claim a batch, send with bounded concurrency, repeat."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], settings: AlertsSettings
+    ) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.deliverer: Deliverer | None = None
+        self._stats_at = 0.0
+
+    async def run(self) -> None:
+        limits = httpx.Limits(
+            max_connections=self.settings.delivery_concurrency,
+            max_keepalive_connections=self.settings.delivery_concurrency,
+        )
+        async with httpx.AsyncClient(timeout=self.settings.http_timeout, limits=limits) as client:
+            self.deliverer = Deliverer(self.sessions, self.settings, client)
+            try:
+                while True:
+                    n = await self.run_once()
+                    await self._stats()
+                    if n < self.settings.delivery_batch:
+                        await asyncio.sleep(self.settings.poll_interval)
+            finally:
+                self.deliverer = None
+
+    async def run_once(self) -> int:
+        assert self.deliverer is not None
+        async with self.sessions() as session, session.begin():
+            claimed = await repo.claim_due(
+                session, self.settings.delivery_batch, self.settings.lease_seconds
+            )
+        if not claimed:
+            return 0
+        gate = asyncio.Semaphore(self.settings.delivery_concurrency)
+        deliverer = self.deliverer
+
+        async def one(c: repo.Claimed) -> None:
+            async with gate:
+                try:
+                    await deliverer.deliver(c)
+                except Exception:  # the lease brings it back; never kill the loop
+                    log.exception("delivery crashed", notification=str(c.id))
+
+        await asyncio.gather(*(one(c) for c in claimed))
+        return len(claimed)
+
+    async def _stats(self) -> None:
+        now = time.monotonic()
+        if now - self._stats_at < STATS_INTERVAL:
+            return
+        self._stats_at = now
+        async with self.sessions() as session:
+            depth, oldest = await repo.queue_stats(session)
+        QUEUE_DEPTH.set(depth)
+        OLDEST_PENDING.set(oldest)
