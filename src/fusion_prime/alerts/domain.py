@@ -76,7 +76,11 @@ def classify(event_type: str, data: Mapping[str, Any]) -> Classified | None:
     if event_type == "margin.tier_changed":
         if to_tier not in (Kind.WARNING, Kind.MARGIN_CALL, Kind.LIQUIDATION):
             return None
-        up = TIER_RANK[to_tier] > TIER_RANK.get(str(from_tier or "healthy"), 0)
+        # escalation: up the ladder into margin_call or liquidation; entering warning (from
+        # healthy, perhaps for the third time in a flapping hour) is not one, it is folded
+        up = to_tier != Kind.WARNING and TIER_RANK[to_tier] > TIER_RANK.get(
+            str(from_tier or "healthy"), 0
+        )
         return Classified(Kind(to_tier), to_tier, from_tier, up)
     if event_type == "margin.reminder":
         return Classified(Kind.REMINDER, to_tier or "unknown", from_tier, False)

@@ -410,7 +410,8 @@ async def used_channels(
     rows = await session.execute(
         text(
             "SELECT channel FROM notifications WHERE contact_id = :c AND channel IS NOT NULL "
-            "AND ((:e IS NOT NULL AND event_id = :e) OR id = :root OR failover_of = :root)"
+            "AND ((CAST(:e AS uuid) IS NOT NULL AND event_id = CAST(:e AS uuid)) "
+            "OR id = :root OR failover_of = :root)"
         ),
         {"c": contact_id, "e": event_id, "root": root},
     )
