@@ -108,8 +108,9 @@ class Alerts:
         return body
 
     async def prefs(self, account: str, **body: Any) -> dict[str, Any]:
-        body.setdefault("kinds", ["warning", "margin_call", "liquidation", "reminder",
-                                  "price_unavailable"])  # fmt: skip
+        body.setdefault(
+            "kinds", ["warning", "margin_call", "liquidation", "reminder", "price_unavailable"]
+        )
         body.setdefault("channels", ["email"])
         r = await self.client.put(f"/accounts/{account}/preferences", json=body)
         assert r.status_code == 200, r.text

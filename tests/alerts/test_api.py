@@ -36,7 +36,7 @@ async def test_preferences_round_trip_and_validation(alerts: Alerts) -> None:
         (
             {"kinds": ["warning"], "channels": ["email"], "recipients": [str(uuid.uuid4())]},
             "recipients.0",
-        ),  # fmt: skip
+        ),
         (
             {
                 "kinds": ["warning"],
@@ -44,7 +44,7 @@ async def test_preferences_round_trip_and_validation(alerts: Alerts) -> None:
                 "quiet_hours": {"start": "25:00", "end": "07:00"},
             },
             "quiet_hours.start",
-        ),  # fmt: skip
+        ),
     ]
     for payload, field in bad:
         r = await alerts.client.put("/accounts/acct-p/preferences", json=payload)
@@ -64,14 +64,14 @@ async def test_contacts_validation_names_the_field(alerts: Alerts) -> None:
                 {"channel": "webhook", "address": "ftp://example.com/x"},
             ],
             "channels.1.address",
-        ),  # fmt: skip
+        ),
         (
             [
                 {"channel": "email", "address": "a@example.com"},
                 {"channel": "email", "address": "b@example.com"},
             ],
             "channels.1.channel",
-        ),  # fmt: skip
+        ),
     ]
     for channels, field in cases:
         r = await alerts.client.post(
@@ -81,9 +81,13 @@ async def test_contacts_validation_names_the_field(alerts: Alerts) -> None:
         assert [e["field"] for e in r.json()["errors"]] == [field], r.json()
     r = await alerts.client.post(
         "/contacts",
-        json={"account_id": "acct-v", "name": "V", "timezone": "Mars/Olympus",
-              "channels": [{"channel": "email", "address": "a@example.com"}]},
-    )  # fmt: skip
+        json={
+            "account_id": "acct-v",
+            "name": "V",
+            "timezone": "Mars/Olympus",
+            "channels": [{"channel": "email", "address": "a@example.com"}],
+        },
+    )
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "timezone"
     assert await alerts.rows("SELECT 1 FROM contacts") == []
