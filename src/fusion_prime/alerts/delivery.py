@@ -11,6 +11,7 @@ Message-ID / Fusion-Prime-Delivery-Id / Idempotency-Key) so the receiver can dro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 from cryptography.fernet import MultiFernet
 from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fusion_prime.alerts import repository as repo
@@ -31,6 +33,8 @@ from fusion_prime.alerts.domain import FAILOVER_TIERS, Channel, retry_delay
 from fusion_prime.alerts.messages import render
 from fusion_prime.alerts.settings import AlertsSettings
 from fusion_prime.platform import secretbox
+from fusion_prime.platform.admin import asyncpg_dsn
+from fusion_prime.platform.bus.postgres import Listener
 from fusion_prime.platform.observability import get_logger
 
 log = get_logger(__name__)
@@ -189,12 +193,23 @@ class DeliveryWorker:
     """The background loop: claim a batch, send with bounded concurrency, repeat."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], settings: AlertsSettings
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: AlertsSettings,
+        url: URL | None = None,
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.deliverer: Deliverer | None = None
         self._stats_at = 0.0
+        self._wake = asyncio.Event()
+        # LISTEN for new pending notifications (commit-to-send latency without busy
+        # polling); without a URL, or if LISTEN fails, the loop polls only
+        self._listener = (
+            Listener(asyncpg_dsn(url), repo.PENDING_CHANNEL, lambda _: self._wake.set())
+            if url is not None
+            else None
+        )
 
     async def run(self) -> None:
         limits = httpx.Limits(
@@ -205,12 +220,20 @@ class DeliveryWorker:
             self.deliverer = Deliverer(self.sessions, self.settings, client)
             try:
                 while True:
+                    if self._listener is not None:
+                        await self._listener.ensure()
+                    self._wake.clear()
                     n = await self.run_once()
                     await self._stats()
                     if n < self.settings.delivery_batch:
-                        await asyncio.sleep(self.settings.poll_interval)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(
+                                self._wake.wait(), timeout=self.settings.poll_interval
+                            )
             finally:
                 self.deliverer = None
+                if self._listener is not None:
+                    await self._listener.close()
 
     async def run_once(self) -> int:
         assert self.deliverer is not None

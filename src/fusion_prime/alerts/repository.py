@@ -276,6 +276,13 @@ async def fold(
 
 # -- the delivery worker -----------------------------------------------------------------
 
+PENDING_CHANNEL = "fp_alerts_pending"
+
+
+async def wake_workers(session: AsyncSession) -> None:
+    """NOTIFY the delivery workers; PostgreSQL sends it when the transaction commits."""
+    await session.execute(text(f"SELECT pg_notify('{PENDING_CHANNEL}', '')"))
+
 
 @dataclass(frozen=True)
 class Claimed:

@@ -130,6 +130,8 @@ async def ingest(
     await repo.insert_events(session, event_rows)
     await repo.insert_notifications(session, notif_rows)
     await repo.fold(session, folds)
+    if any(r["status"] == "pending" for r in notif_rows):
+        await repo.wake_workers(session)  # delivered on commit; the worker also polls
     out.notifications = len(notif_rows)
     return out
 

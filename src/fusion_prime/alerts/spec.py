@@ -21,7 +21,7 @@ def _background(runtime: Runtime) -> Sequence[BackgroundTask]:
     settings = runtime.settings
     assert isinstance(settings, AlertsSettings)
     configure(settings)
-    worker = DeliveryWorker(runtime.sessions, settings)
+    worker = DeliveryWorker(runtime.sessions, settings, runtime.url)
     runtime.state[WORKER] = worker
     return [worker.run]
 
