@@ -8,7 +8,6 @@ import uuid
 from datetime import datetime, time
 from typing import Annotated, Any
 
-import httpx
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -18,6 +17,7 @@ from fusion_prime.alerts.delivery import Deliverer, contact_cipher
 from fusion_prime.alerts.domain import ACCOUNT_ID_RE, Channel, Kind, Preferences, Status
 from fusion_prime.alerts.settings import AlertsSettings
 from fusion_prime.platform.errors import ConflictError, InvalidError, NotFoundError
+from fusion_prime.platform.outbound import ClientPool
 from fusion_prime.platform.runtime import RuntimeDep, Session
 
 router = APIRouter(tags=["alerts"])
@@ -288,8 +288,8 @@ async def test_send(body: TestSendIn, runtime: RuntimeDep) -> dict[str, Any]:
     async with runtime.sessions() as session, session.begin():
         claimed = await repo.claim_one(session, nid, settings.lease_seconds)
     assert claimed is not None
-    async with httpx.AsyncClient(timeout=settings.http_timeout) as client:
-        await Deliverer(runtime.sessions, settings, client).deliver(claimed)
+    async with ClientPool(1, settings.http_timeout) as clients:
+        await Deliverer(runtime.sessions, settings, clients).deliver(claimed)
     async with runtime.sessions() as session:
         row = await repo.get_notification(session, nid)
     assert row is not None

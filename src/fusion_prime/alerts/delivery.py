@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from cryptography.fernet import MultiFernet
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.engine import URL
@@ -32,7 +33,7 @@ from fusion_prime.alerts.channels.webhook import WebhookSender
 from fusion_prime.alerts.domain import FAILOVER_TIERS, Channel, retry_delay
 from fusion_prime.alerts.messages import render
 from fusion_prime.alerts.settings import AlertsSettings
-from fusion_prime.platform import secretbox
+from fusion_prime.platform import outbound, secretbox
 from fusion_prime.platform.admin import asyncpg_dsn
 from fusion_prime.platform.bus.postgres import Listener
 from fusion_prime.platform.observability import get_logger
@@ -62,6 +63,13 @@ def contact_cipher(settings: AlertsSettings) -> MultiFernet:
     )
 
 
+@dataclass(frozen=True)
+class Sent:
+    claimed: repo.Claimed
+    result: Result
+    attempted_at: datetime
+
+
 class Deliverer:
     """Sends claimed notifications and records what happened."""
 
@@ -69,16 +77,16 @@ class Deliverer:
         self,
         sessions: async_sessionmaker[AsyncSession],
         settings: AlertsSettings,
-        client: httpx.AsyncClient,
+        clients: outbound.ClientPool,
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.fernet = contact_cipher(settings)
         self.senders: dict[Channel, Sender] = {
             Channel.EMAIL: EmailSender(settings),
-            Channel.WEBHOOK: WebhookSender(client, settings.http_timeout),
-            Channel.SLACK: SlackSender(client, settings.http_timeout),
-            Channel.SMS: SmsSender(client, settings),
+            Channel.WEBHOOK: WebhookSender(clients, settings.http_timeout),
+            Channel.SLACK: SlackSender(clients, settings.http_timeout),
+            Channel.SMS: SmsSender(clients, settings),
         }
 
     def _delivery(self, c: repo.Claimed) -> Delivery:
@@ -109,52 +117,74 @@ class Deliverer:
             c.attempts + 1,
         )  # fmt: skip
 
-    async def deliver(self, c: repo.Claimed) -> Result:
+    async def send(self, c: repo.Claimed) -> Sent:
+        """One provider call; never raises (every failure is a result to record)."""
         attempted_at = datetime.now(UTC)
         if c.contact_deleted or c.address is None:
-            result = Result("failed", 0, error="contact deleted or channel removed")
-        else:
-            try:
-                d = self._delivery(c)
-            except Exception as exc:  # unreadable secret, template error: recorded
-                result = Result("failed", 0, error=f"cannot build message: {type(exc).__name__}")
-            else:
-                started = time.perf_counter()
-                result = await self.senders[d.channel](d)
-                LATENCY.labels(c.channel).observe(time.perf_counter() - started)
-        await self._record(c, result, attempted_at)
-        return result
+            return Sent(c, Result("failed", 0, error="contact deleted or channel removed"),
+                        attempted_at)  # fmt: skip
+        try:
+            d = self._delivery(c)
+        except Exception as exc:  # unreadable secret, template error: recorded
+            error = f"cannot build message: {type(exc).__name__}"
+            return Sent(c, Result("failed", 0, error=error), attempted_at)
+        started = time.perf_counter()
+        try:
+            result = await self.senders[d.channel](d)
+        except Exception as exc:  # a sender bug must not lose the attempt
+            result = Result("retry", 0, error=f"{type(exc).__name__}: {exc}"[:500])
+        LATENCY.labels(c.channel).observe(time.perf_counter() - started)
+        return Sent(c, result, attempted_at)
 
-    async def _record(self, c: repo.Claimed, r: Result, attempted_at: datetime) -> None:
-        async with self.sessions() as session, session.begin():
-            await repo.record_attempt(
-                session,
-                c,
-                attempted_at=attempted_at,
-                latency_ms=r.latency_ms,
-                code=r.code,
-                response=r.response,
-                error=r.error,
-                outcome=r.outcome,
-            )
+    async def deliver(self, c: repo.Claimed) -> Result:
+        sent = await self.send(c)
+        await self.record([sent])
+        return sent.result
+
+    async def record(self, batch: Sequence[Sent]) -> None:
+        """Attempts and outcomes of sends that have all been answered, in one transaction
+        with set-based statements (failures that end a delivery are handled one by one:
+        they may fall over to another channel)."""
+        if not batch:
+            return
+        now = datetime.now(UTC).timestamp()
+        attempts: list[dict[str, Any]] = []
+        sent: list[dict[str, Any]] = []
+        retry: list[dict[str, Any]] = []
+        failed: list[tuple[repo.Claimed, str]] = []
+        for x in batch:
+            c, r = x.claimed, x.result
+            attempts.append(
+                {
+                    "n": str(c.id), "a": c.attempts + 1, "ch": c.channel,
+                    "at": x.attempted_at.isoformat(), "ms": r.latency_ms, "code": r.code,
+                    "resp": r.response, "err": r.error, "o": r.outcome,
+                }
+            )  # fmt: skip
             if r.outcome == "accepted":
-                await repo.mark_sent(session, c, r.provider_ref)
+                sent.append({"id": str(c.id), "ref": r.provider_ref})
                 DELIVERIES.labels(c.channel, "sent").inc()
-                return
+                continue
             error = r.error or "failed"
             if r.outcome == "retry":
                 delay = retry_delay(
                     c.attempts + 1, self.settings.retry_base, self.settings.retry_max_delay
                 )
                 delay = max(delay, r.retry_after or 0.0)
-                if datetime.now(UTC).timestamp() + delay <= c.retry_until.timestamp():
-                    await repo.mark_retry(session, c, error, delay)
+                if now + delay <= c.retry_until.timestamp():
+                    retry.append({"id": str(c.id), "e": error, "d": delay})
                     DELIVERIES.labels(c.channel, "retry").inc()
-                    return
+                    continue
                 error = f"retries exhausted after {c.attempts + 1} attempts: {error}"
-            await repo.mark_failed(session, c, error, attempted=True)
+            failed.append((c, error))
             DELIVERIES.labels(c.channel, "failed").inc()
-            await self._failover(session, c)
+        async with self.sessions() as session, session.begin():
+            await repo.record_attempts(session, attempts)
+            await repo.mark_sent_many(session, sent)
+            await repo.mark_retry_many(session, retry)
+            for c, error in failed:
+                await repo.mark_failed(session, c, error, attempted=True)
+                await self._failover(session, c)
 
     async def _failover(self, session: AsyncSession, c: repo.Claimed) -> None:
         """A margin call or liquidation that cannot reach a recipient on one channel is
@@ -212,12 +242,9 @@ class DeliveryWorker:
         )
 
     async def run(self) -> None:
-        limits = httpx.Limits(
-            max_connections=self.settings.delivery_concurrency,
-            max_keepalive_connections=self.settings.delivery_concurrency,
-        )
-        async with httpx.AsyncClient(timeout=self.settings.http_timeout, limits=limits) as client:
-            self.deliverer = Deliverer(self.sessions, self.settings, client)
+        pool = outbound.ClientPool(self.settings.delivery_concurrency, self.settings.http_timeout)
+        async with pool:
+            self.deliverer = Deliverer(self.sessions, self.settings, pool)
             try:
                 while True:
                     if self._listener is not None:
@@ -246,14 +273,13 @@ class DeliveryWorker:
         gate = asyncio.Semaphore(self.settings.delivery_concurrency)
         deliverer = self.deliverer
 
-        async def one(c: repo.Claimed) -> None:
+        async def one(c: repo.Claimed) -> Sent:
             async with gate:
-                try:
-                    await deliverer.deliver(c)
-                except Exception:  # the lease brings it back; never kill the loop
-                    log.exception("delivery crashed", notification=str(c.id))
+                return await deliverer.send(c)
 
-        await asyncio.gather(*(one(c) for c in claimed))
+        # recorded together once all of the batch answered: one transaction per batch.
+        # A crash before that commit resends the batch after the lease (same keys).
+        await deliverer.record(await asyncio.gather(*(one(c) for c in claimed)))
         return len(claimed)
 
     async def _stats(self) -> None:

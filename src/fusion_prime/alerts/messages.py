@@ -38,6 +38,7 @@ def _env() -> Environment:
         autoescape=select_autoescape(enabled_extensions=("html",), default=False),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
+        auto_reload=False,  # templates ship with the code: no stat() per message
     )
 
 

@@ -347,55 +347,47 @@ async def claim_one(
     return Claimed(**dict(row)) if row else None
 
 
-async def record_attempt(
-    session: AsyncSession,
-    c: Claimed,
-    *,
-    attempted_at: datetime,
-    latency_ms: int,
-    code: int | None,
-    response: str | None,
-    error: str | None,
-    outcome: str,
-) -> None:
+async def record_attempts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    if not rows:
+        return
     await session.execute(
         text(
             "INSERT INTO delivery_attempts (notification_id, attempt, channel, attempted_at, "
-            "latency_ms, response_code, response, error, outcome) "
-            "VALUES (:n, :a, :ch, :at, :ms, :code, :resp, :err, :o)"
+            "latency_ms, response_code, response, error, outcome) SELECT r.n, r.a, r.ch, r.at, "
+            "r.ms, r.code, r.resp, r.err, r.o FROM jsonb_to_recordset(CAST(:rows AS jsonb)) "
+            "AS r(n uuid, a int, ch text, at timestamptz, ms int, code int, resp text, "
+            "err text, o text)"
         ),
-        {
-            "n": c.id,
-            "a": c.attempts + 1,
-            "ch": c.channel,
-            "at": attempted_at,
-            "ms": latency_ms,
-            "code": code,
-            "resp": response,
-            "err": error,
-            "o": outcome,
-        },
+        {"rows": _json(rows)},
     )
 
 
-async def mark_sent(session: AsyncSession, c: Claimed, provider_ref: str | None) -> None:
+async def mark_sent_many(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """The provider accepted: `sent` (never `delivered`: that needs its confirmation)."""
+    if not rows:
+        return
     await session.execute(
         text(
-            "UPDATE notifications SET status = 'sent', attempts = attempts + 1, sent_at = now(), "
-            "updated_at = now(), next_attempt_at = NULL, last_error = NULL, provider_ref = :ref "
-            "WHERE id = :id"
+            "UPDATE notifications n SET status = 'sent', attempts = n.attempts + 1, "
+            "sent_at = now(), updated_at = now(), next_attempt_at = NULL, last_error = NULL, "
+            "provider_ref = r.ref FROM jsonb_to_recordset(CAST(:rows AS jsonb)) "
+            "AS r(id uuid, ref text) WHERE n.id = r.id"
         ),
-        {"id": c.id, "ref": provider_ref},
+        {"rows": _json(rows)},
     )
 
 
-async def mark_retry(session: AsyncSession, c: Claimed, error: str | None, delay: float) -> None:
+async def mark_retry_many(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    if not rows:
+        return
     await session.execute(
         text(
-            "UPDATE notifications SET attempts = attempts + 1, updated_at = now(), "
-            "last_error = :e, next_attempt_at = now() + make_interval(secs => :d) WHERE id = :id"
+            "UPDATE notifications n SET attempts = n.attempts + 1, updated_at = now(), "
+            "last_error = r.e, next_attempt_at = now() + make_interval(secs => r.d) "
+            "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id uuid, e text, d float8) "
+            "WHERE n.id = r.id"
         ),
-        {"id": c.id, "e": error, "d": delay},
+        {"rows": _json(rows)},
     )
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
-
 from fusion_prime.alerts.channels import Delivery, Result, from_http, not_configured
 from fusion_prime.platform import outbound
 
@@ -18,8 +16,8 @@ def text(d: Delivery) -> str:
 
 
 class SlackSender:
-    def __init__(self, client: httpx.AsyncClient, timeout: float) -> None:
-        self.client = client
+    def __init__(self, clients: outbound.ClientPool, timeout: float) -> None:
+        self.clients = clients
         self.timeout = timeout
 
     async def __call__(self, d: Delivery) -> Result:
@@ -27,7 +25,7 @@ class SlackSender:
             return not_configured("the Slack hook URL cannot be read")
         content = json.dumps({"text": text(d)}).encode()
         out = await outbound.post(
-            self.client,
+            self.clients.next(),
             d.secret,
             content=content,
             headers={"Content-Type": "application/json"},

@@ -13,8 +13,8 @@ from fusion_prime.platform import outbound
 
 
 class SmsSender:
-    def __init__(self, client: httpx.AsyncClient, settings: AlertsSettings) -> None:
-        self.client = client
+    def __init__(self, clients: outbound.ClientPool, settings: AlertsSettings) -> None:
+        self.clients = clients
         self.settings = settings
 
     async def __call__(self, d: Delivery) -> Result:
@@ -26,7 +26,7 @@ class SmsSender:
             )
         url = f"{s.sms_api_url.rstrip('/')}/2010-04-01/Accounts/{s.sms_account_sid}/Messages.json"
         out = await outbound.post(
-            self.client,
+            self.clients.next(),
             url,
             data={"To": d.address, "From": s.sms_from, "Body": d.message.short},
             headers={"Idempotency-Key": str(d.notification_id)},

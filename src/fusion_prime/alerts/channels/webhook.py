@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
-
 from fusion_prime.alerts.channels import Delivery, Result, from_http
 from fusion_prime.platform import outbound
 
@@ -30,8 +28,8 @@ def body(d: Delivery) -> bytes:
 
 
 class WebhookSender:
-    def __init__(self, client: httpx.AsyncClient, timeout: float) -> None:
-        self.client = client
+    def __init__(self, clients: outbound.ClientPool, timeout: float) -> None:
+        self.clients = clients
         self.timeout = timeout
 
     async def __call__(self, d: Delivery) -> Result:
@@ -44,6 +42,6 @@ class WebhookSender:
         if d.secret:
             headers.update(outbound.signed_headers(d.secret, content))
         out = await outbound.post(
-            self.client, d.address, content=content, headers=headers, timeout=self.timeout
+            self.clients.next(), d.address, content=content, headers=headers, timeout=self.timeout
         )
         return from_http(out)
