@@ -162,7 +162,8 @@ class Deliverer:
                 }
             )  # fmt: skip
             if r.outcome == "accepted":
-                sent.append({"id": str(c.id), "ref": r.provider_ref})
+                latest = str(c.latest_event_id) if c.latest_event_id else None
+                sent.append({"id": str(c.id), "ref": r.provider_ref, "latest": latest})
                 DELIVERIES.labels(c.channel, "sent").inc()
                 continue
             error = r.error or "failed"

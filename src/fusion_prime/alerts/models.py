@@ -80,6 +80,7 @@ notifications = sa.Table(
     sa.Column("test", sa.Boolean),
     sa.Column("failover_of", UUID),
     sa.Column("payload", pg.JSONB),
+    sa.Column("sent_event_id", UUID),
     sa.Column("attempts", sa.Integer),
     sa.Column("next_attempt_at", TS),
     sa.Column("retry_until", TS),

@@ -213,7 +213,7 @@ _EVENT_COLS = (
 _NOTIF_COLS = (
     "id uuid, event_id uuid, account_id text, kind text, tier text, contact_id uuid, "
     "channel text, status text, reason text, folded_into uuid, escalation boolean, "
-    "payload jsonb, next_attempt_at timestamptz, retry_until timestamptz"
+    "next_attempt_at timestamptz, retry_until timestamptz"
 )
 
 
@@ -240,35 +240,31 @@ async def insert_notifications(session: AsyncSession, rows: Sequence[Mapping[str
     await session.execute(
         text(
             "INSERT INTO notifications (id, event_id, latest_event_id, account_id, kind, tier, "
-            "contact_id, channel, status, reason, folded_into, escalation, payload, "
+            "contact_id, channel, status, reason, folded_into, escalation, "
             "next_attempt_at, retry_until) SELECT r.id, r.event_id, r.event_id, r.account_id, "
             "r.kind, r.tier, r.contact_id, r.channel, r.status, r.reason, r.folded_into, "
-            "r.escalation, r.payload, r.next_attempt_at, r.retry_until "
+            "r.escalation, r.next_attempt_at, r.retry_until "
             f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r({_NOTIF_COLS})"
         ),
         {"rows": _json(rows)},
     )
 
 
-async def fold(
-    session: AsyncSession, folds: Mapping[uuid.UUID, tuple[int, uuid.UUID, Any]]
-) -> None:
-    """Add folded events to open notifications: the count and the latest event; the
-    values to send are refreshed only while the notification is still pending."""
+async def fold(session: AsyncSession, folds: Mapping[uuid.UUID, tuple[int, uuid.UUID]]) -> None:
+    """Add folded events to open notifications: the count and the latest event (whose
+    values a still pending notification will send)."""
     if not folds:
         return
     await session.execute(
         text(
             "UPDATE notifications n SET fold_count = n.fold_count + r.n, "
-            "latest_event_id = r.latest, updated_at = now(), "
-            "payload = CASE WHEN n.status = 'pending' THEN r.payload ELSE n.payload END "
-            "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id uuid, n int, latest uuid, "
-            "payload jsonb) WHERE n.id = r.id"
+            "latest_event_id = r.latest, updated_at = now() "
+            "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id uuid, n int, latest uuid) "
+            "WHERE n.id = r.id"
         ),
         {
             "rows": _json(
-                {"id": str(k), "n": n, "latest": str(latest), "payload": payload}
-                for k, (n, latest, payload) in folds.items()
+                {"id": str(k), "n": n, "latest": str(latest)} for k, (n, latest) in folds.items()
             )
         },
     )
@@ -288,6 +284,7 @@ async def wake_workers(session: AsyncSession) -> None:
 class Claimed:
     id: uuid.UUID
     event_id: uuid.UUID | None
+    latest_event_id: uuid.UUID | None
     account_id: str
     kind: str
     tier: str
@@ -304,9 +301,17 @@ class Claimed:
 
 
 _CLAIMED_COLS = (
-    "n.id, n.event_id, n.account_id, n.kind, n.tier, n.contact_id, n.channel, n.payload, "
+    "n.id, n.event_id, n.latest_event_id, n.account_id, n.kind, n.tier, n.contact_id, "
+    "n.channel, coalesce(n.payload, le.data || jsonb_build_object('event_type', "
+    "le.event_type), '{}') AS payload, "
     "n.fold_count, n.attempts, n.retry_until, n.test, e.address, e.secret_ciphertext, "
     "(c.deleted_at IS NOT NULL) AS contact_deleted"
+)
+# the contact's endpoint for the channel, and the event whose values are sent
+_CLAIMED_JOINS = (
+    "JOIN contacts c ON c.id = n.contact_id "
+    "LEFT JOIN contact_endpoints e ON e.contact_id = n.contact_id AND e.channel = n.channel "
+    "LEFT JOIN events le ON le.id = n.latest_event_id"
 )
 
 
@@ -320,9 +325,7 @@ async def claim_due(session: AsyncSession, limit: int, lease: float) -> list[Cla
             "FOR UPDATE SKIP LOCKED), "
             "upd AS (UPDATE notifications n SET next_attempt_at = now() "
             "+ make_interval(secs => :lease) FROM due WHERE n.id = due.id RETURNING n.*) "
-            f"SELECT {_CLAIMED_COLS} FROM upd n JOIN contacts c ON c.id = n.contact_id "
-            "LEFT JOIN contact_endpoints e ON e.contact_id = n.contact_id "
-            "AND e.channel = n.channel"
+            f"SELECT {_CLAIMED_COLS} FROM upd n {_CLAIMED_JOINS}"
         ),
         {"n": limit, "lease": lease},
     )
@@ -337,9 +340,7 @@ async def claim_one(
             "WITH upd AS (UPDATE notifications n SET next_attempt_at = now() "
             "+ make_interval(secs => :lease) WHERE n.id = :id AND n.status = 'pending' "
             "RETURNING n.*) "
-            f"SELECT {_CLAIMED_COLS} FROM upd n JOIN contacts c ON c.id = n.contact_id "
-            "LEFT JOIN contact_endpoints e ON e.contact_id = n.contact_id "
-            "AND e.channel = n.channel"
+            f"SELECT {_CLAIMED_COLS} FROM upd n {_CLAIMED_JOINS}"
         ),
         {"id": notification_id, "lease": lease},
     )
@@ -370,8 +371,9 @@ async def mark_sent_many(session: AsyncSession, rows: Sequence[Mapping[str, Any]
         text(
             "UPDATE notifications n SET status = 'sent', attempts = n.attempts + 1, "
             "sent_at = now(), updated_at = now(), next_attempt_at = NULL, last_error = NULL, "
-            "provider_ref = r.ref FROM jsonb_to_recordset(CAST(:rows AS jsonb)) "
-            "AS r(id uuid, ref text) WHERE n.id = r.id"
+            "provider_ref = r.ref, sent_event_id = r.latest "
+            "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id uuid, ref text, latest uuid) "
+            "WHERE n.id = r.id"
         ),
         {"rows": _json(rows)},
     )
@@ -509,7 +511,11 @@ async def get_notification(session: AsyncSession, nid: uuid.UUID) -> dict[str, A
     row = (
         (
             await session.execute(
-                text(f"SELECT {NOTIFICATION_COLUMNS}, payload FROM notifications WHERE id = :id"),
+                text(
+                    f"SELECT {NOTIFICATION_COLUMNS}, sent_event_id, coalesce(payload, "
+                    "(SELECT data FROM events WHERE id = coalesce(n.sent_event_id, "
+                    "n.latest_event_id))) AS payload FROM notifications n WHERE id = :id"
+                ),
                 {"id": nid},
             )
         )

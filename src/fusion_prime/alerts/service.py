@@ -93,7 +93,7 @@ async def ingest(
     memory = await repo.load_memory(session, accounts, horizon) if accounts else None
     out = IngestOutcome(events=len(envelopes))
     notif_rows: list[dict[str, Any]] = []
-    folds: dict[uuid.UUID, tuple[int, uuid.UUID, Any]] = {}
+    folds: dict[uuid.UUID, tuple[int, uuid.UUID]] = {}
     retry_until = (now + timedelta(seconds=retry_for)).isoformat()
     for e, account, c in items:
         if c is None or memory is None:
@@ -117,15 +117,14 @@ async def ingest(
                     "reason": p.reason,
                     "folded_into": str(p.folded_into) if p.folded_into else None,
                     "escalation": c.escalation,
-                    "payload": {"event_type": e.type, **e.data},
                     "next_attempt_at": now.isoformat() if pending else None,
                     "retry_until": retry_until if pending else None,
                 }
             )
             NOTIFICATIONS.labels(p.status.value).inc()
             if p.folded_into is not None:
-                n, _, _ = folds.get(p.folded_into, (0, e.id, None))
-                folds[p.folded_into] = (n + 1, e.id, {"event_type": e.type, **e.data})
+                n, _ = folds.get(p.folded_into, (0, e.id))
+                folds[p.folded_into] = (n + 1, e.id)
                 out.folded += 1
     await repo.insert_events(session, event_rows)
     await repo.insert_notifications(session, notif_rows)

@@ -99,7 +99,10 @@ def upgrade() -> None:
         sa.Column("escalation", sa.Boolean(), nullable=False, server_default="false"),
         sa.Column("test", sa.Boolean(), nullable=False, server_default="false"),
         sa.Column("failover_of", pg.UUID(as_uuid=True)),
-        sa.Column("payload", pg.JSONB(), nullable=False),
+        # values to send: NULL for event-driven notifications (they send the data of
+        # `latest_event_id`, so folded events refresh them); test messages carry their own
+        sa.Column("payload", pg.JSONB()),
+        sa.Column("sent_event_id", pg.UUID(as_uuid=True)),  # whose values were sent
         sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("next_attempt_at", TS),
         # retries stop here (created + ALERTS_RETRY_FOR; a manual retry moves it)
