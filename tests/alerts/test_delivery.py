@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 
+from fusion_prime.alerts.channels.sms import status_signature
 from fusion_prime.platform.signing import SIGNATURE_HEADER, verify_header
-from tests.alerts.conftest import SMS_SID, Alerts, margin_event
+from tests.alerts.conftest import FAST, SMS_SID, Alerts, margin_event
 
 ALL_SENT = "SELECT count(*) = $1 FROM notifications WHERE status = 'sent'"
 
@@ -95,3 +96,38 @@ async def test_html_is_escaped(alerts: Alerts) -> None:
     assert "&lt;script&gt;" in html
     text = mail.message.get_body(preferencelist=("plain",)).get_content()
     assert "<script>alert(1)</script>" in text  # plain text is not garbled by escaping
+
+
+async def test_sms_becomes_delivered_only_on_a_signed_provider_report(alerts: Alerts) -> None:
+    settings = alerts.client.app.state.runtime.settings  # type: ignore[attr-defined]
+    callback = "https://alerts.example.test/providers/sms/status"
+    object.__setattr__(settings, "sms_status_callback_url", callback)
+    try:
+        await alerts.contact("acct-t", ("sms", "+41790000009"))
+        await alerts.prefs("acct-t", channels=["sms"])
+        await alerts.consume(margin_event("acct-t", to_tier="liquidation", from_tier="warning"))
+        await alerts.wait(ALL_SENT, 1)
+        (sms,) = alerts.http.at(f"/2010-04-01/Accounts/{SMS_SID}/Messages.json")
+        assert sms.form()["StatusCallback"] == callback
+        (n,) = await alerts.rows("SELECT id, provider_ref FROM notifications")
+        token = FAST["ALERTS_SMS_AUTH_TOKEN"]
+        report = {"MessageSid": n["provider_ref"], "MessageStatus": "delivered"}
+        r = await alerts.client.post(
+            "/providers/sms/status",
+            data=report,
+            headers={"X-Twilio-Signature": "forged"},
+        )
+        assert r.status_code == 401
+        (still,) = await alerts.rows("SELECT status FROM notifications")
+        assert still["status"] == "sent"
+        r = await alerts.client.post(
+            "/providers/sms/status",
+            data=report,
+            headers={"X-Twilio-Signature": status_signature(token, callback, report)},
+        )
+        assert r.status_code == 204, r.text
+        (done,) = await alerts.rows("SELECT status, delivered_at FROM notifications")
+        assert done["status"] == "delivered"
+        assert done["delivered_at"] is not None
+    finally:
+        object.__setattr__(settings, "sms_status_callback_url", None)

@@ -7,16 +7,23 @@ import binascii
 import uuid
 from datetime import datetime, time
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from fusion_prime.alerts import repository as repo
 from fusion_prime.alerts import service
+from fusion_prime.alerts.channels.sms import verify_status
 from fusion_prime.alerts.delivery import Deliverer, contact_cipher
 from fusion_prime.alerts.domain import ACCOUNT_ID_RE, Channel, Kind, Preferences, Status
 from fusion_prime.alerts.settings import AlertsSettings
-from fusion_prime.platform.errors import ConflictError, InvalidError, NotFoundError
+from fusion_prime.platform.errors import (
+    ConflictError,
+    InvalidError,
+    NotFoundError,
+    UnauthorizedError,
+)
 from fusion_prime.platform.outbound import ClientPool
 from fusion_prime.platform.runtime import RuntimeDep, Session
 
@@ -294,3 +301,37 @@ async def test_send(body: TestSendIn, runtime: RuntimeDep) -> dict[str, Any]:
         row = await repo.get_notification(session, nid)
     assert row is not None
     return _notification_json(row)
+
+
+# -- provider delivery reports -------------------------------------------------------------
+
+# final report statuses of a Twilio-shaped Messages API; the others (queued, sending,
+# sent) change nothing: the message was already recorded as accepted
+_SMS_FINAL = {"delivered": True, "undelivered": False, "failed": False}
+
+
+@router.post("/providers/sms/status", status_code=204)
+async def sms_status(request: Request, session: Session, runtime: RuntimeDep) -> Response:
+    """Delivery reports of the SMS provider, signed with the account's auth token."""
+    settings = _settings(runtime)
+    if not (settings.sms_status_callback_url and settings.sms_auth_token):
+        raise NotFoundError("SMS delivery reports are not configured")
+    # application/x-www-form-urlencoded, parsed here (no multipart dependency needed)
+    try:
+        form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+    except UnicodeDecodeError:
+        raise InvalidError("the body is not form-encoded text", field="body") from None
+    token = settings.sms_auth_token.get_secret_value()
+    if not verify_status(
+        token, settings.sms_status_callback_url, form, request.headers.get("X-Twilio-Signature")
+    ):
+        raise UnauthorizedError("bad or missing X-Twilio-Signature")
+    sid, status = form.get("MessageSid", ""), form.get("MessageStatus", "")
+    if not sid:
+        raise InvalidError("MessageSid is required", field="MessageSid")
+    if status in _SMS_FINAL:
+        detail = f"provider reported {status}" + (
+            f" (error {form['ErrorCode']})" if form.get("ErrorCode") else ""
+        )
+        await repo.provider_report(session, "sms", sid, _SMS_FINAL[status], detail)
+    return Response(status_code=204)

@@ -404,6 +404,28 @@ async def mark_failed(session: AsyncSession, c: Claimed, error: str, attempted: 
     )
 
 
+async def provider_report(
+    session: AsyncSession, channel: str, provider_ref: str, delivered: bool, detail: str
+) -> str | None:
+    """A delivery report from the provider: `sent` becomes `delivered`, or `failed` with
+    the provider's reason. Returns the new status, None for an unknown message."""
+    row = (
+        await session.execute(
+            text(
+                "UPDATE notifications SET updated_at = now(), "
+                "status = CASE WHEN :ok THEN 'delivered' ELSE 'failed' END, "
+                "delivered_at = CASE WHEN :ok THEN now() ELSE delivered_at END, "
+                "reason = CASE WHEN :ok THEN reason ELSE :detail END, "
+                "last_error = CASE WHEN :ok THEN last_error ELSE :detail END "
+                "WHERE channel = :ch AND provider_ref = :ref AND status IN ('sent','delivered') "
+                "RETURNING status"
+            ),
+            {"ok": delivered, "detail": detail, "ch": channel, "ref": provider_ref},
+        )
+    ).first()
+    return str(row[0]) if row else None
+
+
 async def used_channels(
     session: AsyncSession, event_id: uuid.UUID | None, contact_id: uuid.UUID, root: uuid.UUID
 ) -> set[str]:

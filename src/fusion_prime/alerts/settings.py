@@ -41,6 +41,11 @@ class AlertsSettings(IngestSettings):
     sms_account_sid: str | None = Field(default=None, alias="ALERTS_SMS_ACCOUNT_SID")
     sms_auth_token: SecretStr | None = Field(default=None, alias="ALERTS_SMS_AUTH_TOKEN")
     sms_from: str | None = Field(default=None, alias="ALERTS_SMS_FROM")
+    # the public URL of POST /providers/sms/status: when set, each message asks the
+    # provider for delivery reports there (the only way an SMS becomes "delivered")
+    sms_status_callback_url: str | None = Field(
+        default=None, alias="ALERTS_SMS_STATUS_CALLBACK_URL"
+    )
 
     http_timeout: float = Field(default=10.0, alias="ALERTS_HTTP_TIMEOUT", gt=0)
 

@@ -5,6 +5,10 @@ Body, HTTP basic auth (account sid, auth token); 201 with {"sid": ..., "status":
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+
 import httpx
 
 from fusion_prime.alerts.channels import Delivery, Result, from_http, not_configured
@@ -25,10 +29,13 @@ class SmsSender:
                 "ALERTS_SMS_FROM are needed"
             )
         url = f"{s.sms_api_url.rstrip('/')}/2010-04-01/Accounts/{s.sms_account_sid}/Messages.json"
+        form = {"To": d.address, "From": s.sms_from, "Body": d.message.short}
+        if s.sms_status_callback_url:
+            form["StatusCallback"] = s.sms_status_callback_url
         out = await outbound.post(
             self.clients.next(),
             url,
-            data={"To": d.address, "From": s.sms_from, "Body": d.message.short},
+            data=form,
             headers={"Idempotency-Key": str(d.notification_id)},
             auth=httpx.BasicAuth(s.sms_account_sid, s.sms_auth_token.get_secret_value()),
             timeout=s.http_timeout,
@@ -38,3 +45,18 @@ class SmsSender:
         if result.outcome == "accepted" and sid:
             return Result("accepted", result.latency_ms, result.code, str(sid), None, None, sid)
         return result
+
+
+def status_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
+    """The provider's signature of a status callback (Twilio's scheme): base64 of
+    HMAC-SHA1 over the callback URL followed by every POST parameter, sorted by name,
+    as name + value."""
+    payload = url + "".join(k + params[k] for k in sorted(params))
+    mac = hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()
+    return base64.b64encode(mac).decode()
+
+
+def verify_status(auth_token: str, url: str, params: dict[str, str], header: str | None) -> bool:
+    if not header:
+        return False
+    return hmac.compare_digest(status_signature(auth_token, url, params), header.strip())
