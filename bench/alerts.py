@@ -259,7 +259,8 @@ async def main(events: int, deliveries: int, rate: float, seconds: float) -> Non
     db_url = normalise_database_url(url, service="alerts")
     engine = create_engine(db_url, pool_size=20, app_name="alerts-bench")
     sessions = async_sessionmaker(engine, expire_on_commit=False)
-    base = {"DATABASE_URL": url, "ALERTS_SECRET_KEY": SECRET_KEY, "FP_ENV": "test"}
+    base = {"DATABASE_URL": url, "ALERTS_SECRET_KEY": SECRET_KEY, "FP_ENV": "test",
+            "ALERTS_LEASE_SECONDS": "300"}  # fmt: skip
     try:
         accounts = max(deliveries, 2000)
         await _setup_accounts(sessions, accounts, f"{receiver_url}/hook")

@@ -50,7 +50,7 @@ async def test_kill9_mid_batch_then_restart_sends_each_once(
         **smtp.env(),
         "ALERTS_SMS_API_URL": http.url,
         "ALERTS_LEASE_SECONDS": "3",
-        "ALERTS_SMTP_TIMEOUT": "2",
+        "ALERTS_SMTP_TIMEOUT": "1",
         "ALERTS_DELIVERY_CONCURRENCY": "4",
         "ALERTS_DELIVERY_BATCH": "8",
     }

@@ -256,14 +256,14 @@ async def get_notification(notification_id: uuid.UUID, session: Session) -> dict
 async def retry_notification(
     notification_id: uuid.UUID, session: Session, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    """A failed (or waiting) delivery is made due now, with a fresh retry period."""
+    """A failed delivery is made due now, with a fresh retry period."""
     row = await repo.get_notification(session, notification_id)
     if row is None:
         raise NotFoundError(f"notification {notification_id} does not exist")
     if await repo.reopen(session, notification_id, _settings(runtime).retry_for) is None:
         raise ConflictError(
-            f"notification {notification_id} is {row['status']}: only failed or pending "
-            "deliveries to a contact can be retried"
+            f"notification {notification_id} is {row['status']}: only a failed delivery "
+            "to a contact can be retried"
         )
     again = await repo.get_notification(session, notification_id)
     assert again is not None

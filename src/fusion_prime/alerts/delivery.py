@@ -101,6 +101,7 @@ class Deliverer:
             link=link,
             count=c.fold_count,
             test=c.test,
+            html=c.channel == Channel.EMAIL,
         )
         payload: dict[str, Any] = {
             "account_id": c.account_id,

@@ -51,7 +51,9 @@ def render(
     link: str,
     count: int = 1,
     test: bool = False,
+    html: bool = True,
 ) -> Message:
+    """`html=False` skips the HTML body (only email sends one)."""
     ctx: dict[str, Any] = {
         "account_id": account_id,
         "tier": tier,
@@ -71,7 +73,7 @@ def render(
     return Message(
         subject=" ".join(subject.split()),
         text=text_tpl.render(ctx),
-        html=env.get_template(f"{kind}.html").render(ctx),
+        html=env.get_template(f"{kind}.html").render(ctx) if html else "",
         context=ctx,
     )
 

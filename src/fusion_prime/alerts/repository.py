@@ -559,14 +559,15 @@ async def get_notification(session: AsyncSession, nid: uuid.UUID) -> dict[str, A
 
 
 async def reopen(session: AsyncSession, nid: uuid.UUID, retry_for: float) -> str | None:
-    """Make a failed (or waiting) notification due now; returns its previous status."""
+    """Make a failed notification due now; returns its previous status. A pending one is
+    refused: it may be in flight right now, and sending it again could duplicate it."""
     row = (
         await session.execute(
             text(
                 "WITH old AS (SELECT id, status FROM notifications WHERE id = :id FOR UPDATE) "
                 "UPDATE notifications n SET status = 'pending', next_attempt_at = now(), "
                 "retry_until = now() + make_interval(secs => :rf), updated_at = now() "
-                "FROM old WHERE n.id = old.id AND old.status IN ('pending','failed') "
+                "FROM old WHERE n.id = old.id AND old.status = 'failed' "
                 "AND n.contact_id IS NOT NULL RETURNING old.status"
             ),
             {"id": nid, "rf": retry_for},

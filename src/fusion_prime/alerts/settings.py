@@ -57,7 +57,7 @@ class AlertsSettings(IngestSettings):
     delivery_concurrency: int = Field(
         default=50, alias="ALERTS_DELIVERY_CONCURRENCY", ge=1, le=1000
     )
-    delivery_batch: int = Field(default=200, alias="ALERTS_DELIVERY_BATCH", ge=1, le=5000)
+    delivery_batch: int = Field(default=100, alias="ALERTS_DELIVERY_BATCH", ge=1, le=5000)
     poll_interval: float = Field(default=1.0, alias="ALERTS_POLL_INTERVAL", gt=0)
     # how long a claimed delivery is reserved for the worker that claimed it; a worker
     # killed mid-send leaves it to be claimed again after this
@@ -74,8 +74,14 @@ class AlertsSettings(IngestSettings):
             raise ValueError("ALERTS_SMTP_STARTTLS=false is refused in production")
         if "{account_id}" not in self.account_url:
             raise ValueError("ALERTS_ACCOUNT_URL must contain {account_id}")
-        if self.lease_seconds <= self.http_timeout or self.lease_seconds <= self.smtp_timeout:
+        # a claimed batch is sent in waves of `delivery_concurrency`; its lease must outlast
+        # the slowest possible batch, or another worker could claim a delivery in flight
+        waves = -(-self.delivery_batch // self.delivery_concurrency)
+        slowest = waves * max(self.http_timeout, self.smtp_timeout)
+        if self.lease_seconds <= slowest:
             raise ValueError(
-                "ALERTS_LEASE_SECONDS must exceed ALERTS_HTTP_TIMEOUT and ALERTS_SMTP_TIMEOUT"
+                f"ALERTS_LEASE_SECONDS ({self.lease_seconds:g}) must exceed {slowest:g} s: "
+                "ceil(ALERTS_DELIVERY_BATCH / ALERTS_DELIVERY_CONCURRENCY) x the longer of "
+                "ALERTS_HTTP_TIMEOUT and ALERTS_SMTP_TIMEOUT"
             )
         return self
