@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
+from collections import Counter as Counter_
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -153,6 +153,7 @@ class Deliverer:
         sent: list[dict[str, Any]] = []
         retry: list[dict[str, Any]] = []
         failed: list[tuple[repo.Claimed, str]] = []
+        counts: Counter_[tuple[str, str]] = Counter_()
         for x in batch:
             c, r = x.claimed, x.result
             attempts.append(
@@ -165,7 +166,7 @@ class Deliverer:
             if r.outcome == "accepted":
                 latest = str(c.latest_event_id) if c.latest_event_id else None
                 sent.append({"id": str(c.id), "ref": r.provider_ref, "latest": latest})
-                DELIVERIES.labels(c.channel, "sent").inc()
+                counts[(c.channel, "sent")] += 1
                 continue
             error = r.error or "failed"
             if r.outcome == "retry":
@@ -175,11 +176,11 @@ class Deliverer:
                 delay = max(delay, r.retry_after or 0.0)
                 if now + delay <= c.retry_until.timestamp():
                     retry.append({"id": str(c.id), "e": error, "d": delay})
-                    DELIVERIES.labels(c.channel, "retry").inc()
+                    counts[(c.channel, "retry")] += 1
                     continue
                 error = f"retries exhausted after {c.attempts + 1} attempts: {error}"
             failed.append((c, error))
-            DELIVERIES.labels(c.channel, "failed").inc()
+            counts[(c.channel, "failed")] += 1
         async with self.sessions() as session, session.begin():
             await repo.record_attempts(session, attempts)
             await repo.mark_sent_many(session, sent)
@@ -187,6 +188,8 @@ class Deliverer:
             for c, error in failed:
                 await repo.mark_failed(session, c, error, attempted=True)
                 await self._failover(session, c)
+        for (channel, status), n in counts.items():  # counted once committed
+            DELIVERIES.labels(channel, status).inc(n)
 
     async def _failover(self, session: AsyncSession, c: repo.Claimed) -> None:
         """A margin call or liquidation that cannot reach a recipient on one channel is
@@ -197,7 +200,7 @@ class Deliverer:
         if not contact_rows:
             return
         contact = repo.to_contact(contact_rows[0])
-        root = await _root(session, c.id)
+        root = await repo.failover_root(session, c.id)
         used = await repo.used_channels(session, c.event_id, c.contact_id, root)
         nxt = next((e for e in contact.endpoints if e.channel.value not in used), None)
         if nxt is None:
@@ -207,18 +210,6 @@ class Deliverer:
             "failover", notification=str(c.id), to=str(nid), channel=nxt.channel.value,
             frm=c.channel,
         )  # fmt: skip
-
-
-async def _root(session: AsyncSession, nid: uuid.UUID) -> uuid.UUID:
-    from sqlalchemy import text
-
-    row = (
-        await session.execute(
-            text("SELECT coalesce(failover_of, id) FROM notifications WHERE id = :id"),
-            {"id": nid},
-        )
-    ).scalar_one()
-    return uuid.UUID(str(row))
 
 
 class DeliveryWorker:

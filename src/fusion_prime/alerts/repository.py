@@ -426,6 +426,17 @@ async def provider_report(
     return str(row[0]) if row else None
 
 
+async def failover_root(session: AsyncSession, nid: uuid.UUID) -> uuid.UUID:
+    """The first notification of a failover chain (the one the event created)."""
+    row = (
+        await session.execute(
+            text("SELECT coalesce(failover_of, id) FROM notifications WHERE id = :id"),
+            {"id": nid},
+        )
+    ).scalar_one()
+    return uuid.UUID(str(row))
+
+
 async def used_channels(
     session: AsyncSession, event_id: uuid.UUID | None, contact_id: uuid.UUID, root: uuid.UUID
 ) -> set[str]:
