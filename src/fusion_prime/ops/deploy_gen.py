@@ -349,9 +349,11 @@ def tfvars(services: Sequence[ServiceDeploy]) -> dict[str, Any]:
                 "db_slug": s.db_slug,
                 "publishes": sorted(s.publishes),
                 "consumes": list(s.consumes),
-                "secrets": {
-                    name: s.secret_for(name)
-                    for name in sorted((*s.required_secrets, *s.optional_secrets))
+                "secrets": {name: s.secret_for(name) for name in sorted(s.required_secrets)},
+                # provider credentials: Terraform creates the secret without a value (the
+                # operator adds it); a generated one would only pretend to be a password
+                "provider_secrets": {
+                    name: s.secret_for(name) for name in sorted(s.optional_secrets)
                 },
                 "push_audience": s.push_audience if s.consumes else None,
             }
