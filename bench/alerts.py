@@ -49,7 +49,7 @@ from fusion_prime.platform.outbound import ClientPool
 from tests.alerts.conftest import SECRET_KEY, SUBSCRIPTION, margin_event
 from tests.harness import DatabaseFactory, admin_url_from_env
 
-console = Console()
+console = Console(width=150)
 BATCH = 500
 ANSWER_DELAY = 0.05
 
