@@ -81,6 +81,19 @@ resource "google_cloud_run_v2_service" "service" {
           }
         }
       }
+      # provider credentials (secrets.tf: values added by the operator)
+      dynamic "env" {
+        for_each = each.value.provider_secrets
+        content {
+          name = env.key
+          value_source {
+            secret_key_ref {
+              secret  = google_secret_manager_secret.provider[env.value].secret_id
+              version = "latest"
+            }
+          }
+        }
+      }
       volume_mounts {
         name       = "cloudsql"
         mount_path = "/cloudsql"
@@ -118,6 +131,7 @@ resource "google_cloud_run_v2_service" "service" {
     google_secret_manager_secret_version.db_url,
     google_secret_manager_secret_iam_member.service,
     google_secret_manager_secret_version.service,
+    google_secret_manager_secret_iam_member.provider,
     google_project_iam_member.cloudsql_client,
   ]
 }

@@ -45,3 +45,32 @@ resource "google_secret_manager_secret_iam_member" "service" {
   role      = "roles/secretmanager.secretAccessor"
   member    = google_service_account.run[each.value.service].member
 }
+
+# Credentials of outside providers a service uses when given (ServiceSpec.optional_secrets:
+# the alerts service's SMTP password and SMS token). Terraform creates the secret and the
+# access grant but no value: the operator adds the provider's credential
+# (`gcloud secrets versions add ...`) before the first deploy (docs/deploy.md).
+locals {
+  provider_secrets = merge([
+    for svc, s in var.services : {
+      for env_name, secret_id in s.provider_secrets : secret_id => { service = svc, env = env_name }
+    }
+  ]...)
+}
+
+resource "google_secret_manager_secret" "provider" {
+  for_each  = local.provider_secrets
+  secret_id = each.key
+  labels    = { app = "fusion-prime", service = each.value.service }
+  replication {
+    auto {}
+  }
+  depends_on = [google_project_service.api]
+}
+
+resource "google_secret_manager_secret_iam_member" "provider" {
+  for_each  = local.provider_secrets
+  secret_id = google_secret_manager_secret.provider[each.key].secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.run[each.value.service].member
+}

@@ -69,13 +69,15 @@ variable "databases" {
 }
 
 variable "services" {
-  description = "Shipped services: db_slug, published topics, consumed subscriptions, required secrets (env name -> secret id) and the OIDC audience of their push requests (null: no consumers)."
+  description = "Shipped services: db_slug, published topics, consumed subscriptions, required secrets (env name -> secret id), provider credentials (the same, values added by the operator) and the OIDC audience of their push requests (null: no consumers)."
   type = map(object({
-    db_slug       = string
-    publishes     = list(string)
-    consumes      = list(string)
-    secrets       = map(string)
-    push_audience = string
+    db_slug   = string
+    publishes = list(string)
+    consumes  = list(string)
+    secrets   = map(string)
+    # credentials of outside providers (SMTP password, SMS token): env name -> secret id
+    provider_secrets = map(string)
+    push_audience    = string
   }))
 }
 

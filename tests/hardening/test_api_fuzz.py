@@ -25,6 +25,7 @@ SECRETS = {
     "settlement": {"SETTLEMENT_WEBHOOK_KEY": "fuzz-webhook-key-0123456789abcdef0123"},
     "compliance": {"KYC_WEBHOOK_SECRET": "fuzz-kyc-secret-0123456789"},
     "risk": {},
+    "alerts": {"ALERTS_SECRET_KEY": "fuzz-alerts-secret-key-0123456789abcdef"},
 }
 # examples per service; FUZZ_EXAMPLES raises it for a longer local hunt
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
@@ -59,7 +60,7 @@ async def _fuzz(client: httpx.AsyncClient, examples: int) -> int:
     return len(seen)
 
 
-@pytest.mark.parametrize("service", ["settlement", "compliance", "risk"])
+@pytest.mark.parametrize("service", ["settlement", "compliance", "risk", "alerts"])
 async def test_no_5xx_and_problem_json_for_any_input(
     service: str, make_database: MakeDatabase
 ) -> None:

@@ -26,6 +26,11 @@ SECRETS = {
     "settlement": {"SETTLEMENT_WEBHOOK_KEY": "wk-5b1e0c7a92d44f6e8a3b1c2d3e4f5a6b"},
     "compliance": {"KYC_WEBHOOK_SECRET": "kyc-2d8f4a6c1e3b5d7f9a0b"},
     "risk": {},
+    "alerts": {
+        "ALERTS_SECRET_KEY": "ask-9c2e4b6d8f0a1c3e5b7d9f1a3c5e7b9d",
+        "ALERTS_SMTP_PASSWORD": "smtp-pw-3a5c7e9b1d-never-logged",
+        "ALERTS_SMS_AUTH_TOKEN": "sms-tok-8e6c4a2b0d-never-logged",
+    },
 }
 # calls that reach handlers, validation, not-found and authentication failures
 CALLS: dict[str, list[tuple[str, str, object]]] = {
@@ -49,6 +54,18 @@ CALLS: dict[str, list[tuple[str, str, object]]] = {
         ("GET", "/accounts/acct-1", None),
         ("PUT", "/risk-parameters/ETH", {"ltv": "2"}),
     ],
+    "alerts": [
+        ("GET", "/notifications?limit=5", None),
+        ("GET", "/notifications?cursor=bad", None),
+        ("GET", "/accounts/acct-1/preferences", None),
+        (
+            "POST",
+            "/contacts",
+            {"account_id": "a", "name": "n", "channels": [{"channel": "sms", "address": "123"}]},
+        ),
+        ("POST", "/providers/sms/status", None),
+        ("POST", "/test-send", {"contact_id": "00000000-0000-0000-0000-000000000000"}),
+    ],
 }
 
 
@@ -68,6 +85,21 @@ def _exercise(proc: ServiceProcess, service: str) -> tuple[list[str], str | None
             call("GET", path)
         for method, path, body in CALLS[service]:
             call(method, path, body)
+        if service == "alerts":
+            r = client.post(
+                "/contacts",
+                json={"account_id": "a", "name": "n", "channels": [
+                    {"channel": "webhook", "address": "http://127.0.0.1:9/hook"},
+                    {"channel": "email", "address": "n@example.com"},
+                    {"channel": "sms", "address": "+41790000000"}]},
+            )  # fmt: skip
+            assert r.status_code == 201, r.text
+            secret = r.json()["webhook_signing_secret"]
+            contact = r.json()["id"]
+            for channel in ("webhook", "email", "sms"):  # refused, not configured, ...
+                call("POST", "/test-send", {"contact_id": contact, "channel": channel})
+            call("GET", f"/contacts/{contact}")
+            call("GET", "/notifications?limit=10")
         if service == "settlement":
             r = client.post(
                 "/webhooks",
@@ -98,7 +130,7 @@ async def _refuse_connections(url: str, refuse: bool) -> None:
         )
 
 
-@pytest.mark.parametrize("service", ["settlement", "compliance", "risk"])
+@pytest.mark.parametrize("service", ["settlement", "compliance", "risk", "alerts"])
 async def test_no_secret_in_logs_or_responses(
     service: str, make_database: MakeDatabase, log_dir: Path
 ) -> None:

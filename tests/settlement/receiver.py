@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from fusion_prime.platform.signing import SignatureError, verify_header
-from fusion_prime.settlement.webhooks import SIGNATURE_HEADER
+from fusion_prime.platform.signing import SIGNATURE_HEADER, SignatureError, verify_header
 
 
 @dataclass

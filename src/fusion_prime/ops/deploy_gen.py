@@ -41,6 +41,8 @@ class ServiceDeploy:
     # env names of the secrets the service refuses to start without (ServiceSpec), besides
     # DATABASE_URL; each comes from its own Secret Manager secret (`secret_for`)
     required_secrets: tuple[str, ...] = ()
+    # secrets it uses when given (provider credentials), wired the same way
+    optional_secrets: tuple[str, ...] = ()
 
     @property
     def instance(self) -> str:
@@ -70,7 +72,10 @@ class ServiceDeploy:
     def secrets(self) -> dict[str, str]:
         """Env name -> secret id: DATABASE_URL and every required secret."""
         out = {"DATABASE_URL": self.secret}
-        out.update((name, self.secret_for(name)) for name in self.required_secrets)
+        out.update(
+            (name, self.secret_for(name))
+            for name in (*self.required_secrets, *self.optional_secrets)
+        )
         return out
 
     @property
@@ -134,7 +139,13 @@ def shipped_services() -> list[ServiceDeploy]:
     from fusion_prime.services import all_specs
 
     return [
-        ServiceDeploy(spec.name, spec.db_slug, tuple(spec.publishes), tuple(spec.required_secrets))
+        ServiceDeploy(
+            spec.name,
+            spec.db_slug,
+            tuple(spec.publishes),
+            tuple(spec.required_secrets),
+            tuple(spec.optional_secrets),
+        )
         for spec in all_specs()
         if spec.migrations_dir is not None
     ]
@@ -349,6 +360,11 @@ def tfvars(services: Sequence[ServiceDeploy]) -> dict[str, Any]:
                 "publishes": sorted(s.publishes),
                 "consumes": list(s.consumes),
                 "secrets": {name: s.secret_for(name) for name in sorted(s.required_secrets)},
+                # provider credentials: Terraform creates the secret without a value (the
+                # operator adds it); a generated one would only pretend to be a password
+                "provider_secrets": {
+                    name: s.secret_for(name) for name in sorted(s.optional_secrets)
+                },
                 "push_audience": s.push_audience if s.consumes else None,
             }
             for s in services

@@ -15,6 +15,9 @@ import re
 # "\u00b2" and int() refuses it, and int() of more than 4300 digits raises too (both were 500s)
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
+# the HTTP header carrying the signature, in every direction
+SIGNATURE_HEADER = "Fusion-Prime-Signature"
+
 
 class SignatureError(Exception):
     """Why a signature was refused (never carries the secret)."""

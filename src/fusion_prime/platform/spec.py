@@ -38,6 +38,10 @@ class ServiceSpec:
     # `fusion-prime up` generates them once per local data directory; deployments must
     # provide them (Secret Manager). Never a default value in code.
     required_secrets: tuple[str, ...] = ()
+    # env names of secrets the service uses when given (provider credentials): deploys
+    # wire them from Secret Manager like the required ones; `fusion-prime up` leaves them
+    # unset (the service then says what is not configured instead of refusing to start)
+    optional_secrets: tuple[str, ...] = ()
     # extra consumers beside the registry's (test-only topics); production uses the registry
     consumes: tuple[Consumer, ...] = ()
 

@@ -9,30 +9,25 @@ would not do. Deliveries are created in the transaction of the escrow state chan
 from __future__ import annotations
 
 import asyncio
-import base64
 import secrets
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from cryptography.fernet import Fernet, MultiFernet
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.fernet import MultiFernet
 from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from fusion_prime.platform import outbound, secretbox
 from fusion_prime.platform.errors import NotFoundError
 from fusion_prime.platform.observability import get_logger
-from fusion_prime.platform.signing import sign_header
 from fusion_prime.settlement.settings import SettlementSettings
 
 log = get_logger(__name__)
 
-SIGNATURE_HEADER = "Fusion-Prime-Signature"
 EVENT_ID_HEADER = "Fusion-Prime-Event-Id"
 DELIVERY_ID_HEADER = "Fusion-Prime-Delivery-Id"
 # How long a claimed delivery is reserved for the worker that claimed it; if that worker
@@ -49,29 +44,18 @@ DISABLED = Counter(
 )
 
 
-def _fernet(key: str) -> Fernet:
-    derived = HKDF(
-        algorithm=hashes.SHA256(),
-        length=32,
-        salt=None,
-        info=b"fusion-prime/settlement/webhook-secrets/v1",
-    ).derive(key.encode())
-    return Fernet(base64.urlsafe_b64encode(derived))
+_SECRETS_INFO = b"fusion-prime/settlement/webhook-secrets/v1"
 
 
 def cipher(key: str, previous: Sequence[str] = ()) -> MultiFernet:
     """Encrypts with `key`; decrypts with it or any previous key (for key rotation)."""
-    return MultiFernet([_fernet(key), *(_fernet(k) for k in previous)])
+    return secretbox.cipher(key, previous, info=_SECRETS_INFO)
 
 
 def settings_cipher(settings: SettlementSettings) -> MultiFernet:
     return cipher(
         settings.webhook_key.get_secret_value(),
-        [
-            k.strip()
-            for k in settings.webhook_previous_keys.get_secret_value().split(",")
-            if k.strip()
-        ],
+        secretbox.split_keys(settings.webhook_previous_keys.get_secret_value()),
     )
 
 
@@ -252,26 +236,23 @@ class DeliveryWorker:
     async def _send(self, delivery: _Claimed) -> _Outcome:
         assert self._client is not None
         body = delivery.body.encode()
-        started = time.perf_counter()
         try:
             secret = self.fernet.decrypt(delivery.secret_ciphertext).decode()
-            response = await self._client.post(
-                delivery.url,
-                content=body,
-                headers={
-                    "Content-Type": "application/json",
-                    SIGNATURE_HEADER: sign_header(secret, int(time.time()), body),
-                    EVENT_ID_HEADER: str(delivery.event_id),
-                    DELIVERY_ID_HEADER: str(delivery.id),
-                },
-                timeout=self.settings.webhook_timeout,
-            )
-            status: int | None = response.status_code
-            error = None if 200 <= response.status_code < 300 else f"HTTP {status}"
-        except Exception as exc:  # every failure is an attempt to record, never a crash
-            status, error = None, f"{type(exc).__name__}: {exc}"[:500]
-        duration = int((time.perf_counter() - started) * 1000)
-        return _Outcome(delivery, status, error, duration)
+        except Exception as exc:  # a secret we cannot read is a failed attempt, recorded
+            return _Outcome(delivery, None, f"{type(exc).__name__}: {exc}"[:500], 0)
+        out = await outbound.post(
+            self._client,
+            delivery.url,
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                **outbound.signed_headers(secret, body),
+                EVENT_ID_HEADER: str(delivery.event_id),
+                DELIVERY_ID_HEADER: str(delivery.id),
+            },
+            timeout=self.settings.webhook_timeout,
+        )
+        return _Outcome(delivery, out.status_code, out.error, out.duration_ms)
 
     async def _record(self, outcomes: Sequence[_Outcome]) -> None:
         async with self.sessions() as session, session.begin():

@@ -1,0 +1,1 @@
+"""The alert notification service: margin events to people, honestly tracked."""

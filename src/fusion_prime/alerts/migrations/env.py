@@ -1,0 +1,3 @@
+from fusion_prime.platform.migrations import run_env
+
+run_env()
