@@ -75,8 +75,9 @@ class EscrowChain:
         return str(event["args"]["escrow"]).lower()
 
     def escrow(self, address: str) -> Any:
-        return self.w3.eth.contract(address=self.w3.to_checksum_address(address),
-                                    abi=self._escrow_abi)  # fmt: skip
+        return self.w3.eth.contract(
+            address=self.w3.to_checksum_address(address), abi=self._escrow_abi
+        )
 
     def act(self, address: str, action: str, who: int, *args: Any, cid: bytes = b"\0" * 16) -> Any:
         fn = getattr(self.escrow(address).functions, action)(*args, cid)
@@ -96,9 +97,14 @@ def relayer(engine: AsyncEngine, url: str, chain: EscrowChain, **kw: Any) -> Rel
     rpc = JsonRpc(url, timeout=kw.pop("timeout", 5.0), backoff_base=0.02, backoff_max=0.2)
     kw.setdefault("confirmations", 2)
     return Relayer(
-        engine, rpc, chain_id=CHAIN_ID, factory=chain.address,
-        start_block=chain.deploy_block, poll_interval=0.05, **kw,
-    )  # fmt: skip
+        engine,
+        rpc,
+        chain_id=CHAIN_ID,
+        factory=chain.address,
+        start_block=chain.deploy_block,
+        poll_interval=0.05,
+        **kw,
+    )
 
 
 async def outbox_events(db: str) -> list[Envelope]:

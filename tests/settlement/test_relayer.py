@@ -135,8 +135,14 @@ async def test_429_and_5xx_are_retried_without_moving_the_checkpoint_then_it_rec
         proxy.fail_next = 5  # as many as one call's attempts: the step fails
         with pytest.raises(Exception, match="HTTP 429"):
             await r.step()
-        assert await fetchval(db, "SELECT count(*) FROM relayer_checkpoints WHERE block_number >= 0"
-                              " AND block_hash IS NOT NULL") == 0  # fmt: skip
+        assert (
+            await fetchval(
+                db,
+                "SELECT count(*) FROM relayer_checkpoints WHERE block_number >= 0"
+                " AND block_hash IS NOT NULL",
+            )
+            == 0
+        )
         assert await outbox_events(db) == []
         proxy.fail_next, proxy.fail_status = 3, 503  # within one call's retries
         await r.run_until_caught_up()

@@ -191,9 +191,11 @@ class Header:
 
 def header(raw: dict[str, Any]) -> Header:
     return Header(
-        int(raw["number"], 16), raw["hash"].lower(), raw["parentHash"].lower(),
+        int(raw["number"], 16),
+        raw["hash"].lower(),
+        raw["parentHash"].lower(),
         int(raw["timestamp"], 16),
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,30 @@ def relay() -> None:
         raise typer.Exit(exc.code) from None
     except KeyboardInterrupt:
         pass
+
+
+@app.command("demo-escrow")
+def demo_escrow(
+    amount_wei: Annotated[int, typer.Option(min=1, help="ether to lock, in wei")] = 10**16,
+) -> None:
+    """On the local chain of `fusion-prime up` (FP_DATA_DIR): create a 2-of-3 ether escrow
+    and approve it by payer and payee, from anvil's unlocked dev accounts. Settlement's
+    relayer publishes it after the confirmations: GET /escrows/{address} shows it."""
+    import json
+
+    from fusion_prime.ops.localchain import demo_escrow as run_demo
+    from fusion_prime.ops.localchain import deployment_file
+    from fusion_prime.platform.embedded import data_dir_from_env
+
+    record = deployment_file(data_dir_from_env().resolve())
+    if not record.exists():
+        err.print(f"no local chain recorded in {record}: start `fusion-prime up` first")
+        raise typer.Exit(2)
+    chain = json.loads(record.read_text())
+    try:
+        result = run_demo(chain["url"], chain["factory"], amount_wei)
+    except Exception as exc:
+        err.print(f"demo escrow failed on {chain['url']}: {exc}")
+        raise typer.Exit(1) from None
+    out.print(json.dumps(result, indent=1))
+    out.print(f"escrow {result['escrow']}: see GET /escrows/{result['escrow']} on settlement")

@@ -174,8 +174,11 @@ class Relayer:
             except (TransientRpcError, RpcError) as exc:
                 kind = "range" if isinstance(exc, RangeTooLargeError) else type(exc).__name__
                 RPC_FAILURES.labels(self._label, kind).inc()
-                log.warning("relayer step failed; checkpoint unchanged", error=str(exc),
-                            retry_in=round(delay, 2))  # fmt: skip
+                log.warning(
+                    "relayer step failed; checkpoint unchanged",
+                    error=str(exc),
+                    retry_in=round(delay, 2),
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
@@ -243,9 +246,15 @@ class Relayer:
         try:
             raw_logs = await self.rpc.call(
                 "eth_getLogs",
-                [{"fromBlock": hex(frm), "toBlock": hex(to), "address": self.factory,
-                  "topics": [self._topics]}],
-            )  # fmt: skip
+                [
+                    {
+                        "fromBlock": hex(frm),
+                        "toBlock": hex(to),
+                        "address": self.factory,
+                        "topics": [self._topics],
+                    }
+                ],
+            )
         except RangeTooLargeError:
             if to == frm:
                 raise
