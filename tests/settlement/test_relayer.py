@@ -25,6 +25,7 @@ from tests.settlement.chain import (
     outbox_events,
     relayer,
 )
+from tests.settlement.factory import wait_for
 
 
 @pytest.fixture
@@ -161,14 +162,14 @@ async def test_a_node_that_goes_away_and_returns(
         r = relayer(engine, proxy.url, chain)
         task = asyncio.create_task(r.run())
         try:
-            await _wait(lambda: _published(db, 1))
+            await wait_for(lambda: _published(db, 1))
             proxy.stop()
             second = chain.create()
             chain.mine(5)
             await asyncio.sleep(1.0)  # the relayer retries against a refused port
             assert len(await outbox_events(db)) == 1
             proxy.start()  # same port
-            await _wait(lambda: _published(db, 2), timeout=20)
+            await wait_for(lambda: _published(db, 2), timeout=20)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -258,11 +259,3 @@ async def test_reorg_deeper_than_the_confirmations_publishes_chain_reorged(
 
 async def _published(db: str, n: int) -> bool:
     return len(await outbox_events(db)) >= n
-
-
-async def _wait(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.05)

@@ -3,9 +3,7 @@ of a backfill, restart; and `fusion-prime settlement relay` beside a settlement 
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 from tests.evm import Anvil, running_anvil
 from tests.harness import ServiceProcess, count_rows, create_bus_database_sync, fetchval, running
 from tests.settlement.chain import CHAIN_ID, EscrowChain
-from tests.settlement.factory import FAST
+from tests.settlement.factory import FAST, wait_for
 
 
 @pytest.fixture
@@ -39,14 +37,6 @@ def relayer_env(chain: EscrowChain, **extra: str) -> dict[str, str]:
     )
 
 
-async def _until(check, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
-
-
 async def test_kill_9_mid_backfill_then_restart_publishes_every_event_once(
     db: str, node: Anvil, log_dir: Path
 ) -> None:
@@ -65,7 +55,9 @@ async def test_kill_9_mid_backfill_then_restart_publishes_every_event_once(
     proc.start()
     checkpoint = "SELECT coalesce(max(block_number), -1) FROM relayer_checkpoints"
     try:
-        await _until(lambda: _between(db, checkpoint, chain.deploy_block + 15, target - 15))
+        await wait_for(
+            lambda: _between(db, checkpoint, chain.deploy_block + 15, target - 15), 60, 0.02
+        )
         proc.kill9()
         stopped_at = await fetchval(db, checkpoint)
         assert chain.deploy_block < stopped_at < target  # really mid-backfill
@@ -74,8 +66,8 @@ async def test_kill_9_mid_backfill_then_restart_publishes_every_event_once(
         assert await count_rows(db, "outbox", "topic = 'settlement.events.v1'") == published
         proc.start()
         proc.wait_ready(60)
-        await _until(lambda: _count_is(db, "chain_events", logs))
-        await _until(lambda: _count_is(db, "escrows", 20, "status = 'created'"))
+        await wait_for(lambda: _count_is(db, "chain_events", logs), 60)
+        await wait_for(lambda: _count_is(db, "escrows", 20, "status = 'created'"), 60)
         ready = httpx.get(f"{proc.base_url}/health/ready", timeout=10).json()
         metrics = httpx.get(f"{proc.base_url}/metrics", timeout=10).text
     finally:
@@ -116,7 +108,7 @@ async def test_settlement_relay_alone_beside_the_service(
     relay.start()
     try:
         with running(service):
-            await _until(lambda: _count_is(db, "chain_events", 2), timeout=60)
+            await wait_for(lambda: _count_is(db, "chain_events", 2), 60)
             assert await fetchval(db, "SELECT status FROM escrows") == "created"
             assert await count_rows(db, "escrow_approvals") == 1
     finally:
