@@ -303,6 +303,7 @@ async def main(
         n, s = await _backfill(
             factory_db, node, factory, block, events, 1800, logs, SETTLEMENT_CONFIRMATIONS="0"
         )
+        console.print(f"  backfill: {n} events in {s:.2f} s = {n / s:,.0f} events/s")
         console.print(f"baseline: one eth_getLogs per block, {baseline_seconds:.0f} s ...")
         bn, bs = await _backfill(
             factory_db,
@@ -315,6 +316,7 @@ async def main(
             SETTLEMENT_CONFIRMATIONS="0",
             SETTLEMENT_MAX_BLOCK_RANGE="1",
         )
+    console.print(f"  baseline: {bn} events in {bs:.2f} s = {bn / bs:,.0f} events/s")
     console.print(f"latency: block every second, 12 confirmations, {latency_seconds:.0f} s ...")
     lat = await _latency(factory_db, latency_seconds, logs)
 
