@@ -259,3 +259,23 @@ async def test_reorg_deeper_than_the_confirmations_publishes_chain_reorged(
 
 async def _published(db: str, n: int) -> bool:
     return len(await outbox_events(db)) >= n
+
+
+async def test_a_range_with_many_logs_is_published_in_several_whole_block_transactions(
+    engine: AsyncEngine, db: str, chain: EscrowChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fusion_prime.settlement import relayer as module
+
+    monkeypatch.setattr(module, "MAX_LOGS_PER_STEP", 2)
+    for _ in range(3):
+        escrow = chain.create()
+        chain.act(escrow, "approve", 0)  # two logs per escrow, one block each
+    chain.mine(3)
+    r = relayer(engine, chain.node.url, chain)
+    first = await r.step()
+    assert first.published == 2  # blocks of the first escrow only, a whole-block cut
+    assert await r.run_until_caught_up() == 4
+    events = await drain(engine, db)
+    assert len(events) == 6
+    assert len({(e.data["tx_hash"], e.data["log_index"]) for e in events}) == 6
+    assert await count_rows(db, "escrows") == 3

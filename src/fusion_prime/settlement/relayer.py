@@ -56,6 +56,8 @@ SOURCE = "settlement-relayer"
 REORGED = "chain.reorged"
 # pg_try_advisory_lock(class, chain id): the class says "settlement relayer"
 LOCK_CLASS = 0x5E771E
+# logs published per transaction at most (rounded to whole blocks)
+MAX_LOGS_PER_STEP = 5000
 
 HEAD = Gauge("fp_settlement_relayer_head_block", "Chain head seen by the relayer", ["chain_id"])
 CHECKPOINT = Gauge(
@@ -262,6 +264,17 @@ class Relayer:
             self._good_steps = 0
             log.info("node refused the block range; halving", blocks=to - frm + 1, now=self.span)
             return StepResult(caught_up=False)
+        raw_logs = [r for r in raw_logs if not r.get("removed")]
+        if len(raw_logs) > MAX_LOGS_PER_STEP:
+            # one transaction per at most ~MAX_LOGS_PER_STEP logs (whole blocks), so the
+            # consumer works while the relayer reads on; the next range is as wide as this
+            raw_logs.sort(key=lambda r: (int(r["blockNumber"], 16), int(r["logIndex"], 16)))
+            cut = int(raw_logs[MAX_LOGS_PER_STEP]["blockNumber"], 16)
+            first_block = int(raw_logs[0]["blockNumber"], 16)
+            to = cut - 1 if cut > first_block else cut
+            raw_logs = [r for r in raw_logs if int(r["blockNumber"], 16) <= to]
+            self.span = max(1, to - frm + 1)
+            self._good_steps = 0
         window_from = max(frm, safe - self.reorg_window + 1)
         numbers = sorted({to, head} | set(range(window_from, to + 1)))
         fetched = await self._headers(numbers)
@@ -270,8 +283,6 @@ class Relayer:
             return StepResult(caught_up=False)  # the chain moved under us; read again
         decoded = []
         for raw in raw_logs:
-            if raw.get("removed"):
-                continue
             item = decode_log(self.chain_id, raw)
             if item is None:
                 continue
