@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format lock bench clean-data deploy-check
+.PHONY: up test lint format lock bench clean-data deploy-check contracts
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -42,6 +42,10 @@ bench: $(STAMP)
 # the tools are installed once into .cache/deploy-tools.
 deploy-check: $(STAMP)
 	bash deploy/check.sh
+
+# Rebuild the escrow contracts' committed ABI and bytecode from contracts/ (solc-js, npm).
+contracts:
+	bash tools/evm/build-contracts.sh
 
 clean-data:
 	rm -rf .fusion-prime

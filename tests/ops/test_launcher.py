@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import httpx
 
 from fusion_prime.platform.embedded import EmbeddedPostgres
 from fusion_prime.services import service_names
+from tests.evm import ensure_tools
 from tests.harness import REPO_ROOT, fetchval
 
 
@@ -44,11 +46,36 @@ def _stop(proc: subprocess.Popen[str], lines: list[str]) -> None:
     lines.extend(out.splitlines(keepends=True))
 
 
+def _demo_escrow(data_dir: Path, settlement: str) -> str:
+    """`fusion-prime settlement demo-escrow` on up's chain; the escrow once settlement has it."""
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "FP_BUS_URL"}}
+    env["FP_DATA_DIR"] = str(data_dir)
+    done = subprocess.run(
+        [sys.executable, "-m", "fusion_prime.cli", "settlement", "demo-escrow"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    escrow = json.loads(done.stdout[: done.stdout.rindex("}") + 1])["escrow"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{settlement}/escrows/{escrow}", timeout=10)
+        if r.status_code == 200 and r.json()["status"] == "approved":
+            return escrow
+        time.sleep(0.3)
+    raise AssertionError(f"escrow {escrow} did not arrive approved in settlement")
+
+
 async def test_up_serves_every_service_and_keeps_data(tmp_path: Path) -> None:
+    ensure_tools()  # anvil installed: `up` starts a local chain for the relayer
     data_dir = tmp_path / "fp"
     proc, lines = _up(data_dir)
     try:
         text = "".join(lines)
+        assert "evm chain (anvil)" in text, text
         assert any(line.startswith("ready in") for line in lines), text
         server = EmbeddedPostgres(data_dir)
         assert server.running()
@@ -58,6 +85,9 @@ async def test_up_serves_every_service_and_keeps_data(tmp_path: Path) -> None:
             ready = httpx.get(f"{match.group(1)}/health/ready", timeout=10)
             assert ready.status_code == 200
             assert ready.json()["database"]["embedded"] is True
+        settlement = re.search(r"settlement\s+.*?(http://127\.0\.0\.1:\d+)", text)
+        assert settlement
+        escrow = _demo_escrow(data_dir, settlement.group(1))
         admin = server.url()
         assert await fetchval(admin, "SELECT count(*) FROM pg_database WHERE datname = 'fp_bus'")
         conn_url = server.url("fp_bus")
@@ -74,6 +104,13 @@ async def test_up_serves_every_service_and_keeps_data(tmp_path: Path) -> None:
         assert "starting embedded" in "".join(lines)
         value = await fetchval(EmbeddedPostgres(data_dir).url("fp_bus"), "SELECT v FROM kept")
         assert value == "still here"
+        # the chain was kept too (anvil --state): same factory, the relayer carries on
+        url = EmbeddedPostgres(data_dir).url("fp_settlement")
+        assert await fetchval(url, "SELECT status FROM escrows WHERE address = $1", escrow)
+        text = "".join(lines)
+        settlement = re.search(r"settlement\s+.*?(http://127\.0\.0\.1:\d+)", text)
+        assert settlement
+        assert _demo_escrow(data_dir, settlement.group(1)) != escrow
     finally:
         _stop(proc, lines)
     assert proc.returncode == 0

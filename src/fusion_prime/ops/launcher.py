@@ -121,6 +121,11 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     asyncio.run(migrate_bus(bus_url))
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
+    # a local EVM node (anvil, when tools/evm installed it) for settlement's relayer,
+    # unless ETH_RPC_URL already names a node
+    from fusion_prime.ops.localchain import start_local_chain
+
+    chain = None if os.environ.get("ETH_RPC_URL") else start_local_chain(data_dir)
 
     children: list[Child] = []
     for spec in specs:
@@ -133,6 +138,7 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
             "FP_BUS": "postgres",
             "FP_BUS_URL": bus_url,
             "FP_ENV": os.environ.get("FP_ENV", "development"),
+            **(chain.env() if chain is not None and spec.name == "settlement" else {}),
         }
         log_path = logs / f"{spec.name}.log"
         with open(log_path, "ab") as log_fh:
@@ -177,6 +183,10 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
         str(server.log_file),
     )
     table.add_row("event bus", "-", redact_url(bus_url), "ready", "-")
+    if chain is not None:
+        table.add_row(
+            "evm chain (anvil)", chain.url, f"factory {chain.factory}", "ready", str(chain.log_path)
+        )
     for c in children:
         table.add_row(
             c.spec.name,
@@ -190,6 +200,8 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     if failed:
         console.print(f"[red]not ready: {', '.join(failed)}[/red] (see the logs above)")
         _stop_children(children)
+        if chain is not None:
+            chain.stop()
         server.stop()
         return 1
     if not specs:
@@ -211,6 +223,8 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     finally:
         console.print("stopping services and the embedded PostgreSQL ...")
         _stop_children(children)
+        if chain is not None:
+            chain.stop()
         server.stop()
         console.print("stopped; data kept for the next `fusion-prime up`")
     return 0

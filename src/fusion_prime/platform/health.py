@@ -32,6 +32,7 @@ async def ready(request: Request) -> JSONResponse:
             info = await server_info(conn)
             state = await migration_state(conn, spec.migrations_dir)
             beat = await write_heartbeat(conn, runtime.service)
+            extra = await spec.readiness(conn) if spec.readiness is not None else {}
     except Exception as exc:
         DATABASE_UP.labels(runtime.service).set(0)
         DATABASE_ERRORS.labels(runtime.service).inc()
@@ -52,6 +53,7 @@ async def ready(request: Request) -> JSONResponse:
             "heartbeat_at": beat.isoformat(),
         },
     )
+    body.update(extra)
     return JSONResponse(body, status_code=200 if state.at_head else 503)
 
 

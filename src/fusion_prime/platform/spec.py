@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 
 from fusion_prime.platform.settings import BaseServiceSettings
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     from fusion_prime.platform.bus.consumer import Consumer
     from fusion_prime.platform.runtime import BackgroundTask, Runtime
 
@@ -44,6 +46,9 @@ class ServiceSpec:
     optional_secrets: tuple[str, ...] = ()
     # extra consumers beside the registry's (test-only topics); production uses the registry
     consumes: tuple[Consumer, ...] = ()
+    # extra sections of /health/ready read on the readiness check's connection, e.g.
+    # settlement's relayer lag: {"relayer": [...]}; informative, not a readiness condition
+    readiness: Callable[[AsyncConnection], Awaitable[dict[str, Any]]] | None = None
 
     @property
     def database_name(self) -> str:

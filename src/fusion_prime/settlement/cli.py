@@ -119,3 +119,88 @@ def reencrypt_webhook_secrets() -> None:
 
     count = asyncio.run(_go())
     out.print(f"re-encrypted {count} webhook secrets under the current key")
+
+
+@app.command()
+def relay() -> None:
+    """Run the chain relayer alone (ETH_RPC_URL, SETTLEMENT_CHAIN_ID, ...; docs/settlement.md):
+    escrow logs to settlement.events.v1 through the outbox, plus the outbox relay that moves
+    them to the broker. `fusion-prime serve settlement` runs the same relayer when ETH_RPC_URL
+    is set; running both for one chain is safe (one leads, the other waits)."""
+    from fusion_prime.platform.app import _supervise
+    from fusion_prime.platform.bus.wiring import BusWorkers, running
+    from fusion_prime.platform.database import redact_url
+    from fusion_prime.platform.observability import configure_logging
+    from fusion_prime.platform.runner import StartupRefusedError, load_settings, preflight
+    from fusion_prime.settlement.relayer import Relayer
+    from fusion_prime.settlement.settings import RelayerSettings
+    from fusion_prime.settlement.spec import SPEC
+
+    try:
+        settings, url = load_settings(SPEC, settings_cls=RelayerSettings)
+    except StartupRefusedError as exc:
+        err.print(f"fusion-prime settlement relay: {exc}")
+        raise typer.Exit(exc.code) from None
+    assert isinstance(settings, RelayerSettings)
+    if not settings.relayer_enabled:
+        err.print(
+            "fusion-prime settlement relay: ETH_RPC_URL is not set (and SETTLEMENT_CHAIN_ID, "
+            "SETTLEMENT_FACTORY_ADDRESS with it); nothing to relay"
+        )
+        raise typer.Exit(2)
+    configure_logging(settings.log_level)
+    from fusion_prime.platform.runner import log as runner_log
+
+    runner_log.info(f"Using database URL: {redact_url(url)}")
+
+    async def _go() -> None:
+        await preflight(SPEC, settings, url, migrate=False)
+        async with engine_scope(url, pool_size=4, app_name="settlement-relayer") as engine:
+            from sqlalchemy.ext.asyncio import async_sessionmaker
+
+            workers = BusWorkers(
+                "settlement",
+                settings,
+                engine,
+                async_sessionmaker(engine, expire_on_commit=False),
+                publishes=True,
+                consumers=[],
+            )
+            async with running(workers):
+                # restarted with back-off after a crash, exactly like inside the service
+                await _supervise("settlement-relayer", Relayer.from_settings(engine, settings).run)
+
+    try:
+        asyncio.run(_go())
+    except StartupRefusedError as exc:
+        err.print(f"fusion-prime settlement relay: {exc}")
+        raise typer.Exit(exc.code) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("demo-escrow")
+def demo_escrow(
+    amount_wei: Annotated[int, typer.Option(min=1, help="ether to lock, in wei")] = 10**16,
+) -> None:
+    """On the local chain of `fusion-prime up` (FP_DATA_DIR): create a 2-of-3 ether escrow
+    and approve it by payer and payee, from anvil's unlocked dev accounts. Settlement's
+    relayer publishes it after the confirmations: GET /escrows/{address} shows it."""
+    import json
+
+    from fusion_prime.ops.localchain import demo_escrow as run_demo
+    from fusion_prime.ops.localchain import deployment_file
+    from fusion_prime.platform.embedded import data_dir_from_env
+
+    record = deployment_file(data_dir_from_env().resolve())
+    if not record.exists():
+        err.print(f"no local chain recorded in {record}: start `fusion-prime up` first")
+        raise typer.Exit(2)
+    chain = json.loads(record.read_text())
+    try:
+        result = run_demo(chain["url"], chain["factory"], amount_wei)
+    except Exception as exc:
+        err.print(f"demo escrow failed on {chain['url']}: {exc}")
+        raise typer.Exit(1) from None
+    out.print(json.dumps(result, indent=1))
+    out.print(f"escrow {result['escrow']}: see GET /escrows/{result['escrow']} on settlement")

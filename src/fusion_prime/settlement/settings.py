@@ -4,7 +4,9 @@ incident report)."""
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+import re
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from fusion_prime.platform.settings import BaseServiceSettings
 
@@ -22,7 +24,48 @@ def parse_schedule(raw: str) -> tuple[float, ...]:
     return values
 
 
-class SettlementSettings(BaseServiceSettings):
+class RelayerSettings(BaseServiceSettings):
+    """The chain relayer (`fusion-prime settlement relay`, or inside `serve settlement` when
+    ETH_RPC_URL is set). One relayer reads one chain: several chains are several processes,
+    each with its own SETTLEMENT_CHAIN_ID and confirmation depth."""
+
+    # A provider URL often embeds an API key: kept secret, never logged.
+    eth_rpc_url: SecretStr | None = Field(default=None, alias="ETH_RPC_URL")
+    chain_id: int | None = Field(default=None, alias="SETTLEMENT_CHAIN_ID", gt=0)
+    factory_address: str | None = Field(default=None, alias="SETTLEMENT_FACTORY_ADDRESS")
+    start_block: int = Field(default=0, alias="SETTLEMENT_START_BLOCK", ge=0)
+    confirmations: int = Field(default=12, alias="SETTLEMENT_CONFIRMATIONS", ge=0, le=10_000)
+    max_block_range: int = Field(
+        default=2000, alias="SETTLEMENT_MAX_BLOCK_RANGE", ge=1, le=1_000_000
+    )
+    reorg_window: int = Field(default=128, alias="SETTLEMENT_REORG_WINDOW", ge=1, le=100_000)
+    relayer_poll_interval: float = Field(
+        default=1.0, alias="SETTLEMENT_RELAYER_POLL_INTERVAL", gt=0
+    )
+    rpc_timeout: float = Field(default=10.0, alias="SETTLEMENT_RPC_TIMEOUT", gt=0)
+
+    @field_validator("factory_address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"0x[0-9a-fA-F]{40}", value):
+            raise ValueError("must be 0x followed by 40 hex digits")
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _complete(self) -> RelayerSettings:
+        if self.eth_rpc_url is not None and (self.chain_id is None or not self.factory_address):
+            raise ValueError(
+                "ETH_RPC_URL is set: SETTLEMENT_CHAIN_ID and SETTLEMENT_FACTORY_ADDRESS are "
+                "required too"
+            )
+        return self
+
+    @property
+    def relayer_enabled(self) -> bool:
+        return self.eth_rpc_url is not None
+
+
+class SettlementSettings(RelayerSettings):
     # Key material for encrypting webhook signing secrets at rest (any string of >= 32
     # characters; a Fernet key is derived from it with HKDF). Required, no default.
     webhook_key: SecretStr = Field(alias="SETTLEMENT_WEBHOOK_KEY", min_length=32)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.platform.runtime import BackgroundTask, Runtime
@@ -53,7 +55,19 @@ def _background(runtime: Runtime) -> Sequence[BackgroundTask]:
             runtime.state.pop(READ_POOL, None)
             await pool.close()
 
-    return [worker.run, submit_commands, read_pool]
+    tasks = [worker.run, submit_commands, read_pool]
+    if settings.relayer_enabled:
+        from fusion_prime.settlement.relayer import Relayer
+
+        tasks.append(Relayer.from_settings(runtime.engine, settings).run)
+    return tasks
+
+
+async def _readiness(conn: AsyncConnection) -> dict[str, Any]:
+    """The relayer's checkpoint, head and lag per chain (empty list before it first ran)."""
+    from fusion_prime.settlement.relayer import relayer_status
+
+    return {"relayer": await relayer_status(conn)}
 
 
 def _routers() -> Sequence[APIRouter]:
@@ -71,6 +85,7 @@ SPEC = ServiceSpec(
     settings_cls=SettlementSettings,
     background=_background,
     description="escrows from chain events, settlement commands, history, signed webhooks",
-    publishes=("settlement.escrows.v1", "settlement.commands.v1"),
+    publishes=("settlement.escrows.v1", "settlement.commands.v1", "settlement.events.v1"),
     required_secrets=("SETTLEMENT_WEBHOOK_KEY",),
+    readiness=_readiness,
 )

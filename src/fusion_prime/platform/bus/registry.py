@@ -41,13 +41,16 @@ class Topic:
 TOPICS: tuple[Topic, ...] = (
     Topic(
         "settlement.events.v1",
-        publisher="chain-indexer",
+        # settlement's chain relayer (settlement/relayer.py) reads the escrow contracts
+        publisher="settlement",
         event_types=(
             "escrow.deployed",
             "escrow.approved",
             "escrow.released",
             "escrow.refunded",
             "escrow.arbiter_changed",
+            # published events removed by a reorg deeper than the confirmations
+            "chain.reorged",
         ),
         subscriptions=(
             Subscription(
