@@ -28,6 +28,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from fusion_prime.platform.database import driver_connection
 from fusion_prime.risk.domain import (
     LADDER,
     Position,
@@ -173,7 +174,7 @@ async def persist_outcomes(
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     ids = [f"acct-{a}" for a in accounts]
     async with sessions() as s, s.begin():  # setup, untimed: the accounts exist already
-        apg = await repo.driver(s)
+        apg = await driver_connection(s)
         await apg.copy_records_to_table("accounts", records=[(i,) for i in ids], columns=["id"])
     params, prices = domain_inputs(book)
     t0 = time.perf_counter()
@@ -198,7 +199,7 @@ async def persist_outcomes(
         t = time.perf_counter()
         await repo.upsert_states(s, states)
         steps["states"] = time.perf_counter() - t
-        apg = await repo.driver(s)
+        apg = await driver_connection(s)
         t = time.perf_counter()
         await repo.copy_snapshots(apg, snaps)
         steps["snapshots"] = time.perf_counter() - t
@@ -234,7 +235,7 @@ async def live_sql_tick(url: str, book: Book, n: int) -> dict[str, Any]:
                 for p in prices.values()
             ],
         )
-        apg = await repo.driver(s)
+        apg = await driver_connection(s)
         await apg.execute("DELETE FROM account_state; DELETE FROM accounts")
         await apg.copy_records_to_table(
             "accounts", records=[(f"acct-{a}",) for a in range(n)], columns=["id"]
@@ -271,7 +272,7 @@ async def live_sql_tick(url: str, book: Book, n: int) -> dict[str, Any]:
             ],
         )
     async with sessions() as s, s.begin():
-        await (await repo.driver(s)).execute("ANALYZE")
+        await (await driver_connection(s)).execute("ANALYZE")
     load = time.perf_counter() - t_load
     asset = 3
     new_price = (book.price_exact[asset] * Decimal("0.97")).quantize(Decimal("1e-4"))

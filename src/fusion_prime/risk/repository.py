@@ -22,17 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fusion_prime.platform.bus.envelope import Envelope
 from fusion_prime.platform.bus.outbox import NOTIFY_SQL
 from fusion_prime.platform.bus.registry import topic as lookup_topic
+from fusion_prime.platform.database import driver_connection
 from fusion_prime.risk import models as m
 from fusion_prime.risk.domain import Position, Price, RiskParams, State, Tier, TierConfig
 
 MARGIN_TOPIC = "alerts.margin.v1"
-
-
-async def driver(session: AsyncSession) -> Any:
-    """The asyncpg connection inside the session's transaction (for COPY)."""
-    conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    return raw.driver_connection
 
 
 # -- configuration and parameters ----------------------------------------------------
@@ -282,7 +276,7 @@ async def replace_positions(
         if p.collateral or p.debt
     ]
     if rows:
-        apg = await driver(session)
+        apg = await driver_connection(session)
         await apg.copy_records_to_table(
             "positions",
             records=rows,
@@ -411,7 +405,7 @@ class StateRow:
 async def upsert_states(session: AsyncSession, rows: Sequence[StateRow]) -> None:
     if not rows:
         return
-    apg = await driver(session)
+    apg = await driver_connection(session)
 
     def v(t: Tier | None) -> str | None:
         return t.value if t is not None else None

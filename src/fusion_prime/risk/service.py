@@ -20,6 +20,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fusion_prime.platform.bus.envelope import Envelope
+from fusion_prime.platform.database import driver_connection
 from fusion_prime.platform.errors import ConflictError, InvalidError, NotFoundError
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.risk import repository as repo
@@ -160,7 +161,7 @@ async def apply_outcomes(
     out.snapshots = len(snaps)
     await repo.upsert_states(session, states)
     if snaps or out.events:
-        apg = await repo.driver(session)
+        apg = await driver_connection(session)
         if snaps:
             await repo.copy_snapshots(apg, snaps)
         await repo.copy_events(apg, out.events)
