@@ -25,6 +25,7 @@ from fusion_prime.platform.bus.registry import topic as lookup_topic
 from fusion_prime.platform.database import driver_connection
 from fusion_prime.risk import models as m
 from fusion_prime.risk.domain import Position, Price, RiskParams, State, Tier, TierConfig
+from fusion_prime.settlement.domain import EscrowState
 
 MARGIN_TOPIC = "alerts.margin.v1"
 
@@ -579,57 +580,80 @@ async def state_row(session: AsyncSession, account_id: str) -> Any:
 # -- escrows --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EscrowChange:
-    chain_id: int
-    address: str
-    payer: str | None
-    payee: str | None
-    asset: str | None
-    amount: int | None
-    decimals: int | None
-    status: str | None  # None: the event does not change the status (arbiter change)
-    block: int
-    log_index: int
+async def record_escrow_event(
+    session: AsyncSession,
+    chain_id: int,
+    address: str,
+    block: int,
+    log_index: int,
+    event_type: str,
+    data: dict[str, Any],
+) -> list[tuple[str, dict[str, Any]]]:
+    """Keep one chain event of an escrow; returns all of its events (type, data).
 
-
-async def apply_escrow(session: AsyncSession, c: EscrowChange) -> None:
-    """Upsert one escrow; a status only moves forward in (block, log index) order.
-
-    Released and refunded are final, as in settlement: an event after either (an anomaly
-    there, e.g. an approval after the refund) must not reopen the escrow's exposure.
+    Serialised per escrow (transaction-scoped lock), so two consumers folding the same
+    escrow cannot overwrite each other's result with an older one.
     """
     await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext('risk:escrow:' || :c || ':' || :a))"),
+        {"c": str(chain_id), "a": address},
+    )
+    await session.execute(
         text(
-            "INSERT INTO escrows (chain_id, address, payer, payee, asset, amount, decimals, "
-            "status, last_block, last_log_index) VALUES (:chain, :addr, :payer, :payee, :asset, "
-            ":amount, :decimals, coalesce(:status, 'open'), :block, :li) "
-            "ON CONFLICT (chain_id, address) DO UPDATE SET "
-            "payer = coalesce(EXCLUDED.payer, escrows.payer), "
-            "payee = coalesce(EXCLUDED.payee, escrows.payee), "
-            "asset = coalesce(EXCLUDED.asset, escrows.asset), "
-            "amount = coalesce(EXCLUDED.amount, escrows.amount), "
-            "decimals = coalesce(EXCLUDED.decimals, escrows.decimals), "
-            "status = CASE WHEN escrows.status IN ('released', 'refunded') THEN escrows.status "
-            "WHEN CAST(:status AS text) IS NOT NULL AND (EXCLUDED.last_block, "
-            "EXCLUDED.last_log_index) > (escrows.last_block, escrows.last_log_index) "
-            "THEN EXCLUDED.status ELSE escrows.status END, "
-            "last_block = greatest(escrows.last_block, EXCLUDED.last_block), "
-            "last_log_index = CASE WHEN (EXCLUDED.last_block, EXCLUDED.last_log_index) > "
-            "(escrows.last_block, escrows.last_log_index) THEN EXCLUDED.last_log_index "
-            "ELSE escrows.last_log_index END, updated_at = now()"
+            "INSERT INTO escrow_events (chain_id, address, block_number, log_index, event_type, "
+            "data) VALUES (:c, :a, :b, :li, :t, CAST(:d AS jsonb)) ON CONFLICT DO NOTHING"
         ),
         {
-            "chain": c.chain_id,
-            "addr": c.address,
-            "payer": c.payer,
-            "payee": c.payee,
-            "asset": c.asset,
-            "amount": c.amount,
-            "decimals": c.decimals,
-            "status": c.status,
-            "block": c.block,
-            "li": c.log_index,
+            "c": chain_id,
+            "a": address,
+            "b": block,
+            "li": log_index,
+            "t": event_type,
+            "d": json.dumps(_without_nul(data), default=str),
+        },
+    )
+    rows = await session.execute(
+        text(
+            "SELECT event_type, data FROM escrow_events WHERE chain_id = :c AND address = :a "
+            "ORDER BY block_number, log_index"
+        ),
+        {"c": chain_id, "a": address},
+    )
+    return [(r.event_type, r.data) for r in rows]
+
+
+_STATUS_OF = {"created": "open", "approved": "approved", "released": "released"}
+
+
+async def store_escrow(session: AsyncSession, s: EscrowState) -> None:
+    """The escrow as settlement's rule folds it (`created` is shown here as `open`)."""
+    await session.execute(
+        text(
+            "INSERT INTO escrows (chain_id, address, payer, payee, arbiter, asset, amount, "
+            "decimals, approvals_required, approvers, status, last_block, last_log_index) "
+            "VALUES (:chain, :addr, :payer, :payee, :arbiter, :asset, :amount, :decimals, "
+            ":required, CAST(:approvers AS text[]), :status, :block, :li) "
+            "ON CONFLICT (chain_id, address) DO UPDATE SET payer = EXCLUDED.payer, "
+            "payee = EXCLUDED.payee, arbiter = EXCLUDED.arbiter, asset = EXCLUDED.asset, "
+            "amount = EXCLUDED.amount, decimals = EXCLUDED.decimals, "
+            "approvals_required = EXCLUDED.approvals_required, approvers = EXCLUDED.approvers, "
+            "status = EXCLUDED.status, last_block = EXCLUDED.last_block, "
+            "last_log_index = EXCLUDED.last_log_index, updated_at = now()"
+        ),
+        {
+            "chain": s.chain_id,
+            "addr": s.address,
+            "payer": s.payer,
+            "payee": s.payee,
+            "arbiter": s.arbiter,
+            "asset": s.asset,
+            "amount": s.amount,
+            "decimals": s.decimals,
+            "required": s.approvals_required,
+            "approvers": list(s.approvers),
+            "status": _STATUS_OF.get(s.status, s.status),
+            "block": s.last.block_number,
+            "li": s.last.log_index,
         },
     )
 
