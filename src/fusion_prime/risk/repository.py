@@ -73,6 +73,7 @@ async def insert_config(session: AsyncSession, cfg: TierConfig) -> int:
         .returning(m.risk_config.c.version)
     )
     assert version is not None
+    await log_book_change(session, "config")
     return int(version)
 
 
@@ -126,6 +127,7 @@ async def insert_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
         },
     )
     assert version is not None
+    await log_book_change(session, "params")
     return replace(rp, version=int(version))
 
 
@@ -138,6 +140,30 @@ async def lock_evaluation(session: AsyncSession, *, wait: bool = True) -> bool:
     fn = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
     got = await session.scalar(text(f"SELECT {fn}(hashtext('risk:reevaluate'))"))
     return bool(got) if not wait else True
+
+
+async def log_book_change(
+    session: AsyncSession, kind: str, account_ids: Sequence[str] | None = None
+) -> None:
+    """Tell the books in memory (every instance's) what changed outside a price tick.
+
+    Written while holding the evaluation lock, so sequence order is commit order and a
+    book that read up to a sequence number has seen every earlier change.
+    """
+    await lock_evaluation(session)
+    await session.execute(
+        text("INSERT INTO book_changes (kind, account_ids) VALUES (:k, CAST(:ids AS text[]))"),
+        {"k": kind, "ids": list(account_ids) if account_ids is not None else None},
+    )
+
+
+async def prune_book_changes(session: AsyncSession, older_than: timedelta) -> int:
+    """A book reads the log only forward from its load; old rows serve no one."""
+    result = await session.execute(
+        text("DELETE FROM book_changes WHERE created_at < now() - make_interval(secs => :s)"),
+        {"s": older_than.total_seconds()},
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 # -- prices ---------------------------------------------------------------------------
@@ -260,6 +286,7 @@ async def replace_positions(
     if not items:
         return
     ids = [a for a, _ in items]
+    await log_book_change(session, "positions", ids)
     await session.execute(
         text(
             "INSERT INTO accounts (id) SELECT unnest(CAST(:ids AS text[])) "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import Field
@@ -22,6 +24,10 @@ class RiskSettings(BaseServiceSettings):
     instance and every consumer uses the same values; only the sweep cadence is here."""
 
     sweep_interval: float = Field(default=30.0, alias="RISK_SWEEP_INTERVAL", gt=0)
+    # memory: the book in memory (live.py), loaded at start, re-evaluated incrementally;
+    # sql: every pass filters the holders in PostgreSQL (the earlier path, kept as the
+    # baseline of bench/risk_live.py and for small books)
+    book: Literal["memory", "sql"] = Field(default="memory", alias="RISK_BOOK")
 
 
 def _routers() -> Sequence[APIRouter]:
@@ -33,21 +39,46 @@ def _routers() -> Sequence[APIRouter]:
 def _background(runtime: Runtime) -> Sequence[BackgroundTask]:
     settings = runtime.settings
     interval = settings.sweep_interval if isinstance(settings, RiskSettings) else 30.0
+    book = None
+    if isinstance(settings, RiskSettings) and settings.book == "memory":
+        from fusion_prime.risk import live
+
+        # registered now, before the consumers start: they and the API wait until loaded
+        book = live.LiveBook(runtime.url)
+        live.register(book)
+        runtime.state["book"] = book
 
     async def sweeper() -> None:
         """Stale prices, reminders and periodic snapshots happen with time, not events."""
+        from fusion_prime.risk import live
+        from fusion_prime.risk.repository import prune_book_changes
         from fusion_prime.risk.service import sweep
 
-        while True:
-            await asyncio.sleep(interval)
-            async with runtime.sessions() as session, session.begin():
-                out = await sweep(session)
-            if out.changed:
-                log.info(
-                    "sweep", evaluated=out.evaluated, changed=out.changed, events=len(out.events)
-                )
+        try:
+            if book is not None and not book.ready.is_set():
+                await live.load(book, runtime.sessions)
+            while True:
+                await asyncio.sleep(interval)
+                async with runtime.sessions() as session, session.begin():
+                    out = await sweep(session)
+                    await prune_book_changes(session, BOOK_CHANGES_KEPT)
+                if out.changed:
+                    log.info(
+                        "sweep",
+                        evaluated=out.evaluated,
+                        changed=out.changed,
+                        events=len(out.events),
+                    )
+        except asyncio.CancelledError:  # shutting down (a crash restarts with the book kept)
+            if book is not None:
+                live.unregister(book)
+            raise
 
     return [sweeper]
+
+
+# a book reads book_changes forward from its load; an hour covers any pause of a pass
+BOOK_CHANGES_KEPT = timedelta(hours=1)
 
 
 SPEC = ServiceSpec(
