@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -230,7 +231,8 @@ async def test_book_matches_the_tables_after_random_work_and_kill9_restarts(
     memory equals a from-scratch recomputation from the tables."""
     url = await make_database("risk", SPEC.migrations_dir)
     await prepare_bus(bus_url)
-    env = {"FP_BUS_URL": bus_url, **BUS_ENV, "RISK_SWEEP_INTERVAL": "3600", "RISK_BOOK": "memory"}
+    env = {"FP_BUS_URL": bus_url, **BUS_ENV, "RISK_SWEEP_INTERVAL": "3600", "RISK_BOOK": "memory",
+           "RISK_LEASE_SECONDS": "2"}  # fmt: skip
     proc = ServiceProcess.for_service("risk", url, log_dir, extra_env=env)
     rng = random.Random(2014)
     t0 = datetime.now(UTC)
@@ -301,3 +303,156 @@ async def test_book_matches_the_tables_after_random_work_and_kill9_restarts(
         )
     finally:
         proc.terminate()
+
+
+async def _stats(clients: list[httpx.AsyncClient]) -> list[dict[str, Any]]:
+    return [(await c.get("/stats")).json()["book"] for c in clients]
+
+
+async def _split(clients: list[httpx.AsyncClient], partitions: int = 16) -> dict[int, str]:
+    """Wait until the instances hold disjoint leases covering every partition, each at
+    least one; returns partition -> instance."""
+
+    async def settled() -> dict[int, str] | None:
+        owner: dict[int, str] = {}
+        stats = await _stats(clients)
+        for st in stats:
+            if not st["loaded"] or not st["partitions_owned"]:
+                return None
+            for p in st["partitions_owned"]:
+                if p in owner:
+                    return None
+                owner[p] = st["instance"]
+        return owner if len(owner) == partitions else None
+
+    split: dict[int, str] = await wait_for(settled, timeout=60, interval=0.2)
+    return split
+
+
+async def _books_match(url: str, clients: list[httpx.AsyncClient]) -> bool:
+    exact = await exact_view(url, datetime.now(UTC))
+    try:
+        for c in clients:
+            assert_book_matches(await book_views(c, sorted(exact)), exact)
+    except AssertionError:
+        return False
+    return True
+
+
+async def _assert_one_evaluator(url: str, split: dict[int, str], since: datetime) -> int:
+    """Every state written since `since` was written by the owner of its partition."""
+    rows = await fetch(
+        url, "SELECT account_id, evaluated_by FROM account_state WHERE evaluated_at >= $1", since
+    )
+    for r in rows:
+        p = zlib.crc32(r["account_id"].encode()) % 16
+        assert r["evaluated_by"] == split[p], (r, p, split)
+    return len(rows)
+
+
+@pytest.mark.parametrize("instances", [2, 3])
+async def test_partitions_split_between_instances_and_are_taken_over_after_kill9(
+    make_database: Callable[..., Awaitable[str]], bus_url: str, log_dir: Path, instances: int
+) -> None:
+    """Real processes on one database and one bus (sharing the price subscription):
+    leases split the 16 partitions; every account is evaluated by its partition's owner
+    only; position writes through any instance and ticks consumed by any reach every
+    book; after kill -9 of one instance the others take its partitions over within the
+    lease time and evaluate its accounts; no tier change is emitted twice."""
+    url = await make_database("risk", SPEC.migrations_dir)
+    await prepare_bus(bus_url)
+    env = {"FP_BUS_URL": bus_url, **BUS_ENV, "RISK_SWEEP_INTERVAL": "3600", "RISK_BOOK": "memory",
+           "RISK_LEASE_SECONDS": "5"}  # fmt: skip
+    procs = [
+        ServiceProcess.for_service("risk", url, log_dir, extra_env=env) for _ in range(instances)
+    ]
+    rng = random.Random(7 + instances)
+    t0 = datetime.now(UTC)
+    clock = [0]
+    accounts = [f"acct-{i:03d}" for i in range(30)]
+
+    def next_tick() -> Envelope:
+        clock[0] += 1
+        return random_tick(rng, t0 + timedelta(milliseconds=clock[0]))
+
+    async def work(clients: list[httpx.AsyncClient], steps: int) -> None:
+        for _ in range(steps):
+            if rng.random() < 0.4:
+                body = {"positions": random_positions(rng)}
+                r = await rng.choice(clients).put(
+                    f"/accounts/{rng.choice(accounts)}/positions", json=body
+                )
+                assert r.status_code == 200, r.text
+            else:
+                await _publish(bus_url, next_tick())
+        await wait_for(lambda: drained(bus_url, PRICES_SUB), timeout=60)
+        await wait_for(lambda: _books_match(url, clients), timeout=30, interval=0.3)
+
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.wait_ready(60)
+        clients = [httpx.AsyncClient(base_url=p.base_url, timeout=30) for p in procs]
+        try:
+            split = await _split(clients)
+            since = datetime.now(UTC)
+            for asset, prm in PARAMS.items():
+                body = {**prm, "max_price_age_seconds": 3600}
+                assert (await clients[0].put(f"/risk-parameters/{asset}", json=body)).is_success
+            await _publish(bus_url, *(price_event(a, str(v), t0) for a, v in BASE.items()))
+            for i, a in enumerate(accounts):
+                body = {"positions": random_positions(rng)}
+                r = await clients[i % instances].put(f"/accounts/{a}/positions", json=body)
+                assert r.status_code == 200, r.text
+            await work(clients, 25)
+            assert await _assert_one_evaluator(url, split, since) == len(accounts)
+            # kill -9 the last instance: its leases expire, the others take them over
+            dead = (await _stats(clients[-1:]))[0]["instance"]
+            orphans = [a for a in accounts if split[zlib.crc32(a.encode()) % 16] == dead]
+            assert orphans
+            procs[-1].kill9()
+            await clients[-1].aclose()
+            clients = clients[:-1]
+            split = await _split(clients)
+            assert dead not in split.values()
+            since = datetime.now(UTC)
+            await work(clients, 15)
+            # the dead instance's accounts change tier twice (whatever they were before):
+            # their new owners evaluate and write them
+            sinking = [{"asset": "ETH", "collateral": str(10**15), "decimals": 18},
+                       {"asset": "USDC", "debt": str(10**12), "decimals": 6}]  # fmt: skip
+            floating = [{"asset": "ETH", "collateral": str(10**18), "decimals": 18}]
+            for body in (sinking, floating):
+                for a in orphans:
+                    r = await rng.choice(clients).put(
+                        f"/accounts/{a}/positions", json={"positions": body}
+                    )
+                    assert r.status_code == 200, r.text
+                await wait_for(lambda: _books_match(url, clients), timeout=30, interval=0.3)
+            assert await _assert_one_evaluator(url, split, since) >= len(orphans)
+            rows = await fetch(
+                url,
+                "SELECT account_id FROM account_state WHERE evaluated_at >= $1 "
+                "AND account_id = ANY($2::text[])",
+                since,
+                orphans,
+            )
+            assert sorted(r["account_id"] for r in rows) == sorted(orphans)
+        finally:
+            for c in clients:
+                await c.aclose()
+        events = await fetch(
+            url,
+            "SELECT account_id, from_tier, to_tier FROM margin_events "
+            "WHERE event_type = 'margin.tier_changed' ORDER BY account_id, created_at, id",
+        )
+        last: dict[str, str] = {}
+        for e in events:
+            if e["account_id"] in last:
+                assert e["from_tier"] == last[e["account_id"]], events
+            assert e["from_tier"] != e["to_tier"]
+            last[e["account_id"]] = e["to_tier"]
+    finally:
+        for p in procs:
+            p.terminate()

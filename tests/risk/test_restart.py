@@ -25,7 +25,7 @@ async def test_state_survives_kill9_and_restart(
 ) -> None:
     url = await make_database("risk", SPEC.migrations_dir)
     proc = ServiceProcess.for_service(
-        "risk", url, log_dir, extra_env={"RISK_SWEEP_INTERVAL": "0.5"}
+        "risk", url, log_dir, extra_env={"RISK_SWEEP_INTERVAL": "0.5", "RISK_LEASE_SECONDS": "5"}
     )
     with running(proc):
         async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as c:

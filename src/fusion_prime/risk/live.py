@@ -26,8 +26,10 @@ Consistency with the tables:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -101,6 +103,11 @@ async def _copy_out(apg: Any, query: str, *args: Any) -> bytes:
     return buf.getvalue()
 
 
+def partition_of(account_id: str, partitions: int) -> int:
+    """Stable across processes and restarts (unlike hash()): crc32 of the id."""
+    return zlib.crc32(account_id.encode()) % partitions
+
+
 def _ladder(f: F64, bounds: Sequence[float]) -> npt.NDArray[np.int8]:
     """Tier codes (0 healthy .. 3 liquidation) of factors against descending bounds."""
     t = np.zeros(len(f), dtype=np.int8)
@@ -142,6 +149,8 @@ class PassStats:
     events: int = 0
     filter_ms: float = 0.0  # catch-up + sums + vectorised filter
     persist_ms: float = 0.0  # exact evaluation of the attention set + its writes
+    commit_ms: float | None = None  # from the pass's start to its transaction's commit
+    started: float = 0.0
 
 
 @dataclass
@@ -176,8 +185,15 @@ class _Holders:
 class LiveBook:
     """Every account of one risk database, as the service keeps it between events."""
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, instance: str = "local", partitions: int = 16) -> None:
         self.key = database_key(url)
+        self.instance = instance
+        self.partitions = partitions
+        # partitions this instance holds a live lease on (live.Leases keeps it current);
+        # evaluation is restricted to their accounts, the book itself stays complete
+        self.owned = np.zeros(partitions, dtype=bool)
+        self.lease_valid_until = 0.0  # time.monotonic() after which `owned` is not trusted
+        self._evaluated_owned = np.zeros(partitions, dtype=bool)
         self.ready = asyncio.Event()
         self._lock = asyncio.Lock()
         self._owner: SyncSession | None = None
@@ -204,10 +220,12 @@ class LiveBook:
         self.valid = np.zeros(0, dtype=bool)
         self.holders: list[_Holders] = []
         self.last_seq = 0
+        self._own: set[int] = set()  # book_changes rows this book wrote (already applied)
         self.n = 0
         self._alloc(0)
 
     def _alloc(self, n: int) -> None:
+        self.part = np.zeros(n, dtype=np.int16)
         self.weighted = np.zeros(n)
         self.debt = np.zeros(n)
         self.invalid = np.zeros(n, dtype=np.int16)
@@ -223,6 +241,7 @@ class LiveBook:
             return
         new = max(n, cap * 2, 1024)
         for name, fill in (
+            ("part", 0),
             ("weighted", 0.0),
             ("debt", 0.0),
             ("invalid", 0),
@@ -263,8 +282,11 @@ class LiveBook:
                 if not self.stale:
                     log.warning("transaction rolled back: the book is rebuilt on the next pass")
                 self.stale = True
-            elif loading and not self.stale:
-                self.ready.set()
+            else:
+                if self.last is not None and self.last.commit_ms is None:
+                    self.last.commit_ms = (time.perf_counter() - self.last.started) * 1e3
+                if loading and not self.stale:
+                    self.ready.set()
             self._owner = None
             self._lock.release()
 
@@ -286,6 +308,7 @@ class LiveBook:
         self.index = {a: i for i, a in enumerate(self.ids)}
         self.n = len(self.ids)
         self._alloc(self.n)
+        self.part[: self.n] = [partition_of(a, self.partitions) for a in self.ids]
         log.info("book loading", step="accounts", accounts=self.n)
         raw = await _copy_out(
             apg,
@@ -446,6 +469,9 @@ class LiveBook:
         config = False
         params = False
         for r in rows:
+            if r["seq"] in self._own:
+                self._own.discard(r["seq"])
+                continue
             if r["kind"] in ("positions", "states"):
                 ids.update(r["account_ids"] or ())
             elif r["kind"] == "params":
@@ -466,12 +492,14 @@ class LiveBook:
         """Positions and state of these accounts, from the tables."""
         if not ids:
             return set()
-        for a in ids:
-            if a not in self.index:
-                self.index[a] = len(self.ids)
-                self.ids.append(a)
+        new = [a for a in ids if a not in self.index]
+        for a in new:
+            self.index[a] = len(self.ids)
+            self.ids.append(a)
         self.n = len(self.ids)
         self._grow(self.n)
+        for a in new:
+            self.part[self.index[a]] = partition_of(a, self.partitions)
         idx = np.array(sorted(self.index[a] for a in ids), dtype=np.int32)
         for h in self.holders:  # the accounts' old slots hold nothing until re-set
             pos, found = h.slots(idx)
@@ -530,7 +558,7 @@ class LiveBook:
         """Of `acc`, the accounts the exact rules must look at: the decision (tier with
         hysteresis, unknown-price episode) may differ from the stored one, the factor is
         within the tolerance of a decision bound, or a reminder or snapshot is due."""
-        acc = acc[self.npos[acc] > 0]
+        acc = acc[(self.npos[acc] > 0) & self.owned_accounts(acc)]
         if not len(acc):
             return acc
         cfg = self.config
@@ -562,6 +590,18 @@ class LiveBook:
         picked: I32 = acc[need]
         return picked
 
+    def owned_accounts(self, acc: I32) -> npt.NDArray[np.bool_]:
+        if time.monotonic() >= self.lease_valid_until:
+            return np.zeros(len(acc), dtype=bool)  # leases not renewed in time: hands off
+        mask: npt.NDArray[np.bool_] = self.owned[self.part[acc]]
+        return mask
+
+    def owns(self, account_id: str) -> bool:
+        return bool(
+            time.monotonic() < self.lease_valid_until
+            and self.owned[partition_of(account_id, self.partitions)]
+        )
+
     def holders_of(self, assets: Iterable[int]) -> I32:
         parts = [self.holders[a].acc[self.holders[a].held] for a in assets]
         if not parts:
@@ -573,23 +613,30 @@ class LiveBook:
     async def refresh(
         self,
         session: AsyncSession,
-        now: datetime,
+        at: datetime | None,
         trigger: str,
         *,
         force: Sequence[str] = (),
         everyone: bool = False,
+        timely: bool = True,
     ) -> Any:
         """Catch up with the tables, re-evaluate what the changes touch, persist outcomes.
 
         `force`: accounts evaluated whatever the filter says (their positions were just
-        replaced); `everyone`: every account is a candidate (sweep, configuration).
+        replaced; only those of owned partitions); `everyone`: every account is a
+        candidate (sweep, configuration); `timely`: False for a pass woken by another
+        instance's change, which applies changes but leaves time-driven work (prices
+        going stale) to the sweep and the event passes.
         """
         from fusion_prime.risk.service import Outcome, reevaluate_accounts
 
         await self.begin(session, loading=self.stale and not self.ready.is_set())
         await repo.lock_evaluation(session)
+        # the clock is read once the lock is held: passes of several instances then carry
+        # increasing times in commit order (events, states); tests may pass their own time
+        now = at or datetime.now(UTC)
         t0 = time.perf_counter()
-        stats = PassStats(trigger=trigger, at=now)
+        stats = PassStats(trigger=trigger, at=now, started=t0)
         touched: set[int] = set()
         config_changed = False
         assets: list[int] = []
@@ -600,23 +647,42 @@ class LiveBook:
             self._sync_validity(now, full=True)
             touched, config_changed, assets = set(), True, []
         else:
-            assets += await self._sync_prices(session)
-            assets += self._sync_validity(now)
+            prices_moved = await self._sync_prices(session)
+            assets += prices_moved
+            if timely:
+                assets += self._sync_validity(now)
+            if prices_moved and trigger == "price":
+                await repo.notify_books(session)  # the other instances apply them too
+        # what this pass may evaluate; partitions gained since the last pass (taken over,
+        # or held again after leases lapsed) have every account looked at
+        effective = self.owned & (time.monotonic() < self.lease_valid_until)
+        newly = effective & ~self._evaluated_owned
+        self._evaluated_owned = effective.copy()
         if everyone or config_changed:
             candidates = np.arange(self.n, dtype=np.int32)
         else:
             candidates = self.holders_of(sorted(set(assets)))
             if touched:
                 candidates = np.union1d(candidates, np.fromiter(touched, np.int32)).astype(np.int32)
+            if newly.any():  # taken over: everything of those partitions is looked at
+                mine = np.flatnonzero(newly[self.part[: self.n]]).astype(np.int32)
+                candidates = np.union1d(candidates, mine).astype(np.int32)
         picked = self.attention(candidates, now)
-        ids = sorted({self.ids[i] for i in picked.tolist()} | set(force))
+        ids = sorted({self.ids[i] for i in picked.tolist()} | {a for a in force if self.owns(a)})
         stats.candidates = len(candidates)
         stats.attention = len(ids)
         stats.filter_ms = (time.perf_counter() - t0) * 1e3
         t1 = time.perf_counter()
-        out: Outcome = await reevaluate_accounts(session, ids, now, trigger, log_states=False)
+        out: Outcome = await reevaluate_accounts(
+            session, ids, now, trigger, log_states=False, evaluated_by=self.instance
+        )
         for r in out.states:
             self._remember(self.index[r.account_id], r.state)
+        if out.states:
+            # other instances' books learn these states from the log; this one skips its own
+            self._own.add(
+                await repo.log_book_change(session, "states", [r.account_id for r in out.states])
+            )
         stats.changed = out.changed
         stats.events = len(out.events)
         stats.persist_ms = (time.perf_counter() - t1) * 1e3
@@ -624,6 +690,35 @@ class LiveBook:
         if trigger == "price":
             self.last_tick = stats
         return out
+
+    async def behind(self, session: AsyncSession) -> bool:
+        """Whether the tables hold a change this book has not applied (read without the
+        evaluation lock: a follow-up pass is only run when there is one)."""
+        if self.stale:
+            return True
+        apg = await driver_connection(session)
+        seq = await apg.fetchval("SELECT coalesce(max(seq), 0) FROM book_changes")
+        if (
+            int(seq) > self.last_seq
+            and not {
+                int(r[0])
+                for r in await apg.fetch(
+                    "SELECT seq FROM book_changes WHERE seq > $1", self.last_seq
+                )
+            }
+            <= self._own
+        ):
+            return True
+        for r in await apg.fetch("SELECT asset, price, source_time FROM prices"):
+            p = self.prices.get(r["asset"])
+            if r["asset"] in self.asset_index and (
+                p is None or (p.price, p.source_time) != (r["price"], r["source_time"])
+            ):
+                return True
+        effective = self.owned & (time.monotonic() < self.lease_valid_until)
+        if not np.array_equal(effective, self._evaluated_owned):
+            return True
+        return False
 
     # -- views -------------------------------------------------------------------------
 
@@ -649,6 +744,7 @@ class LiveBook:
             "status": tier(int(self.status[i])),
             "known_tier": tier(int(self.known[i])),
             "unusable_prices": int(self.invalid[i]),
+            "partition": int(self.part[i]),
         }
 
     def nbytes(self) -> int:
@@ -668,6 +764,7 @@ class LiveBook:
                 "events": s.events,
                 "evaluation_ms": round(s.filter_ms, 3),
                 "persistence_ms": round(s.persist_ms, 3),
+                "to_commit_ms": None if s.commit_ms is None else round(s.commit_ms, 3),
             }
 
         return {
@@ -680,12 +777,88 @@ class LiveBook:
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
             "loaded_at": self.loaded_at.isoformat() if self.loaded_at else None,
             "rebuilds": self.rebuilds,
+            "instance": self.instance,
+            "partitions": self.partitions,
+            "partitions_owned": [int(p) for p in np.flatnonzero(self.owned)]
+            if time.monotonic() < self.lease_valid_until
+            else [],
             "last_tick": one(self.last_tick),
             "last_pass": one(self.last),
         }
 
 
-async def load(book: LiveBook, sessions: Any) -> None:
-    """The start-up load (one pass in its own transaction; sets `ready` on commit)."""
+class Leases:
+    """This instance's partition leases: taken, renewed every third of the lease time,
+    released at shutdown; a dead instance's expire and the others take them over."""
+
+    def __init__(self, book: LiveBook, sessions: Any, lease_seconds: float) -> None:
+        self.book = book
+        self.sessions = sessions
+        self.lease = timedelta(seconds=lease_seconds)
+
+    async def renew(self) -> list[int]:
+        started = time.monotonic()
+        async with self.sessions() as session, session.begin():
+            held = await repo.lease_partitions(
+                session, self.book.instance, self.book.partitions, self.lease
+            )
+        owned = np.zeros(self.book.partitions, dtype=bool)
+        owned[held] = True
+        if not np.array_equal(owned, self.book.owned):
+            log.info("partitions", instance=self.book.instance, owned=held)
+        self.book.owned = owned
+        # trusted a little less long than the database's expiry, measured from before it
+        self.book.lease_valid_until = started + self.lease.total_seconds() * 0.8
+        return held
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.lease.total_seconds() / 3)
+                await self.renew()
+        except asyncio.CancelledError:
+            await self.release()
+            raise
+
+    async def release(self) -> None:
+        self.book.owned = np.zeros(self.book.partitions, dtype=bool)
+        try:
+            async with self.sessions() as session, session.begin():
+                await repo.release_partitions(session, self.book.instance)
+        except Exception:  # shutting down: the leases expire by themselves
+            log.warning("partition leases not released; they expire", exc_info=True)
+
+
+async def load(book: LiveBook, sessions: Any, leases: Leases | None = None) -> None:
+    """The start-up load: leases first (so the first pass already evaluates what this
+    instance owns), then one pass in its own transaction; sets `ready` on commit."""
+    if leases is not None:
+        await leases.renew()
     async with sessions() as session, session.begin():
-        await book.refresh(session, datetime.now(UTC), "load")
+        await book.refresh(session, None, "load")
+
+
+async def follow(book: LiveBook, sessions: Any, dsn: str, interval: float) -> None:
+    """Apply other instances' changes soon: woken by NOTIFY risk_book (position writes,
+    states, parameter versions, prices another instance consumed), polling every
+    `interval` in case a notification was missed."""
+    from fusion_prime.platform.bus.postgres import Listener
+
+    wake = asyncio.Event()
+    listener = Listener(dsn, repo.BOOK_CHANNEL, lambda _payload: wake.set())
+    try:
+        while True:
+            await listener.ensure()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=interval)
+            wake.clear()
+            if not book.ready.is_set():
+                continue
+            async with sessions() as session:
+                behind = await book.behind(session)
+            if not behind:
+                continue  # nothing new: no pass, no evaluation lock taken
+            async with sessions() as session, session.begin():
+                await book.refresh(session, None, "changes", timely=False)
+    finally:
+        await listener.close()

@@ -144,17 +144,30 @@ async def lock_evaluation(session: AsyncSession, *, wait: bool = True) -> bool:
 
 async def log_book_change(
     session: AsyncSession, kind: str, account_ids: Sequence[str] | None = None
-) -> None:
+) -> int:
     """Tell the books in memory (every instance's) what changed outside a price tick.
 
     Written while holding the evaluation lock, so sequence order is commit order and a
     book that read up to a sequence number has seen every earlier change.
     """
     await lock_evaluation(session)
-    await session.execute(
-        text("INSERT INTO book_changes (kind, account_ids) VALUES (:k, CAST(:ids AS text[]))"),
+    seq = await session.scalar(
+        text(
+            "INSERT INTO book_changes (kind, account_ids) VALUES (:k, CAST(:ids AS text[])) "
+            "RETURNING seq"
+        ),
         {"k": kind, "ids": list(account_ids) if account_ids is not None else None},
     )
+    await notify_books(session)
+    return int(seq)
+
+
+BOOK_CHANNEL = "risk_book"
+
+
+async def notify_books(session: AsyncSession) -> None:
+    """Wake every instance's book (delivered at commit, never for a rollback)."""
+    await session.execute(text("SELECT pg_notify(:c, '')"), {"c": BOOK_CHANNEL})
 
 
 async def prune_book_changes(session: AsyncSession, older_than: timedelta) -> int:
@@ -332,7 +345,8 @@ def _tier(value: str | None) -> Tier | None:
 
 async def states_of(session: AsyncSession, ids: Sequence[str]) -> dict[str, State]:
     rows = await session.execute(
-        sa.select(m.account_state).where(m.account_state.c.account_id.in_(list(ids)))
+        text("SELECT * FROM account_state WHERE account_id = ANY(CAST(:ids AS text[]))"),
+        {"ids": list(ids)},
     )
     return {
         r.account_id: State(
@@ -430,7 +444,9 @@ class StateRow:
     evaluated_at: datetime
 
 
-async def upsert_states(session: AsyncSession, rows: Sequence[StateRow]) -> None:
+async def upsert_states(
+    session: AsyncSession, rows: Sequence[StateRow], evaluated_by: str | None = None
+) -> None:
     if not rows:
         return
     apg = await driver_connection(session)
@@ -440,12 +456,13 @@ async def upsert_states(session: AsyncSession, rows: Sequence[StateRow]) -> None
 
     await apg.execute(
         "INSERT INTO account_state (account_id, status, known_tier, factor, last_event_at, "
-        "last_snapshot_at, evaluated_at) SELECT * FROM unnest($1::text[], $2::text[], "
-        "$3::text[], $4::numeric[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[]) "
+        "last_snapshot_at, evaluated_at, evaluated_by) SELECT u.*, $8::text FROM unnest("
+        "$1::text[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[], "
+        "$6::timestamptz[], $7::timestamptz[]) AS u "
         "ON CONFLICT (account_id) DO UPDATE SET status = EXCLUDED.status, "
         "known_tier = EXCLUDED.known_tier, factor = EXCLUDED.factor, "
         "last_event_at = EXCLUDED.last_event_at, last_snapshot_at = EXCLUDED.last_snapshot_at, "
-        "evaluated_at = EXCLUDED.evaluated_at",
+        "evaluated_at = EXCLUDED.evaluated_at, evaluated_by = EXCLUDED.evaluated_by",
         [r.account_id for r in rows],
         [v(r.state.status) for r in rows],
         [v(r.state.known_tier) for r in rows],
@@ -453,6 +470,95 @@ async def upsert_states(session: AsyncSession, rows: Sequence[StateRow]) -> None
         [r.state.last_event_at for r in rows],
         [r.state.last_snapshot_at for r in rows],
         [r.evaluated_at for r in rows],
+        evaluated_by,
+    )
+
+
+# -- partition leases -------------------------------------------------------------------
+
+
+async def lease_partitions(
+    session: AsyncSession, owner: str, partitions: int, lease: timedelta
+) -> list[int]:
+    """Renew this owner's leases and take or give back partitions towards a fair share.
+
+    Fair share: ceil(partitions / live instances) (live: heartbeat, renewed here, within
+    the lease time; this one counts). Free or expired partitions are taken up to the
+    share; above it, the surplus is released for the newcomers. Returns what is held.
+    """
+    secs = lease.total_seconds()
+    await session.execute(
+        text(
+            "INSERT INTO risk_partition_leases (partition) SELECT generate_series(0, :n - 1) "
+            "ON CONFLICT DO NOTHING"
+        ),
+        {"n": partitions},
+    )
+    await session.execute(
+        text(
+            "UPDATE risk_partition_leases SET expires_at = now() + make_interval(secs => :s), "
+            "renewed_at = now() WHERE owner = :o AND partition < :n"
+        ),
+        {"o": owner, "s": secs, "n": partitions},
+    )
+    await session.execute(
+        text(
+            "INSERT INTO risk_instances (instance, seen_at) VALUES (:o, now()) "
+            "ON CONFLICT (instance) DO UPDATE SET seen_at = now()"
+        ),
+        {"o": owner},
+    )
+    await session.execute(
+        text("DELETE FROM risk_instances WHERE seen_at < now() - make_interval(secs => :s)"),
+        {"s": secs * 10},
+    )
+    live = await session.scalar(
+        text(
+            "SELECT count(*) FROM risk_instances WHERE seen_at > now() - make_interval(secs => :s)"
+        ),
+        {"s": secs},
+    )
+    share = -(-partitions // max(int(live or 0), 1))
+    mine = [
+        int(r[0])
+        for r in await session.execute(
+            text(
+                "SELECT partition FROM risk_partition_leases WHERE owner = :o "
+                "AND partition < :n ORDER BY partition"
+            ),
+            {"o": owner, "n": partitions},
+        )
+    ]
+    if len(mine) > share:
+        give = mine[share:]
+        await session.execute(
+            text(
+                "UPDATE risk_partition_leases SET owner = NULL, expires_at = NULL "
+                "WHERE owner = :o AND partition = ANY(CAST(:p AS int[]))"
+            ),
+            {"o": owner, "p": give},
+        )
+        mine = mine[:share]
+    elif len(mine) < share:
+        taken = await session.execute(
+            text(
+                "UPDATE risk_partition_leases SET owner = :o, renewed_at = now(), "
+                "expires_at = now() + make_interval(secs => :s) WHERE partition IN ("
+                "SELECT partition FROM risk_partition_leases WHERE partition < :n AND "
+                "(owner IS NULL OR expires_at IS NULL OR expires_at <= now()) "
+                "ORDER BY partition LIMIT :k FOR UPDATE SKIP LOCKED) RETURNING partition"
+            ),
+            {"o": owner, "s": secs, "n": partitions, "k": share - len(mine)},
+        )
+        mine = sorted(mine + [int(r[0]) for r in taken])
+    return mine
+
+
+async def release_partitions(session: AsyncSession, owner: str) -> None:
+    await session.execute(text("DELETE FROM risk_instances WHERE instance = :o"), {"o": owner})
+    await session.execute(
+        text("UPDATE risk_partition_leases SET owner = NULL, expires_at = NULL WHERE owner = :o"),
+        {"o": owner},
     )
 
 

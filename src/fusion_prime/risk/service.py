@@ -145,6 +145,7 @@ async def apply_outcomes(
     trigger: str,
     *,
     log_states: bool = True,
+    evaluated_by: str | None = None,
 ) -> Outcome:
     """Decide and persist tier changes, events and snapshots for evaluated accounts.
 
@@ -167,7 +168,7 @@ async def apply_outcomes(
             snaps.append(snapshot_record(account_id, d.snapshot, health, now))
     out.snapshots = len(snaps)
     out.states = states
-    await repo.upsert_states(session, states)
+    await repo.upsert_states(session, states, evaluated_by)
     if log_states and states:
         await repo.log_book_change(session, "states", [r.account_id for r in states])
     if snaps or out.events:
@@ -186,6 +187,7 @@ async def reevaluate_accounts(
     trigger: str,
     *,
     log_states: bool = True,
+    evaluated_by: str | None = None,
 ) -> Outcome:
     """Evaluate the given accounts with the Decimal rules and persist what changed."""
     if not ids:
@@ -199,7 +201,9 @@ async def reevaluate_accounts(
         (a, states.get(a, State()), evaluate(positions[a], params, prices, config, now))
         for a in ids
     ]
-    return await apply_outcomes(session, items, config, now, trigger, log_states=log_states)
+    return await apply_outcomes(
+        session, items, config, now, trigger, log_states=log_states, evaluated_by=evaluated_by
+    )
 
 
 async def _book(session: AsyncSession) -> Any:
@@ -229,13 +233,13 @@ async def reevaluate_assets(
 
 async def sweep(session: AsyncSession, now: datetime | None = None) -> Outcome:
     """Time-driven work: prices going stale, reminders, periodic snapshots."""
-    now = now or now_utc()
     started = time.perf_counter()
     book = await _book(session)
     if book is not None:
         out: Outcome = await book.refresh(session, now, "sweep", everyone=True)
         REEVAL_SECONDS.labels("sweep").observe(time.perf_counter() - started)
         return out
+    now = now or now_utc()
     if not await repo.lock_evaluation(session, wait=False):
         return Outcome()  # another instance is sweeping or re-evaluating right now
     ids = await repo.attention(session, now, assets=None)
@@ -269,7 +273,7 @@ async def set_positions(
     await repo.replace_positions(session, items)
     ids = [a for a, _ in items]
     if book is not None:
-        out: Outcome = await book.refresh(session, now or now_utc(), "positions", force=ids)
+        out: Outcome = await book.refresh(session, now, "positions", force=ids)
         return out
     return await reevaluate_accounts(session, ids, now or now_utc(), "positions")
 
@@ -303,7 +307,7 @@ async def apply_prices(
         # the book applies every stored price it has not seen (this batch's, and those
         # another instance stored first) to its holders' sums
         started = time.perf_counter()
-        out: Outcome = await book.refresh(session, now or now_utc(), "price")
+        out: Outcome = await book.refresh(session, now, "price")
         REEVAL_SECONDS.labels("price").observe(time.perf_counter() - started)
         return out
     if not changed:
@@ -325,7 +329,7 @@ async def put_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
     book = await _book(session)
     stored = await repo.insert_params(session, rp)
     if book is not None:
-        await book.refresh(session, now_utc(), "params")
+        await book.refresh(session, None, "params")
     else:
         await reevaluate_assets(session, [rp.asset])
     return stored
@@ -336,7 +340,7 @@ async def put_config(session: AsyncSession, cfg: TierConfig) -> int:
     await repo.lock_evaluation(session)
     version = await repo.insert_config(session, cfg)
     if book is not None:
-        await book.refresh(session, now_utc(), "config")
+        await book.refresh(session, None, "config")
         return version
     # thresholds moved: every account with positions may change tier
     ids = await repo.attention(session, now_utc(), assets=list(await repo.current_params(session)))
