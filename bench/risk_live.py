@@ -242,14 +242,12 @@ async def main_async(args: argparse.Namespace) -> None:
             await broker.ensure_subscription(TOPIC, SUB, 5)
         clock = [now]
         move = Decimal(args.move)
-        results = [
-            await run_mode("memory", url, bus, book, args.ticks, clock, log_dir, move),
-            await run_mode("sql", url, bus, book, args.sql_ticks, clock, log_dir, move),
-        ]
+        mem = await run_mode("memory", url, bus, book, args.ticks, clock, log_dir, move)
+        console.print({k: v for k, v in mem.items() if not isinstance(v, list)}, markup=False)
+        sql = await run_mode("sql", url, bus, book, args.sql_ticks, clock, log_dir, move)
     finally:
         await factory.drop(url)
         await factory.drop(bus)
-    mem, sql = results
     holders = int(book.asset_ptr[TICK_ASSET + 1] - book.asset_ptr[TICK_ASSET])
     table = Table(
         title=f"risk live path, real process + postgres bus: {book.n:,} accounts x 4 positions, "

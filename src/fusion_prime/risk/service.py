@@ -1,9 +1,11 @@
 """Use cases of the risk service: positions, prices, re-evaluation, parameters, views.
 
-Live re-evaluation is set-based: one SQL statement computes the exact (NUMERIC) sums of
-every affected account and returns only those whose status, reminder or snapshot needs
-attention; the Decimal rules of domain.py then decide events for those few, and all
-outcomes are written with COPY. Nothing here commits.
+Who picks the accounts to re-evaluate: in a service process with RISK_BOOK=memory, its
+book in memory (live.py; every use case below hands it the transaction); otherwise
+(RISK_BOOK=sql, and the CLI commands, which keep no book) one SQL statement computes the
+exact (NUMERIC) sums of every affected account and returns only those whose status,
+reminder or snapshot needs attention. Either way the Decimal rules of domain.py then
+decide events for those few, and all outcomes are written with COPY. Nothing here commits.
 """
 
 from __future__ import annotations
