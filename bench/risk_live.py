@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import numpy as np
 import psutil
 from rich.console import Console
@@ -161,7 +160,7 @@ async def run_mode(
     out: dict[str, Any] = {"mode": mode}
     try:
         proc.wait_ready(120)
-        async with httpx.AsyncClient(base_url=proc.base_url, timeout=60) as client:
+        async with proc.async_client(timeout=60) as client:
             while True:
                 book_stats = (await client.get("/stats")).json()["book"]
                 if mode == "sql" or book_stats.get("loaded"):

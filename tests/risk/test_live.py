@@ -260,7 +260,7 @@ async def test_book_matches_the_tables_after_random_work_and_kill9_restarts(
     try:
         proc.start()
         proc.wait_ready(60)
-        async with httpx.AsyncClient(base_url=proc.base_url, timeout=30) as c:
+        async with proc.async_client(timeout=30) as c:
             for asset, p in PARAMS.items():
                 body = {**p, "max_price_age_seconds": 3600}
                 r = await c.put(f"/risk-parameters/{asset}", json=body)
@@ -271,7 +271,7 @@ async def test_book_matches_the_tables_after_random_work_and_kill9_restarts(
                 r = await c.put(f"/accounts/{a}/positions", json=body)
                 assert r.status_code == 200, r.text
         for _ in range(2):
-            async with httpx.AsyncClient(base_url=proc.base_url, timeout=30) as c:
+            async with proc.async_client(timeout=30) as c:
                 for _step in range(30):
                     if rng.random() < 0.3:
                         a = rng.choice(accounts)
@@ -286,7 +286,7 @@ async def test_book_matches_the_tables_after_random_work_and_kill9_restarts(
             proc.kill9()
             proc.start()
             proc.wait_ready(60)
-            async with httpx.AsyncClient(base_url=proc.base_url, timeout=30) as c:
+            async with proc.async_client(timeout=30) as c:
                 await check(c)
                 stats = (await c.get("/stats")).json()["book"]
                 assert stats["accounts"] == len(accounts)
@@ -393,7 +393,7 @@ async def test_partitions_split_between_instances_and_are_taken_over_after_kill9
             p.start()
         for p in procs:
             p.wait_ready(60)
-        clients = [httpx.AsyncClient(base_url=p.base_url, timeout=30) for p in procs]
+        clients = [p.async_client(timeout=30) for p in procs]
         try:
             split = await _split(clients)
             since = datetime.now(UTC)

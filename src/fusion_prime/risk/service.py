@@ -320,7 +320,9 @@ async def apply_prices(
 # -- risk parameters and configuration ------------------------------------------------
 
 
-async def put_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
+async def put_params(
+    session: AsyncSession, rp: RiskParams, *, created_by: str | None = None
+) -> RiskParams:
     """A new parameter version; the asset's decimals are fixed by its first version."""
     versions = await repo.param_versions(session, rp.asset)
     if versions and versions[0][0].decimals != rp.decimals:
@@ -329,7 +331,7 @@ async def put_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
             field="decimals",
         )
     book = await _book(session)
-    stored = await repo.insert_params(session, rp)
+    stored = await repo.insert_params(session, rp, created_by=created_by)
     if book is not None:
         await book.refresh(session, None, "params")
     else:
@@ -337,10 +339,12 @@ async def put_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
     return stored
 
 
-async def put_config(session: AsyncSession, cfg: TierConfig) -> int:
+async def put_config(
+    session: AsyncSession, cfg: TierConfig, *, created_by: str | None = None
+) -> int:
     book = await _book(session)
     await repo.lock_evaluation(session)
-    version = await repo.insert_config(session, cfg)
+    version = await repo.insert_config(session, cfg, created_by=created_by)
     if book is not None:
         await book.refresh(session, None, "config")
         return version
