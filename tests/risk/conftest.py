@@ -84,12 +84,15 @@ class Risk:
         )
 
 
-@pytest.fixture
-async def risk(make_database: Callable[..., Awaitable[str]]) -> AsyncIterator[Risk]:
+@pytest.fixture(params=["memory", "sql"])
+async def risk(
+    request: pytest.FixtureRequest, make_database: Callable[..., Awaitable[str]]
+) -> AsyncIterator[Risk]:
+    """Both live paths answer every test the same: the book in memory and the SQL filter."""
     url = await make_database("risk", SPEC.migrations_dir)
     engine = create_async_engine(normalise_database_url(url, service="risk"))
     try:
-        async with asgi_client(SPEC, url) as client:
+        async with asgi_client(SPEC, url, RISK_BOOK=request.param) as client:
             for asset, p in PARAMS.items():
                 r = await client.put(
                     f"/risk-parameters/{asset}", json={**p, "max_price_age_seconds": 3600}

@@ -259,8 +259,9 @@ async def test_escrow_events_keep_party_exposure(risk: Risk) -> None:
         return Envelope(type=kind, source="chain-indexer", subject="0x" + "c" * 40, data=data)
 
     deployed = ev(
-        "escrow.deployed", 10, payer=payer, payee=payee, amount="2500000", asset="USDC", decimals=6
-    )
+        "escrow.deployed", 10, payer=payer, payee=payee, arbiter="0x" + "9" * 40,
+        amount="2500000", asset="USDC", decimals=6, approvals_required=1,
+    )  # fmt: skip
     assert await risk.escrow(deployed)
     assert not await risk.escrow(deployed)  # redelivery
     view = (await risk.client.get(f"/accounts/{payer}")).json()
@@ -270,7 +271,7 @@ async def test_escrow_events_keep_party_exposure(risk: Risk) -> None:
     other = (await risk.client.get(f"/accounts/{payee}")).json()
     assert other["escrow_exposure"]["pending"][0]["amount"] == "2500000"
     await risk.escrow(ev("escrow.released", 12))
-    await risk.escrow(ev("escrow.approved", 11))  # late, older: must not reopen
+    await risk.escrow(ev("escrow.approved", 11, approver=payer))  # late, older: no reopening
     assert await fetchval(risk.url, "SELECT status FROM escrows") == "released"
     assert (await risk.client.get(f"/accounts/{payer}")).status_code == 404
 
@@ -286,8 +287,9 @@ async def test_an_event_after_a_refund_does_not_reopen_the_exposure(risk: Risk) 
         return Envelope(type=kind, source="chain-indexer", subject=escrow, data=data)
 
     await risk.escrow(
-        ev("escrow.deployed", 10, payer=payer, payee=payee, amount="700", asset="USDC", decimals=6)
-    )
+        ev("escrow.deployed", 10, payer=payer, payee=payee, arbiter="0x" + "9" * 40,
+           amount="700", asset="USDC", decimals=6, approvals_required=1)
+    )  # fmt: skip
     await risk.escrow(ev("escrow.refunded", 11))
     await risk.escrow(ev("escrow.approved", 12, approver=payee))  # newer, but after the end
     await risk.escrow(ev("escrow.released", 13))  # a second terminal event: first one stands
@@ -295,13 +297,73 @@ async def test_an_event_after_a_refund_does_not_reopen_the_exposure(risk: Risk) 
     assert (await risk.client.get(f"/accounts/{payer}")).status_code == 404
 
 
+async def test_escrow_is_approved_only_when_settlement_counts_enough_approvals(
+    risk: Risk,
+) -> None:
+    """Regression (issue 14, item 5): one escrow.approved event marked the escrow approved
+    whatever its required count. Now settlement's rule decides: distinct approvals of the
+    payer, payee or current arbiter; an arbiter change revokes the old arbiter's one."""
+    payer, payee, arbiter, escrow = ("0x" + c * 40 for c in "12c4")
+    stranger, new_arbiter = "0x" + "5" * 40, "0x" + "6" * 40
+
+    def ev(kind: str, block: int, **extra: object) -> Envelope:
+        data = {"chain_id": 1, "tx_hash": "0x" + "7" * 64, "log_index": 0,
+                "block_number": block, "escrow": escrow, **extra}  # fmt: skip
+        return Envelope(type=kind, source="chain-indexer", subject=escrow, data=data)
+
+    async def row() -> tuple[str, list[str]]:
+        r = (await fetch(risk.url, "SELECT status, approvers FROM escrows"))[0]
+        return r["status"], list(r["approvers"])
+
+    # an approval delivered before the deployment waits for it, as in settlement
+    await risk.escrow(ev("escrow.approved", 11, approver=payer))
+    assert await count_rows(risk.url, "escrows") == 0
+    await risk.escrow(
+        ev("escrow.deployed", 10, payer=payer, payee=payee, arbiter=arbiter, amount="900",
+           asset="USDC", decimals=6, approvals_required=2)
+    )  # fmt: skip
+    assert await row() == ("open", [payer])  # 1 of 2
+    await risk.escrow(ev("escrow.approved", 12, approver=payer))  # the same party again
+    await risk.escrow(ev("escrow.approved", 13, approver=stranger))  # not a party
+    assert await row() == ("open", [payer])
+    await risk.escrow(ev("escrow.approved", 14, approver=arbiter.upper().replace("0X", "0x")))
+    assert await row() == ("approved", [payer, arbiter])  # 2 of 2
+    # the arbiter is replaced: its approval stops counting, the escrow is open again
+    await risk.escrow(ev("escrow.arbiter_changed", 15, new_arbiter=new_arbiter))
+    assert await row() == ("open", [payer])
+    view = (await risk.client.get(f"/accounts/{payer}")).json()
+    assert view["escrow_exposure"]["locked"][0]["amount"] == "900"
+    # a release without the approvals is settlement's anomaly: nothing changes here either
+    await risk.escrow(ev("escrow.released", 16))
+    assert await row() == ("open", [payer])
+    await risk.escrow(ev("escrow.approved", 17, approver=payee))
+    await risk.escrow(ev("escrow.released", 18))
+    assert await row() == ("released", [payer, payee])
+    assert await count_rows(risk.url, "escrow_events") == 9
+
+
+async def test_escrow_deployment_without_the_approval_rule_is_refused(risk: Risk) -> None:
+    """settlement refuses a deployment without approvals_required: so do we (the bus
+    retries and dead-letters it) rather than guess the count."""
+    escrow = "0x" + "8" * 40
+    data = {"chain_id": 1, "tx_hash": "0x" + "9" * 64, "log_index": 0, "block_number": 5,
+            "escrow": escrow, "payer": "0x" + "5" * 40, "payee": "0x" + "9" * 40,
+            "arbiter": "0x" + "b" * 40, "amount": "5", "asset": "USDC", "decimals": 6}  # fmt: skip
+    with pytest.raises(ValueError, match="approvals_required"):
+        await risk.escrow(
+            Envelope(type="escrow.deployed", source="chain-indexer", subject=escrow, data=data)
+        )
+    assert await count_rows(risk.url, "escrow_events") == 0
+
+
 async def test_escrow_of_a_token_with_many_decimals_is_kept(risk: Risk) -> None:
     """Regression: settlement accepts 0-77 decimals; risk refused more than 36, so such a
     deployment failed here until it was dead-lettered and its exposure was never shown."""
     payer, escrow = "0x" + "7" * 40, "0x" + "8" * 40
     data = {"chain_id": 1, "tx_hash": "0x" + "3" * 64, "log_index": 0, "block_number": 5,
-            "escrow": escrow, "payer": payer, "payee": "0x" + "9" * 40,
-            "amount": str(10**60), "asset": "0x" + "a" * 40, "decimals": 60}  # fmt: skip
+            "escrow": escrow, "payer": payer, "payee": "0x" + "9" * 40, "arbiter": "0x" + "b" * 40,
+            "amount": str(10**60), "asset": "0x" + "a" * 40, "decimals": 60,
+            "approvals_required": 2}  # fmt: skip
     deployed = Envelope(type="escrow.deployed", source="chain-indexer", subject=escrow, data=data)
     assert await risk.escrow(deployed)
     view = (await risk.client.get(f"/accounts/{payer}")).json()
@@ -317,6 +379,7 @@ async def test_escrow_amount_as_a_float_is_refused(risk: Risk) -> None:
     for amount in (1e20, 700.0, "7e2"):
         data = {"chain_id": 1, "tx_hash": "0x" + "4" * 64, "log_index": 0, "block_number": 5,
                 "escrow": escrow, "payer": "0x" + "5" * 40, "payee": "0x" + "9" * 40,
+                "arbiter": "0x" + "b" * 40, "approvals_required": 1,
                 "amount": amount, "asset": "USDC", "decimals": 6}  # fmt: skip
         deployed = Envelope(
             type="escrow.deployed", source="chain-indexer", subject=escrow, data=data

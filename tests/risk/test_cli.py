@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,9 +13,12 @@ from tests.harness import REPO_ROOT, count_rows, fetch, fetchval
 from tests.risk.conftest import Risk, price_event
 
 
-def _run(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+async def _run(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """In a thread: the service app of the fixture runs in this event loop, and a pass of
+    its book holding the evaluation lock must be able to finish while the CLI waits."""
     env = {**os.environ, "DATABASE_URL": url, "FP_ENV": "test", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(
+    return await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "fusion_prime.cli", "risk", "import", *args],
         env=env,
         capture_output=True,
@@ -41,7 +45,7 @@ async def test_import_jsonl_and_csv_all_or_nothing(risk: Risk, tmp_path: Path) -
         )
     good = tmp_path / "book.jsonl"
     good.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    res = _run(risk.url, str(good))
+    res = await _run(risk.url, str(good))
     assert res.returncode == 0, res.stderr
     assert await count_rows(risk.url, "positions") == 600
     assert await count_rows(risk.url, "account_state") == 300
@@ -60,7 +64,7 @@ async def test_import_jsonl_and_csv_all_or_nothing(risk: Risk, tmp_path: Path) -
         "imp-2,ETH,-3,0,18\n"
         "bad id,ETH,1,0,18\n"
     )
-    res = _run(risk.url, str(bad))
+    res = await _run(risk.url, str(bad))
     assert res.returncode == 1
     for expected in ("line 3: asset: unknown asset DOGE", "line 4: collateral", "line 5: account"):
         assert expected in res.stderr, res.stderr
@@ -73,5 +77,5 @@ async def test_import_jsonl_and_csv_all_or_nothing(risk: Risk, tmp_path: Path) -
     )
     ok = tmp_path / "ok.csv"
     ok.write_text("account,asset,collateral,debt,decimals\nimp-0,ETH,5,0,18\n")
-    assert _run(risk.url, str(ok)).returncode == 0
+    assert (await _run(risk.url, str(ok))).returncode == 0
     assert await count_rows(risk.url, "positions", "account_id = 'imp-0'") == 1

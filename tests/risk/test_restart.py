@@ -24,7 +24,7 @@ async def test_state_survives_kill9_and_restart(
 ) -> None:
     url = await make_database("risk", SPEC.migrations_dir)
     proc = ServiceProcess.for_service(
-        "risk", url, log_dir, extra_env={"RISK_SWEEP_INTERVAL": "0.5"}
+        "risk", url, log_dir, extra_env={"RISK_SWEEP_INTERVAL": "0.5", "RISK_LEASE_SECONDS": "5"}
     )
     with running(proc):
         async with proc.async_client(timeout=10) as c:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fusion_prime.platform.auth import Caller, requires
 from fusion_prime.platform.errors import InvalidError, NotFoundError
-from fusion_prime.platform.runtime import Session
+from fusion_prime.platform.runtime import RuntimeDep, Session
 from fusion_prime.risk import repository as repo
 from fusion_prime.risk import service
 from fusion_prime.risk.domain import (
@@ -194,15 +194,31 @@ async def list_margin_events(
 
 
 @router.get("/stats", dependencies=requires("viewer"))
-async def get_stats(session: Session) -> dict[str, Any]:
-    """Accounts per status as of their last evaluation."""
+async def get_stats(session: Session, runtime: RuntimeDep) -> dict[str, Any]:
+    """Accounts per status as of their last evaluation, and the book in memory: its size,
+    load time, the last tick's evaluation and persistence times."""
     per = await repo.stats(session)
     accounts, with_positions = await repo.count_accounts(session)
+    book = runtime.state.get("book")
     return {
         "accounts": accounts,
         "accounts_with_positions": with_positions,
         "tiers": {t.value: per.get(t.value, 0) for t in Tier},
+        "book": book.stats() if book is not None else {"mode": "sql"},
     }
+
+
+@router.get("/book/accounts/{account_id}", dependencies=requires("viewer"))
+async def get_book_account(account_id: AccountId, runtime: RuntimeDep) -> dict[str, Any]:
+    """What the book in memory holds for an account (float sums and factor, the stored
+    decision it filters against): for checking the book against the tables."""
+    book = runtime.state.get("book")
+    if book is None:
+        raise NotFoundError("this instance keeps no book in memory (RISK_BOOK=sql)")
+    view = book.account_view(account_id)
+    if view is None:
+        raise NotFoundError(f"account {account_id} is not in the book")
+    return dict(view)
 
 
 # -- risk parameters ---------------------------------------------------------------------

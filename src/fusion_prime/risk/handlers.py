@@ -23,6 +23,7 @@ from fusion_prime.platform.observability import get_logger
 from fusion_prime.risk import repository as repo
 from fusion_prime.risk.domain import ASSET_RE
 from fusion_prime.risk.service import apply_prices
+from fusion_prime.settlement import domain as rules
 
 log = get_logger(__name__)
 
@@ -114,6 +115,11 @@ _HEX = re.compile(r"^0x[0-9a-fA-F]{40}$")
 Units = Annotated[int, Field(ge=0)]
 
 
+def _addr(value: str | None) -> str | None:
+    """Hex addresses compare lowercase (settlement stores them so); others as given."""
+    return value.lower() if value is not None and _HEX.match(value) else value
+
+
 class EscrowEvent(BaseModel):
     """`data` of the escrow.* events we need (the indexer may send more fields)."""
 
@@ -123,13 +129,20 @@ class EscrowEvent(BaseModel):
     address: str = Field(validation_alias=AliasChoices("escrow", "escrow_address", "address"))
     block_number: int = Field(ge=0)
     log_index: int = Field(ge=0)
+    tx_hash: str = ""
     payer: str | None = None
     payee: str | None = None
+    arbiter: str | None = None
     amount: Units | None = None
     asset: str | None = None
     # the chain-event contract (settlement's validation) allows 0-77; a narrower bound here
     # dead-lettered deployments that settlement accepted
     decimals: int | None = Field(default=None, ge=0, le=77)
+    # settlement's contract: 1-3 distinct approvals (payer, payee, arbiter) release it
+    approvals_required: int | None = Field(default=None, ge=1, le=3)
+    release_delay: int = Field(default=0, ge=0)
+    approver: str | None = None
+    new_arbiter: str | None = None
 
     @field_validator("amount", mode="before")
     @classmethod
@@ -144,33 +157,62 @@ class EscrowEvent(BaseModel):
             return int(v)
         return v
 
-
-_STATUS = {
-    "escrow.deployed": "open",
-    "escrow.approved": "approved",
-    "escrow.released": "released",
-    "escrow.refunded": "refunded",
-    "escrow.arbiter_changed": None,
-}
+    def chain_event(self, event_type: str) -> rules.ChainEvent:
+        """The event in settlement's rule terms; what settlement would refuse, we refuse."""
+        ref = rules.ChainRef(self.block_number, self.log_index, self.chain_id, self.tx_hash)
+        escrow = _addr(self.address) or self.address
+        if event_type == rules.DEPLOYED:
+            missing = [
+                name
+                for name in ("payer", "payee", "arbiter", "amount", "asset", "decimals")
+                if getattr(self, name) is None
+            ]
+            if self.approvals_required is None:
+                missing.append("approvals_required")
+            if missing:
+                raise ValueError(f"escrow.deployed without {', '.join(missing)}")
+            return rules.Deployed(
+                ref,
+                escrow,
+                _addr(self.payer) or "",
+                _addr(self.payee) or "",
+                _addr(self.arbiter) or "",
+                self.asset or "",
+                self.decimals or 0,
+                self.amount or 0,
+                self.release_delay,
+                self.approvals_required or 1,
+            )
+        if event_type == rules.APPROVED:
+            if self.approver is None:
+                raise ValueError("escrow.approved without approver")
+            return rules.Approved(ref, escrow, _addr(self.approver) or "")
+        if event_type == rules.ARBITER_CHANGED:
+            if self.new_arbiter is None:
+                raise ValueError("escrow.arbiter_changed without new_arbiter")
+            return rules.ArbiterChanged(ref, escrow, _addr(self.new_arbiter) or "")
+        if event_type == rules.RELEASED:
+            return rules.Released(ref, escrow)
+        return rules.Refunded(ref, escrow)
 
 
 async def handle_escrow_events(session: AsyncSession, envelope: Envelope) -> None:
-    """Keep per-party open escrow amounts (shown as exposure in the account view)."""
-    if envelope.type not in _STATUS:
+    """Keep per-party open escrow amounts (shown as exposure in the account view).
+
+    The status follows settlement's own rule, not the event's name: an approval counts
+    only from the payer, payee or current arbiter, once each, and the escrow is approved
+    when `approvals_required` of them are in (an arbiter change can take it back). The
+    escrow's events are folded in chain order with settlement's `fold`, so late or
+    reordered deliveries give the same state settlement has.
+    """
+    if envelope.type not in rules.EVENT_TYPES:
         return
     e = EscrowEvent.model_validate(envelope.data)
-    await repo.apply_escrow(
-        session,
-        repo.EscrowChange(
-            chain_id=e.chain_id,
-            address=e.address.lower() if _HEX.match(e.address) else e.address,
-            payer=e.payer,
-            payee=e.payee,
-            asset=e.asset,
-            amount=e.amount,
-            decimals=e.decimals,
-            status=_STATUS[envelope.type],
-            block=e.block_number,
-            log_index=e.log_index,
-        ),
+    e.chain_event(envelope.type)  # refuse what settlement would refuse, before storing
+    address = _addr(e.address) or e.address
+    history = await repo.record_escrow_event(
+        session, e.chain_id, address, e.block_number, e.log_index, envelope.type, envelope.data
     )
+    state, _ = rules.fold(None, [EscrowEvent.model_validate(d).chain_event(t) for t, d in history])
+    if state is not None:
+        await repo.store_escrow(session, state)

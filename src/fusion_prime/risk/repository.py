@@ -25,6 +25,7 @@ from fusion_prime.platform.bus.registry import topic as lookup_topic
 from fusion_prime.platform.database import driver_connection
 from fusion_prime.risk import models as m
 from fusion_prime.risk.domain import Position, Price, RiskParams, State, Tier, TierConfig
+from fusion_prime.settlement.domain import EscrowState
 
 MARGIN_TOPIC = "alerts.margin.v1"
 
@@ -75,6 +76,7 @@ async def insert_config(
         .returning(m.risk_config.c.version)
     )
     assert version is not None
+    await log_book_change(session, "config")
     return int(version)
 
 
@@ -132,6 +134,7 @@ async def insert_params(
         },
     )
     assert version is not None
+    await log_book_change(session, "params")
     return replace(rp, version=int(version))
 
 
@@ -144,6 +147,43 @@ async def lock_evaluation(session: AsyncSession, *, wait: bool = True) -> bool:
     fn = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
     got = await session.scalar(text(f"SELECT {fn}(hashtext('risk:reevaluate'))"))
     return bool(got) if not wait else True
+
+
+async def log_book_change(
+    session: AsyncSession, kind: str, account_ids: Sequence[str] | None = None
+) -> int:
+    """Tell the books in memory (every instance's) what changed outside a price tick.
+
+    Written while holding the evaluation lock, so sequence order is commit order and a
+    book that read up to a sequence number has seen every earlier change.
+    """
+    await lock_evaluation(session)
+    seq = await session.scalar(
+        text(
+            "INSERT INTO book_changes (kind, account_ids) VALUES (:k, CAST(:ids AS text[])) "
+            "RETURNING seq"
+        ),
+        {"k": kind, "ids": list(account_ids) if account_ids is not None else None},
+    )
+    await notify_books(session)
+    return int(seq)
+
+
+BOOK_CHANNEL = "risk_book"
+
+
+async def notify_books(session: AsyncSession) -> None:
+    """Wake every instance's book (delivered at commit, never for a rollback)."""
+    await session.execute(text("SELECT pg_notify(:c, '')"), {"c": BOOK_CHANNEL})
+
+
+async def prune_book_changes(session: AsyncSession, older_than: timedelta) -> int:
+    """A book reads the log only forward from its load; old rows serve no one."""
+    result = await session.execute(
+        text("DELETE FROM book_changes WHERE created_at < now() - make_interval(secs => :s)"),
+        {"s": older_than.total_seconds()},
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 # -- prices ---------------------------------------------------------------------------
@@ -266,6 +306,7 @@ async def replace_positions(
     if not items:
         return
     ids = [a for a, _ in items]
+    await log_book_change(session, "positions", ids)
     await session.execute(
         text(
             "INSERT INTO accounts (id) SELECT unnest(CAST(:ids AS text[])) "
@@ -311,7 +352,8 @@ def _tier(value: str | None) -> Tier | None:
 
 async def states_of(session: AsyncSession, ids: Sequence[str]) -> dict[str, State]:
     rows = await session.execute(
-        sa.select(m.account_state).where(m.account_state.c.account_id.in_(list(ids)))
+        text("SELECT * FROM account_state WHERE account_id = ANY(CAST(:ids AS text[]))"),
+        {"ids": list(ids)},
     )
     return {
         r.account_id: State(
@@ -409,7 +451,9 @@ class StateRow:
     evaluated_at: datetime
 
 
-async def upsert_states(session: AsyncSession, rows: Sequence[StateRow]) -> None:
+async def upsert_states(
+    session: AsyncSession, rows: Sequence[StateRow], evaluated_by: str | None = None
+) -> None:
     if not rows:
         return
     apg = await driver_connection(session)
@@ -419,12 +463,13 @@ async def upsert_states(session: AsyncSession, rows: Sequence[StateRow]) -> None
 
     await apg.execute(
         "INSERT INTO account_state (account_id, status, known_tier, factor, last_event_at, "
-        "last_snapshot_at, evaluated_at) SELECT * FROM unnest($1::text[], $2::text[], "
-        "$3::text[], $4::numeric[], $5::timestamptz[], $6::timestamptz[], $7::timestamptz[]) "
+        "last_snapshot_at, evaluated_at, evaluated_by) SELECT u.*, $8::text FROM unnest("
+        "$1::text[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[], "
+        "$6::timestamptz[], $7::timestamptz[]) AS u "
         "ON CONFLICT (account_id) DO UPDATE SET status = EXCLUDED.status, "
         "known_tier = EXCLUDED.known_tier, factor = EXCLUDED.factor, "
         "last_event_at = EXCLUDED.last_event_at, last_snapshot_at = EXCLUDED.last_snapshot_at, "
-        "evaluated_at = EXCLUDED.evaluated_at",
+        "evaluated_at = EXCLUDED.evaluated_at, evaluated_by = EXCLUDED.evaluated_by",
         [r.account_id for r in rows],
         [v(r.state.status) for r in rows],
         [v(r.state.known_tier) for r in rows],
@@ -432,6 +477,95 @@ async def upsert_states(session: AsyncSession, rows: Sequence[StateRow]) -> None
         [r.state.last_event_at for r in rows],
         [r.state.last_snapshot_at for r in rows],
         [r.evaluated_at for r in rows],
+        evaluated_by,
+    )
+
+
+# -- partition leases -------------------------------------------------------------------
+
+
+async def lease_partitions(
+    session: AsyncSession, owner: str, partitions: int, lease: timedelta
+) -> list[int]:
+    """Renew this owner's leases and take or give back partitions towards a fair share.
+
+    Fair share: ceil(partitions / live instances) (live: heartbeat, renewed here, within
+    the lease time; this one counts). Free or expired partitions are taken up to the
+    share; above it, the surplus is released for the newcomers. Returns what is held.
+    """
+    secs = lease.total_seconds()
+    await session.execute(
+        text(
+            "INSERT INTO risk_partition_leases (partition) SELECT generate_series(0, :n - 1) "
+            "ON CONFLICT DO NOTHING"
+        ),
+        {"n": partitions},
+    )
+    await session.execute(
+        text(
+            "UPDATE risk_partition_leases SET expires_at = now() + make_interval(secs => :s), "
+            "renewed_at = now() WHERE owner = :o AND partition < :n"
+        ),
+        {"o": owner, "s": secs, "n": partitions},
+    )
+    await session.execute(
+        text(
+            "INSERT INTO risk_instances (instance, seen_at) VALUES (:o, now()) "
+            "ON CONFLICT (instance) DO UPDATE SET seen_at = now()"
+        ),
+        {"o": owner},
+    )
+    await session.execute(
+        text("DELETE FROM risk_instances WHERE seen_at < now() - make_interval(secs => :s)"),
+        {"s": secs * 10},
+    )
+    live = await session.scalar(
+        text(
+            "SELECT count(*) FROM risk_instances WHERE seen_at > now() - make_interval(secs => :s)"
+        ),
+        {"s": secs},
+    )
+    share = -(-partitions // max(int(live or 0), 1))
+    mine = [
+        int(r[0])
+        for r in await session.execute(
+            text(
+                "SELECT partition FROM risk_partition_leases WHERE owner = :o "
+                "AND partition < :n ORDER BY partition"
+            ),
+            {"o": owner, "n": partitions},
+        )
+    ]
+    if len(mine) > share:
+        give = mine[share:]
+        await session.execute(
+            text(
+                "UPDATE risk_partition_leases SET owner = NULL, expires_at = NULL "
+                "WHERE owner = :o AND partition = ANY(CAST(:p AS int[]))"
+            ),
+            {"o": owner, "p": give},
+        )
+        mine = mine[:share]
+    elif len(mine) < share:
+        taken = await session.execute(
+            text(
+                "UPDATE risk_partition_leases SET owner = :o, renewed_at = now(), "
+                "expires_at = now() + make_interval(secs => :s) WHERE partition IN ("
+                "SELECT partition FROM risk_partition_leases WHERE partition < :n AND "
+                "(owner IS NULL OR expires_at IS NULL OR expires_at <= now()) "
+                "ORDER BY partition LIMIT :k FOR UPDATE SKIP LOCKED) RETURNING partition"
+            ),
+            {"o": owner, "s": secs, "n": partitions, "k": share - len(mine)},
+        )
+        mine = sorted(mine + [int(r[0]) for r in taken])
+    return mine
+
+
+async def release_partitions(session: AsyncSession, owner: str) -> None:
+    await session.execute(text("DELETE FROM risk_instances WHERE instance = :o"), {"o": owner})
+    await session.execute(
+        text("UPDATE risk_partition_leases SET owner = NULL, expires_at = NULL WHERE owner = :o"),
+        {"o": owner},
     )
 
 
@@ -586,57 +720,80 @@ async def state_row(session: AsyncSession, account_id: str) -> Any:
 # -- escrows --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EscrowChange:
-    chain_id: int
-    address: str
-    payer: str | None
-    payee: str | None
-    asset: str | None
-    amount: int | None
-    decimals: int | None
-    status: str | None  # None: the event does not change the status (arbiter change)
-    block: int
-    log_index: int
+async def record_escrow_event(
+    session: AsyncSession,
+    chain_id: int,
+    address: str,
+    block: int,
+    log_index: int,
+    event_type: str,
+    data: dict[str, Any],
+) -> list[tuple[str, dict[str, Any]]]:
+    """Keep one chain event of an escrow; returns all of its events (type, data).
 
-
-async def apply_escrow(session: AsyncSession, c: EscrowChange) -> None:
-    """Upsert one escrow; a status only moves forward in (block, log index) order.
-
-    Released and refunded are final, as in settlement: an event after either (an anomaly
-    there, e.g. an approval after the refund) must not reopen the escrow's exposure.
+    Serialised per escrow (transaction-scoped lock), so two consumers folding the same
+    escrow cannot overwrite each other's result with an older one.
     """
     await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext('risk:escrow:' || :c || ':' || :a))"),
+        {"c": str(chain_id), "a": address},
+    )
+    await session.execute(
         text(
-            "INSERT INTO escrows (chain_id, address, payer, payee, asset, amount, decimals, "
-            "status, last_block, last_log_index) VALUES (:chain, :addr, :payer, :payee, :asset, "
-            ":amount, :decimals, coalesce(:status, 'open'), :block, :li) "
-            "ON CONFLICT (chain_id, address) DO UPDATE SET "
-            "payer = coalesce(EXCLUDED.payer, escrows.payer), "
-            "payee = coalesce(EXCLUDED.payee, escrows.payee), "
-            "asset = coalesce(EXCLUDED.asset, escrows.asset), "
-            "amount = coalesce(EXCLUDED.amount, escrows.amount), "
-            "decimals = coalesce(EXCLUDED.decimals, escrows.decimals), "
-            "status = CASE WHEN escrows.status IN ('released', 'refunded') THEN escrows.status "
-            "WHEN CAST(:status AS text) IS NOT NULL AND (EXCLUDED.last_block, "
-            "EXCLUDED.last_log_index) > (escrows.last_block, escrows.last_log_index) "
-            "THEN EXCLUDED.status ELSE escrows.status END, "
-            "last_block = greatest(escrows.last_block, EXCLUDED.last_block), "
-            "last_log_index = CASE WHEN (EXCLUDED.last_block, EXCLUDED.last_log_index) > "
-            "(escrows.last_block, escrows.last_log_index) THEN EXCLUDED.last_log_index "
-            "ELSE escrows.last_log_index END, updated_at = now()"
+            "INSERT INTO escrow_events (chain_id, address, block_number, log_index, event_type, "
+            "data) VALUES (:c, :a, :b, :li, :t, CAST(:d AS jsonb)) ON CONFLICT DO NOTHING"
         ),
         {
-            "chain": c.chain_id,
-            "addr": c.address,
-            "payer": c.payer,
-            "payee": c.payee,
-            "asset": c.asset,
-            "amount": c.amount,
-            "decimals": c.decimals,
-            "status": c.status,
-            "block": c.block,
-            "li": c.log_index,
+            "c": chain_id,
+            "a": address,
+            "b": block,
+            "li": log_index,
+            "t": event_type,
+            "d": json.dumps(_without_nul(data), default=str),
+        },
+    )
+    rows = await session.execute(
+        text(
+            "SELECT event_type, data FROM escrow_events WHERE chain_id = :c AND address = :a "
+            "ORDER BY block_number, log_index"
+        ),
+        {"c": chain_id, "a": address},
+    )
+    return [(r.event_type, r.data) for r in rows]
+
+
+_STATUS_OF = {"created": "open", "approved": "approved", "released": "released"}
+
+
+async def store_escrow(session: AsyncSession, s: EscrowState) -> None:
+    """The escrow as settlement's rule folds it (`created` is shown here as `open`)."""
+    await session.execute(
+        text(
+            "INSERT INTO escrows (chain_id, address, payer, payee, arbiter, asset, amount, "
+            "decimals, approvals_required, approvers, status, last_block, last_log_index) "
+            "VALUES (:chain, :addr, :payer, :payee, :arbiter, :asset, :amount, :decimals, "
+            ":required, CAST(:approvers AS text[]), :status, :block, :li) "
+            "ON CONFLICT (chain_id, address) DO UPDATE SET payer = EXCLUDED.payer, "
+            "payee = EXCLUDED.payee, arbiter = EXCLUDED.arbiter, asset = EXCLUDED.asset, "
+            "amount = EXCLUDED.amount, decimals = EXCLUDED.decimals, "
+            "approvals_required = EXCLUDED.approvals_required, approvers = EXCLUDED.approvers, "
+            "status = EXCLUDED.status, last_block = EXCLUDED.last_block, "
+            "last_log_index = EXCLUDED.last_log_index, updated_at = now()"
+        ),
+        {
+            "chain": s.chain_id,
+            "addr": s.address,
+            "payer": s.payer,
+            "payee": s.payee,
+            "arbiter": s.arbiter,
+            "asset": s.asset,
+            "amount": s.amount,
+            "decimals": s.decimals,
+            "required": s.approvals_required,
+            "approvers": list(s.approvers),
+            "status": _STATUS_OF.get(s.status, s.status),
+            "block": s.last.block_number,
+            "li": s.last.log_index,
         },
     )
 

@@ -1,9 +1,11 @@
 """Use cases of the risk service: positions, prices, re-evaluation, parameters, views.
 
-Live re-evaluation is set-based: one SQL statement computes the exact (NUMERIC) sums of
-every affected account and returns only those whose status, reminder or snapshot needs
-attention; the Decimal rules of domain.py then decide events for those few, and all
-outcomes are written with COPY. Nothing here commits.
+Who picks the accounts to re-evaluate: in a service process with RISK_BOOK=memory, its
+book in memory (live.py; every use case below hands it the transaction); otherwise
+(RISK_BOOK=sql, and the CLI commands, which keep no book) one SQL statement computes the
+exact (NUMERIC) sums of every affected account and returns only those whose status,
+reminder or snapshot needs attention. Either way the Decimal rules of domain.py then
+decide events for those few, and all outcomes are written with COPY. Nothing here commits.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Outcome:
     changed: int = 0
     events: list[Envelope] = field(default_factory=list)
     snapshots: int = 0
+    states: list[repo.StateRow] = field(default_factory=list)  # the state rows written
 
 
 def health_json(h: Health) -> dict[str, Any]:
@@ -142,8 +145,15 @@ async def apply_outcomes(
     config: TierConfig,
     now: datetime,
     trigger: str,
+    *,
+    log_states: bool = True,
+    evaluated_by: str | None = None,
 ) -> Outcome:
-    """Decide and persist tier changes, events and snapshots for evaluated accounts."""
+    """Decide and persist tier changes, events and snapshots for evaluated accounts.
+
+    `log_states`: record the written states in `book_changes`, so a service keeping the
+    book in memory picks them up (False when that book is the writer).
+    """
     out = Outcome(evaluated=len(items))
     states: list[repo.StateRow] = []
     snaps: list[tuple[Any, ...]] = []
@@ -159,7 +169,10 @@ async def apply_outcomes(
         if d.snapshot is not None:
             snaps.append(snapshot_record(account_id, d.snapshot, health, now))
     out.snapshots = len(snaps)
-    await repo.upsert_states(session, states)
+    out.states = states
+    await repo.upsert_states(session, states, evaluated_by)
+    if log_states and states:
+        await repo.log_book_change(session, "states", [r.account_id for r in states])
     if snaps or out.events:
         apg = await driver_connection(session)
         if snaps:
@@ -170,7 +183,13 @@ async def apply_outcomes(
 
 
 async def reevaluate_accounts(
-    session: AsyncSession, ids: Sequence[str], now: datetime, trigger: str
+    session: AsyncSession,
+    ids: Sequence[str],
+    now: datetime,
+    trigger: str,
+    *,
+    log_states: bool = True,
+    evaluated_by: str | None = None,
 ) -> Outcome:
     """Evaluate the given accounts with the Decimal rules and persist what changed."""
     if not ids:
@@ -184,7 +203,21 @@ async def reevaluate_accounts(
         (a, states.get(a, State()), evaluate(positions[a], params, prices, config, now))
         for a in ids
     ]
-    return await apply_outcomes(session, items, config, now, trigger)
+    return await apply_outcomes(
+        session, items, config, now, trigger, log_states=log_states, evaluated_by=evaluated_by
+    )
+
+
+async def _book(session: AsyncSession) -> Any:
+    """The process's in-memory book for this database, held for this transaction
+    (before any evaluation lock: the book's lock always comes first), or None when the
+    process keeps no book (RISK_BOOK=sql, or a CLI command)."""
+    from fusion_prime.risk import live
+
+    book = live.book_for(session)
+    if book is not None:
+        await book.begin(session)
+    return book
 
 
 async def reevaluate_assets(
@@ -202,8 +235,13 @@ async def reevaluate_assets(
 
 async def sweep(session: AsyncSession, now: datetime | None = None) -> Outcome:
     """Time-driven work: prices going stale, reminders, periodic snapshots."""
-    now = now or now_utc()
     started = time.perf_counter()
+    book = await _book(session)
+    if book is not None:
+        out: Outcome = await book.refresh(session, now, "sweep", everyone=True)
+        REEVAL_SECONDS.labels("sweep").observe(time.perf_counter() - started)
+        return out
+    now = now or now_utc()
     if not await repo.lock_evaluation(session, wait=False):
         return Outcome()  # another instance is sweeping or re-evaluating right now
     ids = await repo.attention(session, now, assets=None)
@@ -221,6 +259,7 @@ async def set_positions(
     now: datetime | None = None,
 ) -> Outcome:
     """Replace each account's positions atomically, then re-evaluate those accounts."""
+    book = await _book(session)
     await repo.lock_evaluation(session)
     params = await repo.current_params(session)
     problems: list[tuple[str, str]] = []
@@ -234,7 +273,11 @@ async def set_positions(
             errors=[{"field": f, "message": msg} for f, msg in problems],
         )
     await repo.replace_positions(session, items)
-    return await reevaluate_accounts(session, [a for a, _ in items], now or now_utc(), "positions")
+    ids = [a for a, _ in items]
+    if book is not None:
+        out: Outcome = await book.refresh(session, now, "positions", force=ids)
+        return out
+    return await reevaluate_accounts(session, ids, now or now_utc(), "positions")
 
 
 async def account_health(
@@ -256,11 +299,19 @@ async def apply_prices(
     session: AsyncSession, updates: Sequence[repo.PriceUpdate], now: datetime | None = None
 ) -> Outcome:
     """Store newer prices; re-evaluate the holders of the assets that changed."""
+    book = await _book(session)
     latest: dict[str, repo.PriceUpdate] = {}
     for u in updates:
         if u.asset not in latest or u.source_time > latest[u.asset].source_time:
             latest[u.asset] = u
     changed = await repo.upsert_prices(session, list(latest.values()))
+    if book is not None:
+        # the book applies every stored price it has not seen (this batch's, and those
+        # another instance stored first) to its holders' sums
+        started = time.perf_counter()
+        out: Outcome = await book.refresh(session, now, "price")
+        REEVAL_SECONDS.labels("price").observe(time.perf_counter() - started)
+        return out
     if not changed:
         return Outcome()
     return await reevaluate_assets(session, changed, now)
@@ -279,16 +330,24 @@ async def put_params(
             f"{rp.asset} has {versions[0][0].decimals} decimals; positions are stored in them",
             field="decimals",
         )
+    book = await _book(session)
     stored = await repo.insert_params(session, rp, created_by=created_by)
-    await reevaluate_assets(session, [rp.asset])
+    if book is not None:
+        await book.refresh(session, None, "params")
+    else:
+        await reevaluate_assets(session, [rp.asset])
     return stored
 
 
 async def put_config(
     session: AsyncSession, cfg: TierConfig, *, created_by: str | None = None
 ) -> int:
+    book = await _book(session)
     await repo.lock_evaluation(session)
     version = await repo.insert_config(session, cfg, created_by=created_by)
+    if book is not None:
+        await book.refresh(session, None, "config")
+        return version
     # thresholds moved: every account with positions may change tier
     ids = await repo.attention(session, now_utc(), assets=list(await repo.current_params(session)))
     await reevaluate_accounts(session, ids, now_utc(), "config")
