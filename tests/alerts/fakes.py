@@ -77,6 +77,7 @@ class Mail:
     rcpt: list[str]
     message: email.message.EmailMessage
     notification_id: str
+    at: float = field(default_factory=time.time)  # arrival (the server's clock)
 
 
 @dataclass
