@@ -468,26 +468,95 @@ async def mark_failed(session: AsyncSession, c: Claimed, error: str, attempted: 
     )
 
 
+@dataclass(frozen=True)
+class Reported:
+    """A notification a provider's delivery report changed (what failover needs)."""
+
+    id: uuid.UUID
+    status: str
+    tier: str
+    test: bool
+    contact_id: uuid.UUID
+    event_id: uuid.UUID | None
+    contact_deleted: bool
+
+
+_REPORTED = (
+    "RETURNING n.id, n.status, n.tier, n.test, n.contact_id, n.event_id, "
+    "EXISTS (SELECT 1 FROM contacts c WHERE c.id = n.contact_id "
+    "AND c.deleted_at IS NOT NULL) AS contact_deleted"
+)
+_APPLY_REPORT = (
+    "status = CASE WHEN r.delivered THEN 'delivered' ELSE 'failed' END, updated_at = now(), "
+    "delivered_at = CASE WHEN r.delivered THEN now() ELSE n.delivered_at END, "
+    "reason = CASE WHEN r.delivered THEN n.reason ELSE r.detail END, "
+    "last_error = CASE WHEN r.delivered THEN n.last_error ELSE r.detail END"
+)
+
+
+async def lock_provider_refs(session: AsyncSession, channel: str, refs: Sequence[str]) -> None:
+    """Serialise a report for a message with the transaction recording that message as
+    sent (transaction-scoped advisory locks, taken in one order): the report then either
+    finds the notification sent, or is parked before that transaction looks for it."""
+    if refs:
+        await session.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(hashtextextended(:ch || ':' || r, 0)) "
+                "FROM unnest(CAST(:refs AS text[])) AS r ORDER BY r"
+            ),
+            {"ch": channel, "refs": sorted(set(refs))},
+        )
+
+
 async def provider_report(
     session: AsyncSession, channel: str, provider_ref: str, delivered: bool, detail: str
-) -> str | None:
+) -> Reported | None:
     """A delivery report from the provider: `sent` becomes `delivered`, or `failed` with
-    the provider's reason. Returns the new status, None for an unknown message."""
+    the provider's reason. A report for a message not (yet) recorded as sent is parked in
+    `provider_reports` and applied when it is (None is returned then)."""
+    await lock_provider_refs(session, channel, [provider_ref])
+    params = {"ok": delivered, "detail": detail, "ch": channel, "ref": provider_ref}
     row = (
         await session.execute(
             text(
-                "UPDATE notifications SET updated_at = now(), "
-                "status = CASE WHEN :ok THEN 'delivered' ELSE 'failed' END, "
-                "delivered_at = CASE WHEN :ok THEN now() ELSE delivered_at END, "
-                "reason = CASE WHEN :ok THEN reason ELSE :detail END, "
-                "last_error = CASE WHEN :ok THEN last_error ELSE :detail END "
-                "WHERE channel = :ch AND provider_ref = :ref AND status IN ('sent','delivered') "
-                "RETURNING status"
+                f"UPDATE notifications n SET {_APPLY_REPORT} "
+                "FROM (SELECT CAST(:ok AS boolean) AS delivered, "
+                "CAST(:detail AS text) AS detail) r "
+                "WHERE n.channel = :ch AND n.provider_ref = :ref "
+                f"AND n.status IN ('sent','delivered') {_REPORTED}"
             ),
-            {"ok": delivered, "detail": detail, "ch": channel, "ref": provider_ref},
+            params,
         )
     ).first()
-    return str(row[0]) if row else None
+    if row is not None:
+        return Reported(*row)
+    await session.execute(
+        text(
+            "INSERT INTO provider_reports (channel, provider_ref, delivered, detail) "
+            "VALUES (:ch, :ref, :ok, :detail) ON CONFLICT (channel, provider_ref) DO UPDATE "
+            "SET delivered = excluded.delivered, detail = excluded.detail, received_at = now()"
+        ),
+        params,
+    )
+    return None
+
+
+async def apply_parked_reports(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[Reported]:
+    """Reports that arrived before these notifications were recorded as sent (call after
+    marking them sent, in the same transaction, under lock_provider_refs)."""
+    if not ids:
+        return []
+    rows = await session.execute(
+        text(
+            "WITH r AS (DELETE FROM provider_reports p USING notifications m "
+            "WHERE m.id = ANY(CAST(:ids AS uuid[])) AND p.channel = m.channel "
+            "AND p.provider_ref = m.provider_ref RETURNING m.id AS nid, p.delivered, p.detail) "
+            f"UPDATE notifications n SET {_APPLY_REPORT} FROM r WHERE n.id = r.nid "
+            f"AND n.status = 'sent' {_REPORTED}"
+        ),
+        {"ids": list(ids)},
+    )
+    return [Reported(*r) for r in rows]
 
 
 async def failover_root(session: AsyncSession, nid: uuid.UUID) -> uuid.UUID:
@@ -517,7 +586,7 @@ async def used_channels(
 
 
 async def insert_failover(
-    session: AsyncSession, c: Claimed, channel: str, retry_for: float
+    session: AsyncSession, c: Claimed | Reported, channel: str, retry_for: float
 ) -> uuid.UUID:
     nid = uuid.uuid4()
     await session.execute(
@@ -600,6 +669,22 @@ async def list_notifications(
             "ORDER BY created_at, id LIMIT :n"
         ),
         params,
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def latest_notifications(
+    session: AsyncSession, *, account: str | None, status: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """The newest `limit` notifications, oldest of them first (for the CLI)."""
+    rows = await session.execute(
+        text(
+            f"SELECT * FROM (SELECT {NOTIFICATION_COLUMNS} FROM notifications "
+            "WHERE (CAST(:a AS text) IS NULL OR account_id = :a) "
+            "AND (CAST(:s AS text) IS NULL OR status = :s) "
+            "ORDER BY created_at DESC, id DESC LIMIT :n) x ORDER BY created_at, id"
+        ),
+        {"a": account, "s": status, "n": limit},
     )
     return [dict(r) for r in rows.mappings()]
 
