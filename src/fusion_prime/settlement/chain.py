@@ -232,6 +232,7 @@ EVENTS: dict[str, tuple[str, dict[str, str]]] = {
     "EscrowReleased": ("escrow.released", {}),
     "EscrowRefunded": ("escrow.refunded", {}),
     "EscrowArbiterChanged": ("escrow.arbiter_changed", {"newArbiter": "new_arbiter"}),
+    "EscrowDisputed": ("escrow.disputed", {"by": "disputed_by"}),
 }
 
 
