@@ -340,3 +340,43 @@ async def test_a_dispute_on_chain_holds_the_escrow_until_the_arbiter_decides(
     assert (refunded, "created", "disputed") in moves
     assert (released, "disputed", "released") in moves
     assert (refunded, "disputed", "refunded") in moves
+
+
+async def test_an_erc20_escrow_is_funded_by_transfer_from_and_paid_out_in_the_token(
+    engine: AsyncEngine, db: str, chain: EscrowChain
+) -> None:
+    from pathlib import Path
+
+    from web3.logs import DISCARD
+
+    from tests.evm import compile_solidity, deploy
+
+    built = compile_solidity(Path(__file__).parent / "contracts" / "TestToken.sol")
+    token = deploy(chain.node, built["TestToken"], 6, 10**12)  # 1,000,000.000000 TUSD
+    payer, payee, arbiter = chain.accounts[:3]
+    amount = 2_500_000_000  # 2,500 TUSD in base units
+    approve = token.functions.approve(chain.factory.address, amount)
+    chain._wait(approve.transact({"from": payer}))
+    fn = chain.factory.functions.create(payee, arbiter, token.address, amount, 0, 2, b"\0" * 16)
+    receipt = chain._wait(fn.transact({"from": payer}))
+    # the receipt also holds the token's Transfer log: not one of the factory's events
+    (deployed,) = chain.factory.events.EscrowDeployed().process_receipt(receipt, errors=DISCARD)
+    escrow = str(deployed["args"]["escrow"]).lower()
+    assert token.functions.balanceOf(deployed["args"]["escrow"]).call() == amount
+    chain.act(escrow, "approve", 0)
+    chain.act(escrow, "approve", 1)
+    chain.act(escrow, "release", 1)
+    assert token.functions.balanceOf(payee).call() == amount
+    assert token.functions.balanceOf(deployed["args"]["escrow"]).call() == 0
+
+    r = relayer(engine, chain.node.url, chain, confirmations=0)
+    assert await r.run_until_caught_up() == 4
+    events = await drain(engine, db)
+    assert events[0].data["asset"] == str(token.address).lower()
+    assert events[0].data["decimals"] == 6
+    assert events[0].data["amount"] == str(amount)
+    (row,) = await fetch(db, "SELECT * FROM escrows WHERE address = $1", escrow)
+    assert row["asset_address"] == str(token.address).lower()
+    assert row["asset_decimals"] == 6
+    assert row["amount"] == amount
+    assert row["status"] == "released"
