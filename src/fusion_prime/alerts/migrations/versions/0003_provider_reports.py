@@ -4,15 +4,15 @@ A provider may confirm (or refuse) a message before the worker's transaction tha
 its acceptance has committed; such a report is kept here and applied by that
 transaction, instead of being lost.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
