@@ -58,34 +58,32 @@ ANSWER_DELAY = 0.05
 
 
 def receiver(port: int) -> None:
-    """An asyncio HTTP server (uvicorn, raw ASGI): records the first arrival per event id
+    """An asyncio HTTP server (aiohttp.web, whose parser is C: uvicorn here would run h11
+    in Python and cap the run below the sender): records the first arrival per event id
     and answers 200 after ANSWER_DELAY, many requests at once like a real endpoint."""
-    import uvicorn
+    from aiohttp import web
 
     arrivals: dict[str, float] = {}
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
+    async def hook(request: web.Request) -> web.Response:
         at = time.time()
-        while (await receive()).get("more_body"):
-            pass
-        body = b"ok"
-        if scope["method"] == "POST":
-            headers = dict(scope["headers"])
-            arrivals.setdefault(headers.get(b"fusion-prime-event-id", b"").decode(), at)
-            await asyncio.sleep(ANSWER_DELAY)
-        else:
-            body = json.dumps(arrivals).encode()
-            if scope["path"] == "/reset":
-                arrivals.clear()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(len(body)).encode())]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+        await request.read()
+        arrivals.setdefault(request.headers.get("Fusion-Prime-Event-Id", ""), at)
+        await asyncio.sleep(ANSWER_DELAY)
+        return web.Response(text="ok")
 
+    async def stats(request: web.Request) -> web.Response:
+        body = json.dumps(arrivals)
+        if request.path == "/reset":
+            arrivals.clear()
+        return web.Response(text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", hook)
+    app.router.add_get("/{tail:.*}", stats)
     print("ready", flush=True)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                backlog=2048)  # fmt: skip
+    web.run_app(app, host="127.0.0.1", port=port, backlog=2048, print=None,
+                access_log=None)  # fmt: skip
 
 
 # -- helpers -----------------------------------------------------------------------------

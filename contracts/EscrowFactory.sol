@@ -31,6 +31,7 @@ contract EscrowFactory {
     event EscrowApproved(address indexed escrow, address indexed approver, bytes16 correlationId);
     event EscrowReleased(address indexed escrow, bytes16 correlationId);
     event EscrowRefunded(address indexed escrow, bytes16 correlationId);
+    event EscrowDisputed(address indexed escrow, address indexed by, bytes16 correlationId);
     event EscrowArbiterChanged(
         address indexed escrow, address indexed newArbiter, bytes16 correlationId
     );
@@ -99,6 +100,10 @@ contract EscrowFactory {
         emit EscrowRefunded(msg.sender, correlationId);
     }
 
+    function noteDisputed(address by, bytes16 correlationId) external onlyEscrow {
+        emit EscrowDisputed(msg.sender, by, correlationId);
+    }
+
     function noteArbiterChanged(address newArbiter, bytes16 correlationId) external onlyEscrow {
         emit EscrowArbiterChanged(msg.sender, newArbiter, correlationId);
     }
@@ -109,7 +114,8 @@ contract Escrow {
         Created,
         Approved,
         Released,
-        Refunded
+        Refunded,
+        Disputed
     }
 
     EscrowFactory public immutable factory;
@@ -164,19 +170,37 @@ contract Escrow {
         factory.noteApproved(msg.sender, correlationId);
     }
 
-    /// Pays the payee once approved and `releaseDelay` seconds after the approval.
+    /// Pays the payee once approved and `releaseDelay` seconds after the approval; in a
+    /// dispute only the arbiter may release (deciding for the payee), at once.
     function release(bytes16 correlationId) external {
-        require(status == Status.Approved, "not approved");
-        require(isParty(msg.sender), "not a party");
-        require(block.timestamp >= approvedAt + releaseDelay, "release delay not over");
+        if (status == Status.Disputed) {
+            require(msg.sender == arbiter, "disputed: only the arbiter");
+        } else {
+            require(status == Status.Approved, "not approved");
+            require(isParty(msg.sender), "not a party");
+            require(block.timestamp >= approvedAt + releaseDelay, "release delay not over");
+        }
         status = Status.Released;
         factory.noteReleased(correlationId);
         _pay(payee);
     }
 
-    /// Returns the funds to the payer; the arbiter or the payee (giving up) may refund.
+    /// The payer or the payee contests an open escrow: approvals and releases stop until
+    /// the arbiter decides (release to the payee or refund to the payer).
+    function dispute(bytes16 correlationId) external {
+        require(status == Status.Created || status == Status.Approved, "not open");
+        require(msg.sender == payer || msg.sender == payee, "only the payer or payee");
+        status = Status.Disputed;
+        factory.noteDisputed(msg.sender, correlationId);
+    }
+
+    /// Returns the funds to the payer; the arbiter or the payee (giving up) may refund,
+    /// also in a dispute.
     function refund(bytes16 correlationId) external {
-        require(status == Status.Created || status == Status.Approved, "closed");
+        require(
+            status == Status.Created || status == Status.Approved || status == Status.Disputed,
+            "closed"
+        );
         require(msg.sender == arbiter || msg.sender == payee, "only arbiter or payee");
         status = Status.Refunded;
         factory.noteRefunded(correlationId);

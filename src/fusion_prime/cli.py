@@ -92,6 +92,7 @@ _GROUPS: dict[str, str] = {
     "compliance": "fusion_prime.compliance.cli",
     "risk": "fusion_prime.risk.cli",
     "oracle": "fusion_prime.oracle.cli",
+    "alerts": "fusion_prime.alerts.cli",
 }
 
 

@@ -77,6 +77,7 @@ class Mail:
     rcpt: list[str]
     message: email.message.EmailMessage
     notification_id: str
+    at: float = field(default_factory=time.time)  # arrival (the server's clock)
 
 
 @dataclass
@@ -195,6 +196,19 @@ class HttpFake:
     requests: list[Request] = field(default_factory=list)
     accepted_keys: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # path -> gate: a request to it waits (after it arrived) until the gate is set
+    holds: dict[str, threading.Event] = field(default_factory=dict)
+    arrived: list[str] = field(default_factory=list)  # paths, as requests come in
+
+    def hold(self, path: str) -> threading.Event:
+        gate = threading.Event()
+        with self.lock:
+            self.holds[path] = gate
+        return gate
+
+    def arrivals(self, path: str) -> int:
+        with self.lock:
+            return self.arrived.count(path)
 
     def script(self, path: str, *answers: tuple[int, dict[str, str], float]) -> None:
         with self.lock:
@@ -225,6 +239,11 @@ def http_server(**options: Any) -> Iterator[HttpFake]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
+            with state.lock:
+                state.arrived.append(self.path)
+                gate = state.holds.get(self.path)
+            if gate is not None:
+                gate.wait(30)
             status, headers, delay = state.answer(self.path)
             if delay:
                 time.sleep(delay)
@@ -237,7 +256,10 @@ def http_server(**options: Any) -> Iterator[HttpFake]:
             ctype = "text/plain"
             if _SMS_PATH.match(self.path) and 200 <= status < 300:
                 status = 201
-                payload = json.dumps({"sid": "SM" + uuid.uuid4().hex, "status": "queued"}).encode()
+                # the message sid follows from the idempotency key (a test can know it
+                # before the answer); a request without one gets a random sid
+                sid = "SM" + (req.key.replace("-", "") or uuid.uuid4().hex)
+                payload = json.dumps({"sid": sid, "status": "queued"}).encode()
                 ctype = "application/json"
             try:
                 self.send_response(status)

@@ -131,3 +131,81 @@ async def test_sms_becomes_delivered_only_on_a_signed_provider_report(alerts: Al
         assert done["delivered_at"] is not None
     finally:
         object.__setattr__(settings, "sms_status_callback_url", None)
+
+
+SMS_PATH = f"/2010-04-01/Accounts/{SMS_SID}/Messages.json"
+CALLBACK = "https://alerts.example.test/providers/sms/status"
+
+
+async def _report(alerts: Alerts, sid: str, status: str, **extra: str) -> None:
+    report = {"MessageSid": sid, "MessageStatus": status, **extra}
+    signature = status_signature(FAST["ALERTS_SMS_AUTH_TOKEN"], CALLBACK, report)
+    r = await alerts.client.post(
+        "/providers/sms/status", data=report, headers={"X-Twilio-Signature": signature}
+    )
+    assert r.status_code == 204, r.text
+
+
+async def test_sms_undelivered_report_fails_over_to_the_next_channel(alerts: Alerts) -> None:
+    settings = alerts.client.app.state.runtime.settings  # type: ignore[attr-defined]
+    object.__setattr__(settings, "sms_status_callback_url", CALLBACK)
+    try:
+        await alerts.contact("acct-u", ("sms", "+41790000011"), ("email", "u@example.com"))
+        await alerts.prefs("acct-u", channels=["sms"])
+        await alerts.consume(margin_event("acct-u", from_tier="warning", to_tier="margin_call"))
+        await alerts.wait(ALL_SENT, 1)
+        (n,) = await alerts.rows("SELECT id, provider_ref FROM notifications")
+        await _report(alerts, n["provider_ref"], "undelivered", ErrorCode="30003")
+        (failed,) = await alerts.rows(
+            "SELECT status, reason FROM notifications WHERE id = $1", n["id"]
+        )
+        assert failed["status"] == "failed"
+        assert failed["reason"] == "provider reported undelivered (error 30003)"
+        # a margin call that did not reach the phone goes to the recipient's next channel
+        await alerts.wait(ALL_SENT, 1)
+        (fo,) = await alerts.rows(
+            "SELECT channel, failover_of, status FROM notifications WHERE failover_of IS NOT NULL"
+        )
+        assert (fo["channel"], fo["failover_of"], fo["status"]) == ("email", n["id"], "sent")
+        (mail,) = alerts.smtp.to("u@example.com")
+        assert "MARGIN CALL" in mail.message["Subject"]
+    finally:
+        object.__setattr__(settings, "sms_status_callback_url", None)
+
+
+async def test_sms_report_before_sent_is_recorded_is_kept_and_applied(alerts: Alerts) -> None:
+    settings = alerts.client.app.state.runtime.settings  # type: ignore[attr-defined]
+    object.__setattr__(settings, "sms_status_callback_url", CALLBACK)
+    object.__setattr__(settings, "http_timeout", 30.0)  # the provider's answer is held
+    gate = alerts.http.hold(SMS_PATH)
+    try:
+        await alerts.contact("acct-e", ("sms", "+41790000012"), ("email", "e@example.com"))
+        await alerts.prefs("acct-e", channels=["sms"])
+        await alerts.consume(margin_event("acct-e", from_tier="margin_call", to_tier="liquidation"))
+        deadline = time.monotonic() + 15
+        while not alerts.http.arrivals(SMS_PATH):  # the provider has the message ...
+            assert time.monotonic() < deadline, "the SMS never reached the provider"
+            await alerts.rows("SELECT 1")
+        (n,) = await alerts.rows("SELECT id, status FROM notifications")
+        # ... and reports it undelivered before its answer reached the worker
+        await _report(alerts, "SM" + n["id"].hex, "undelivered", ErrorCode="30005")
+        assert n["status"] == "pending"
+        (parked,) = await alerts.rows("SELECT provider_ref, delivered FROM provider_reports")
+        assert (parked["provider_ref"], parked["delivered"]) == ("SM" + n["id"].hex, False)
+        gate.set()  # the provider answers 201: the worker records it sent, then the report
+        await alerts.wait(
+            "SELECT count(*) FROM notifications WHERE id = $1 AND status = 'failed'", n["id"]
+        )
+        (row,) = await alerts.rows(
+            "SELECT provider_ref, reason FROM notifications WHERE id = $1", n["id"]
+        )
+        assert row["provider_ref"] == "SM" + n["id"].hex
+        assert row["reason"] == "provider reported undelivered (error 30005)"
+        assert await alerts.rows("SELECT 1 FROM provider_reports") == []
+        # and the liquidation falls over to the email channel
+        await alerts.wait(ALL_SENT, 1)
+        (mail,) = alerts.smtp.to("e@example.com")
+        assert "LIQUIDATION" in mail.message["Subject"]
+    finally:
+        gate.set()
+        object.__setattr__(settings, "sms_status_callback_url", None)

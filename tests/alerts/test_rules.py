@@ -123,23 +123,45 @@ async def test_dedupe_window_folds_and_escalation_goes_through(alerts: Alerts) -
     await alerts.wait(SENT, 4)
 
 
-async def test_quiet_hours_suppress_but_liquidation_goes_through(alerts: Alerts) -> None:
+async def test_quiet_hours_hold_until_they_end_but_liquidation_goes_through(
+    alerts: Alerts,
+) -> None:
     tz = "Asia/Tokyo"
     local = datetime.now(UTC).astimezone(ZoneInfo(tz))
     start = (local - timedelta(hours=1)).time().replace(microsecond=0)
-    end = (local + timedelta(hours=1)).time().replace(microsecond=0)
+    # the quiet hours end a few seconds from now: the held warning must go out then
+    ends = (local + timedelta(seconds=4)).replace(microsecond=0)
     await alerts.contact("acct-q", ("email", "q@example.com"), timezone=tz)
-    await alerts.prefs("acct-q", quiet_hours={"start": start.isoformat(), "end": end.isoformat()})
-    await alerts.consume(margin_event("acct-q", to_tier="warning"))
+    await alerts.prefs(
+        "acct-q", quiet_hours={"start": start.isoformat(), "end": ends.time().isoformat()}
+    )
+    await alerts.consume(margin_event("acct-q", to_tier="warning", factor="1.20"))
     await alerts.consume(margin_event("acct-q", from_tier="warning", to_tier="liquidation"))
     await alerts.wait(SENT, 1)
-    rows = await alerts.rows("SELECT kind, status, reason FROM notifications ORDER BY kind")
+    rows = await alerts.rows(
+        "SELECT kind, status, reason, next_attempt_at FROM notifications ORDER BY kind"
+    )
     by = {r["kind"]: r for r in rows}
-    assert by["warning"]["status"] == "suppressed"
-    assert by["warning"]["reason"] == "quiet hours"
     assert by["liquidation"]["status"] == "sent"
+    # held, not suppressed: pending until the end of the quiet hours
+    assert by["warning"]["status"] == "pending"
+    assert by["warning"]["reason"].startswith("held for quiet hours until")
+    assert by["warning"]["next_attempt_at"] == ends.astimezone(UTC)
     (mail,) = alerts.smtp.to("q@example.com")
     assert "LIQUIDATION" in mail.message["Subject"]
+    # a second warning during the hold folds into the held one (one message, latest values)
+    await alerts.consume(margin_event("acct-q", to_tier="warning", factor="1.15"))
+    await alerts.wait(SENT, 2, timeout=30)
+    held = await alerts.rows(
+        "SELECT n.status, n.fold_count, a.attempted_at FROM notifications n "
+        "JOIN delivery_attempts a ON a.notification_id = n.id WHERE n.kind = 'warning'"
+    )
+    assert [(h["status"], h["fold_count"]) for h in held] == [("sent", 2)]
+    assert held[0]["attempted_at"] >= ends.astimezone(UTC)
+    mails = alerts.smtp.to("q@example.com")
+    assert len(mails) == 2
+    assert mails[1].at >= ends.timestamp()
+    assert "1.15" in mails[1].message["Subject"]
 
 
 async def test_redelivered_event_creates_nothing_new(alerts: Alerts) -> None:

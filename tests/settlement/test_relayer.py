@@ -8,6 +8,7 @@ outbox rows go through settlement's real consumer (consume_batch + handler).
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -279,3 +280,103 @@ async def test_a_range_with_many_logs_is_published_in_several_whole_block_transa
     assert len(events) == 6
     assert len({(e.data["tx_hash"], e.data["log_index"]) for e in events}) == 6
     assert await count_rows(db, "escrows") == 3
+
+
+async def test_a_dispute_on_chain_holds_the_escrow_until_the_arbiter_decides(
+    engine: AsyncEngine, db: str, chain: EscrowChain
+) -> None:
+    from web3.exceptions import ContractLogicError
+
+    released = chain.create()
+    refunded = chain.create()
+    chain.act(released, "approve", 0)  # the payer approves (1 of 2) ...
+    chain.act(released, "dispute", 1)  # ... and the payee contests
+    with pytest.raises(ContractLogicError, match="disputed: only the arbiter"):
+        chain.act(released, "release", 0)  # the payer cannot take it through
+    chain.act(refunded, "dispute", 0)  # the payer contests the other one
+    r = relayer(engine, chain.node.url, chain, confirmations=0)
+    assert await r.run_until_caught_up() == 5  # 2 deployed, 1 approved, 2 disputed
+    await drain(engine, db)
+    rows = await fetch(db, "SELECT address, status FROM escrows ORDER BY seq")
+    assert [(x["address"], x["status"]) for x in rows] == [
+        (released, "disputed"),
+        (refunded, "disputed"),
+    ]
+    (h,) = await fetch(
+        db,
+        "SELECT from_status, details FROM escrow_history WHERE escrow_address = $1 "
+        "AND to_status = 'disputed'",
+        released,
+    )
+    assert h["from_status"] == "created"
+    assert json.loads(h["details"]) == {"disputed_by": chain.accounts[1].lower(), "role": "payee"}
+    # the arbiter decides: one for the payee, one for the payer
+    chain.act(released, "release", 2)
+    chain.act(refunded, "refund", 2)
+    assert await r.run_until_caught_up() == 2
+    await drain(engine, db)
+    statuses = await fetch(db, "SELECT address, status FROM escrows ORDER BY seq")
+    assert [x["status"] for x in statuses] == ["released", "refunded"]
+    history = await fetch(
+        db,
+        "SELECT escrow_address, from_status, to_status FROM escrow_history "
+        "WHERE event_type IN ('escrow.released', 'escrow.refunded') ORDER BY id",
+    )
+    assert [(x["from_status"], x["to_status"]) for x in history] == [
+        ("disputed", "released"),
+        ("disputed", "refunded"),
+    ]
+    assert await count_rows(db, "escrow_anomalies") == 0
+    # the published escrow state went through `disputed` for both
+    published = await fetch(
+        db,
+        "SELECT envelope FROM outbox WHERE topic = 'settlement.escrows.v1' ORDER BY seq",
+    )
+    moves = [
+        (e["data"]["address"], e["data"]["from_status"], e["data"]["to_status"])
+        for e in (json.loads(p["envelope"]) for p in published)
+    ]
+    assert (released, "created", "disputed") in moves
+    assert (refunded, "created", "disputed") in moves
+    assert (released, "disputed", "released") in moves
+    assert (refunded, "disputed", "refunded") in moves
+
+
+async def test_an_erc20_escrow_is_funded_by_transfer_from_and_paid_out_in_the_token(
+    engine: AsyncEngine, db: str, chain: EscrowChain
+) -> None:
+    from pathlib import Path
+
+    from web3.logs import DISCARD
+
+    from tests.evm import compile_solidity, deploy
+
+    built = compile_solidity(Path(__file__).parent / "contracts" / "TestToken.sol")
+    token = deploy(chain.node, built["TestToken"], 6, 10**12)  # 1,000,000.000000 TUSD
+    payer, payee, arbiter = chain.accounts[:3]
+    amount = 2_500_000_000  # 2,500 TUSD in base units
+    approve = token.functions.approve(chain.factory.address, amount)
+    chain._wait(approve.transact({"from": payer}))
+    fn = chain.factory.functions.create(payee, arbiter, token.address, amount, 0, 2, b"\0" * 16)
+    receipt = chain._wait(fn.transact({"from": payer}))
+    # the receipt also holds the token's Transfer log: not one of the factory's events
+    (deployed,) = chain.factory.events.EscrowDeployed().process_receipt(receipt, errors=DISCARD)
+    escrow = str(deployed["args"]["escrow"]).lower()
+    assert token.functions.balanceOf(deployed["args"]["escrow"]).call() == amount
+    chain.act(escrow, "approve", 0)
+    chain.act(escrow, "approve", 1)
+    chain.act(escrow, "release", 1)
+    assert token.functions.balanceOf(payee).call() == amount
+    assert token.functions.balanceOf(deployed["args"]["escrow"]).call() == 0
+
+    r = relayer(engine, chain.node.url, chain, confirmations=0)
+    assert await r.run_until_caught_up() == 4
+    events = await drain(engine, db)
+    assert events[0].data["asset"] == str(token.address).lower()
+    assert events[0].data["decimals"] == 6
+    assert events[0].data["amount"] == str(amount)
+    (row,) = await fetch(db, "SELECT * FROM escrows WHERE address = $1", escrow)
+    assert row["asset_address"] == str(token.address).lower()
+    assert row["asset_decimals"] == 6
+    assert row["amount"] == amount
+    assert row["status"] == "released"

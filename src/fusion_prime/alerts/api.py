@@ -15,7 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from fusion_prime.alerts import repository as repo
 from fusion_prime.alerts import service
 from fusion_prime.alerts.channels.sms import verify_status
-from fusion_prime.alerts.delivery import Deliverer, contact_cipher
+from fusion_prime.alerts.delivery import contact_cipher, failover, send_test
 from fusion_prime.alerts.domain import ACCOUNT_ID_RE, Channel, Kind, Preferences, Status
 from fusion_prime.alerts.settings import AlertsSettings
 from fusion_prime.platform.auth import requires, signed_by
@@ -25,7 +25,6 @@ from fusion_prime.platform.errors import (
     NotFoundError,
     UnauthorizedError,
 )
-from fusion_prime.platform.outbound import ClientPool
 from fusion_prime.platform.runtime import RuntimeDep, Session
 
 router = APIRouter(tags=["alerts"])
@@ -282,22 +281,8 @@ class TestSendIn(BaseModel):
 @router.post("/test-send", dependencies=requires("operator"))
 async def test_send(body: TestSendIn, runtime: RuntimeDep) -> dict[str, Any]:
     """Send a test message to a contact now; the answer carries the recorded attempt."""
-    settings = _settings(runtime)
-    async with runtime.sessions() as session, session.begin():
-        contact = repo.to_contact(await service.get_contact(session, body.contact_id))
-        channel = body.channel or contact.endpoints[0].channel
-        if contact.endpoint(channel) is None:
-            raise InvalidError(
-                f"channel {channel.value} is not one of this contact's channels", field="channel"
-            )
-        nid = await service.create_test_notification(
-            session, contact, channel, body.kind, settings.retry_for
-        )
-    async with runtime.sessions() as session, session.begin():
-        claimed = await repo.claim_one(session, nid, settings.lease_seconds)
-    assert claimed is not None
-    async with ClientPool(1, settings.http_timeout) as clients:
-        await Deliverer(runtime.sessions, settings, clients).deliver(claimed)
+    nid = await send_test(runtime.sessions, _settings(runtime), body.contact_id, body.channel,
+                          body.kind)  # fmt: skip
     async with runtime.sessions() as session:
         row = await repo.get_notification(session, nid)
     assert row is not None
@@ -338,5 +323,8 @@ async def sms_status(request: Request, session: Session, runtime: RuntimeDep) ->
         detail = f"provider reported {status}" + (
             f" (error {form['ErrorCode']})" if form.get("ErrorCode") else ""
         )
-        await repo.provider_report(session, "sms", sid, _SMS_FINAL[status], detail)
+        reported = await repo.provider_report(session, "sms", sid, _SMS_FINAL[status], detail)
+        # undelivered/failed: a margin call or liquidation goes on the next channel
+        if reported is not None and reported.status == "failed":
+            await failover(session, reported, settings.retry_for)
     return Response(status_code=204)

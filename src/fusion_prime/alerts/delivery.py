@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections import Counter as Counter_
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,17 +26,19 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fusion_prime.alerts import repository as repo
+from fusion_prime.alerts import service
 from fusion_prime.alerts.channels import Delivery, Result, Sender
 from fusion_prime.alerts.channels.email import EmailSender
 from fusion_prime.alerts.channels.slack import SlackSender
 from fusion_prime.alerts.channels.sms import SmsSender
 from fusion_prime.alerts.channels.webhook import WebhookSender
-from fusion_prime.alerts.domain import FAILOVER_TIERS, Channel, retry_delay
+from fusion_prime.alerts.domain import FAILOVER_TIERS, Channel, Kind, retry_delay
 from fusion_prime.alerts.messages import render
 from fusion_prime.alerts.settings import AlertsSettings
 from fusion_prime.platform import outbound, secretbox
 from fusion_prime.platform.admin import asyncpg_dsn
 from fusion_prime.platform.bus.postgres import Listener
+from fusion_prime.platform.errors import InvalidError
 from fusion_prime.platform.observability import get_logger
 
 log = get_logger(__name__)
@@ -181,35 +184,78 @@ class Deliverer:
                 error = f"retries exhausted after {c.attempts + 1} attempts: {error}"
             failed.append((c, error))
             counts[(c.channel, "failed")] += 1
+        # provider references of accepted messages, by channel: a delivery report for one
+        # of them may already be parked (it arrived before this commit)
+        refs: dict[str, list[str]] = {}
+        for x in batch:
+            if x.result.outcome == "accepted" and x.result.provider_ref:
+                refs.setdefault(x.claimed.channel, []).append(x.result.provider_ref)
         async with self.sessions() as session, session.begin():
+            for channel, channel_refs in sorted(refs.items()):
+                await repo.lock_provider_refs(session, channel, channel_refs)
             await repo.record_attempts(session, attempts)
             await repo.mark_sent_many(session, sent)
             await repo.mark_retry_many(session, retry)
             for c, error in failed:
                 await repo.mark_failed(session, c, error, attempted=True)
-                await self._failover(session, c)
+                await failover(session, c, self.settings.retry_for)
+            if refs:
+                with_ref = [x.claimed.id for x in batch if x.result.provider_ref]
+                for reported in await repo.apply_parked_reports(session, with_ref):
+                    if reported.status == "failed":
+                        await failover(session, reported, self.settings.retry_for)
         for (channel, status), n in counts.items():  # counted once committed
             DELIVERIES.labels(channel, status).inc(n)
 
-    async def _failover(self, session: AsyncSession, c: repo.Claimed) -> None:
-        """A margin call or liquidation that cannot reach a recipient on one channel is
-        sent on their next channel (in the contact's own order)."""
-        if c.tier not in FAILOVER_TIERS or c.test or c.contact_deleted:
-            return
-        contact_rows = await repo.contact_rows(session, contact_id=c.contact_id)
-        if not contact_rows:
-            return
-        contact = repo.to_contact(contact_rows[0])
-        root = await repo.failover_root(session, c.id)
-        used = await repo.used_channels(session, c.event_id, c.contact_id, root)
-        nxt = next((e for e in contact.endpoints if e.channel.value not in used), None)
-        if nxt is None:
-            return
-        nid = await repo.insert_failover(session, c, nxt.channel.value, self.settings.retry_for)
-        log.info(
-            "failover", notification=str(c.id), to=str(nid), channel=nxt.channel.value,
-            frm=c.channel,
-        )  # fmt: skip
+
+async def send_test(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: AlertsSettings,
+    contact_id: uuid.UUID,
+    channel: Channel | None,
+    kind: Kind,
+) -> uuid.UUID:
+    """A `[TEST]` message of `kind` to a contact, sent now (channel: the contact's first
+    by default) and recorded like any delivery; the notification id."""
+    async with sessions() as session, session.begin():
+        contact = repo.to_contact(await service.get_contact(session, contact_id))
+        channel = channel or contact.endpoints[0].channel
+        if contact.endpoint(channel) is None:
+            raise InvalidError(
+                f"channel {channel.value} is not one of this contact's channels", field="channel"
+            )
+        nid = await service.create_test_notification(
+            session, contact, channel, kind, settings.retry_for
+        )
+    async with sessions() as session, session.begin():
+        claimed = await repo.claim_one(session, nid, settings.lease_seconds)
+    assert claimed is not None
+    async with outbound.ClientPool(1, settings.http_timeout) as clients:
+        await Deliverer(sessions, settings, clients).deliver(claimed)
+    return nid
+
+
+async def failover(
+    session: AsyncSession, c: repo.Claimed | repo.Reported, retry_for: float
+) -> uuid.UUID | None:
+    """A margin call or liquidation that cannot reach a recipient on one channel (retries
+    exhausted, refused, or reported undelivered by the provider) is sent on their next
+    channel (in the contact's own order) not yet tried for that event."""
+    if c.tier not in FAILOVER_TIERS or c.test or c.contact_deleted:
+        return None
+    contact_rows = await repo.contact_rows(session, contact_id=c.contact_id)
+    if not contact_rows:
+        return None
+    contact = repo.to_contact(contact_rows[0])
+    root = await repo.failover_root(session, c.id)
+    used = await repo.used_channels(session, c.event_id, c.contact_id, root)
+    nxt = next((e for e in contact.endpoints if e.channel.value not in used), None)
+    if nxt is None:
+        return None
+    nid = await repo.insert_failover(session, c, nxt.channel.value, retry_for)
+    await repo.wake_workers(session)
+    log.info("failover", notification=str(c.id), to=str(nid), channel=nxt.channel.value)
+    return nid
 
 
 class DeliveryWorker:

@@ -136,6 +136,18 @@ def in_quiet_hours(at: datetime, tz: str, start: time | None, end: time | None) 
     return local >= start or local < end
 
 
+def quiet_hours_end(at: datetime, tz: str, start: time | None, end: time | None) -> datetime | None:
+    """When the quiet hours that `at` falls in end (None: `at` is not in quiet hours)."""
+    if start is None or end is None or not in_quiet_hours(at, tz, start, end):
+        return None
+    zone = ZoneInfo(tz)
+    local = at.astimezone(zone)
+    day = local.date()
+    if local.time().replace(tzinfo=None) >= end:  # wrapped over midnight: ends tomorrow
+        day += timedelta(days=1)
+    return datetime.combine(day, end, tzinfo=zone)
+
+
 def retry_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Exponential back-off with "equal jitter": half fixed, half random, so a burst of
     failures does not retry in lockstep. `attempts` = failed attempts so far (>= 1)."""
@@ -201,6 +213,7 @@ class Planned:
     status: Status
     reason: str | None = None
     folded_into: uuid.UUID | None = None
+    not_before: datetime | None = None  # held (quiet hours): sent at that time
 
 
 def plan(
@@ -259,16 +272,19 @@ def _one(
         return Planned(
             nid, ct.id, ch, Status.SUPPRESSED, f"dedupe: folded into {opened[0]}", opened[0]
         )
-    if c.kind not in prefs.quiet_bypass and in_quiet_hours(
-        at, ct.timezone, prefs.quiet_start, prefs.quiet_end
-    ):
-        return Planned(nid, ct.id, ch, Status.SUPPRESSED, "quiet hours")
     interval = prefs.min_interval.get(c.kind.value, 0.0)
     last = memory.last.get(lkey)
     if not c.escalation and last is not None and (at - last).total_seconds() < interval:
         return Planned(nid, ct.id, ch, Status.SUPPRESSED, f"minimum interval {interval:g} s")
     memory.open[okey] = (nid, at)
     memory.last[lkey] = at
+    if c.kind not in prefs.quiet_bypass:
+        held = quiet_hours_end(at, ct.timezone, prefs.quiet_start, prefs.quiet_end)
+        if held is not None:
+            # held, not dropped: pending until the quiet hours end; later events of the
+            # window fold into it, so the recipient gets one message with the latest values
+            reason = f"held for quiet hours until {held.isoformat()}"
+            return Planned(nid, ct.id, ch, Status.PENDING, reason, not_before=held)
     return Planned(nid, ct.id, ch, Status.PENDING)
 
 

@@ -19,16 +19,9 @@ async def _with_sessions(
     name: str, work: Callable[[async_sessionmaker[AsyncSession], Any], Awaitable[int]]
 ) -> int:
     from fusion_prime.oracle.spec import SPEC
-    from fusion_prime.platform.database import engine_scope
-    from fusion_prime.platform.runner import StartupRefusedError, load_settings
+    from fusion_prime.platform.runner import with_sessions
 
-    try:
-        settings, url = load_settings(SPEC)
-    except StartupRefusedError as exc:
-        console.print(str(exc), markup=False)
-        return 2
-    async with engine_scope(url, pool_size=2, app_name=f"oracle-{name}") as engine:
-        return await work(async_sessionmaker(engine, expire_on_commit=False), settings)
+    return await with_sessions(SPEC, name, work, lambda reason: console.print(reason, markup=False))
 
 
 @app.command("init")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import NoReturn
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
 
 import uvicorn
 from pydantic import ValidationError
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fusion_prime.platform.database import (
     DatabaseConfigError,
@@ -71,6 +73,24 @@ def load_settings(
     except DatabaseConfigError as exc:
         raise StartupRefusedError(str(exc), EXIT_CONFIG) from exc
     return settings, url
+
+
+async def with_sessions(
+    spec: ServiceSpec,
+    command: str,
+    work: Callable[[async_sessionmaker[AsyncSession], Any], Awaitable[int]],
+    refused: Callable[[str], object],
+) -> int:
+    """Run an operator command's `work(sessions, settings)` on the service's database
+    (DATABASE_URL and the service's settings, like the service); its exit code. A
+    refused configuration is reported through `refused` and exits 2."""
+    try:
+        settings, url = load_settings(spec)
+    except StartupRefusedError as exc:
+        refused(str(exc))
+        return EXIT_CONFIG
+    async with engine_scope(url, pool_size=2, app_name=f"{spec.name}-{command}") as engine:
+        return await work(async_sessionmaker(engine, expire_on_commit=False), settings)
 
 
 async def preflight(

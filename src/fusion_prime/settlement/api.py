@@ -170,7 +170,7 @@ async def list_escrows(
     session: Session,
     payer: str | None = None,
     payee: str | None = None,
-    status: Literal["created", "approved", "released", "refunded"] | None = None,
+    status: Literal["created", "approved", "disputed", "released", "refunded"] | None = None,
     chain_id: Annotated[int | None, Query(gt=0, le=BIGINT_MAX)] = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -274,7 +274,9 @@ async def create_asset(asset: AssetIn, session: Session) -> dict[str, Any]:
 
 # -- webhooks -------------------------------------------------------------------------
 
-WebhookType = Literal["escrow.created", "escrow.approved", "escrow.released", "escrow.refunded"]
+WebhookType = Literal[
+    "escrow.created", "escrow.approved", "escrow.disputed", "escrow.released", "escrow.refunded"
+]
 
 
 class WebhookIn(BaseModel):

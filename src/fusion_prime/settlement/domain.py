@@ -1,7 +1,10 @@
 """The escrow state machine: pure rules, no I/O.
 
 created -> approved (distinct approvals reach the requirement) -> released | refunded,
-and created -> refunded. Only the payer, the payee or the (current) arbiter may approve,
+and created -> refunded. The payer or payee may dispute an open (created or approved)
+escrow: disputed -> released | refunded (the arbiter decides; on chain only the arbiter
+may release a disputed escrow); no approval or arbiter change applies while disputed.
+Only the payer, the payee or the (current) arbiter may approve,
 each once; an arbiter change revokes the replaced arbiter's approval (unless that address
 is still the payer or payee), which can take an approved escrow back to created. Nothing
 is applied after a terminal state. An event that breaks a rule is not
@@ -17,8 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-Status = Literal["created", "approved", "released", "refunded"]
-STATUSES: tuple[Status, ...] = ("created", "approved", "released", "refunded")
+Status = Literal["created", "approved", "disputed", "released", "refunded"]
+STATUSES: tuple[Status, ...] = ("created", "approved", "disputed", "released", "refunded")
 TERMINAL: frozenset[str] = frozenset({"released", "refunded"})
 Role = Literal["payer", "payee", "arbiter"]
 
@@ -31,7 +34,8 @@ APPROVED = "escrow.approved"
 RELEASED = "escrow.released"
 REFUNDED = "escrow.refunded"
 ARBITER_CHANGED = "escrow.arbiter_changed"
-EVENT_TYPES = (DEPLOYED, APPROVED, RELEASED, REFUNDED, ARBITER_CHANGED)
+DISPUTED = "escrow.disputed"
+EVENT_TYPES = (DEPLOYED, APPROVED, RELEASED, REFUNDED, ARBITER_CHANGED, DISPUTED)
 
 
 def normalise_address(value: str) -> str:
@@ -140,7 +144,17 @@ class ArbiterChanged:
     correlation_id: str | None = None
 
 
-ChainEvent = Deployed | Approved | Released | Refunded | ArbiterChanged
+@dataclass(frozen=True)
+class Disputed:
+    ref: ChainRef
+    escrow: str
+    by: str  # the payer or the payee
+    type: str = DISPUTED
+    # the command id the signer echoed (None: not sent through our commands)
+    correlation_id: str | None = None
+
+
+ChainEvent = Deployed | Approved | Released | Refunded | ArbiterChanged | Disputed
 
 
 @dataclass(frozen=True)
@@ -219,9 +233,17 @@ def apply(state: EscrowState | None, event: ChainEvent) -> Outcome:
         return Anomaly(
             "after_terminal", f"{event.type} after the escrow was already {state.status}"
         )
+    if isinstance(event, Disputed):
+        return _dispute(state, event)
+    if state.status == "disputed" and isinstance(event, Approved | ArbiterChanged):
+        return Anomaly(
+            "while_disputed", f"{event.type} while the escrow is disputed (the arbiter decides)"
+        )
     if isinstance(event, Approved):
         return _approve(state, event)
     if isinstance(event, Released):
+        if state.status == "disputed":
+            return _move(state, event, "released", {"dispute": "resolved for the payee"})
         if state.status != "approved":
             return Anomaly(
                 "release_without_approval",
@@ -230,8 +252,20 @@ def apply(state: EscrowState | None, event: ChainEvent) -> Outcome:
             )
         return _move(state, event, "released", {})
     if isinstance(event, Refunded):
-        return _move(state, event, "refunded", {})
+        details: dict[str, str | int] = (
+            {"dispute": "resolved for the payer"} if state.status == "disputed" else {}
+        )
+        return _move(state, event, "refunded", details)
     return _change_arbiter(state, event)
+
+
+def _dispute(state: EscrowState, event: Disputed) -> Outcome:
+    role = state.role_of(event.by)
+    if state.status == "disputed":
+        return Anomaly("already_disputed", f"{event.by} disputed an escrow already disputed")
+    if role not in ("payer", "payee"):
+        return Anomaly("disputer_not_allowed", f"{event.by} is not the payer or the payee")
+    return _move(state, event, "disputed", {"disputed_by": event.by, "role": role})
 
 
 def _change_arbiter(state: EscrowState, event: ArbiterChanged) -> Applied:

@@ -77,12 +77,17 @@ class ArbiterChangedData(_Common):
     new_arbiter: Address
 
 
+class DisputedData(_Common):
+    disputed_by: Address
+
+
 MODELS: dict[str, type[_Common]] = {
     domain.DEPLOYED: DeployedData,
     domain.APPROVED: ApprovedData,
     domain.RELEASED: ReleasedData,
     domain.REFUNDED: RefundedData,
     domain.ARBITER_CHANGED: ArbiterChangedData,
+    domain.DISPUTED: DisputedData,
 }
 
 
@@ -120,6 +125,10 @@ def parse_data(event_type: str, data: dict[str, Any]) -> ChainEvent:
     if isinstance(parsed, ArbiterChangedData):
         return domain.ArbiterChanged(
             ref, parsed.escrow, parsed.new_arbiter, correlation_id=parsed.correlation
+        )
+    if isinstance(parsed, DisputedData):
+        return domain.Disputed(
+            ref, parsed.escrow, parsed.disputed_by, correlation_id=parsed.correlation
         )
     if isinstance(parsed, ReleasedData):
         return domain.Released(ref, parsed.escrow, correlation_id=parsed.correlation)

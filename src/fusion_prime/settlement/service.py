@@ -38,7 +38,9 @@ COMMANDS_TOPIC = "settlement.commands.v1"
 COMMAND_SUBMITTED = "settlement.command_submitted"
 COMMAND_CANCELLED = "settlement.command_cancelled"
 # Webhook event types: one per state an escrow can enter.
-WEBHOOK_EVENT_TYPES = ("escrow.created", "escrow.approved", "escrow.released", "escrow.refunded")
+WEBHOOK_EVENT_TYPES = (
+    "escrow.created", "escrow.approved", "escrow.disputed", "escrow.released", "escrow.refunded",
+)  # fmt: skip
 
 EVENTS = Counter(
     "fp_settlement_chain_events_total",
@@ -360,6 +362,8 @@ def _match(
         if event.correlation_id is not None:
             writes.deployed.append((outcome.state, chain_event_id, event.correlation_id))
         return
+    if event.type not in _ACTION_OF:
+        return  # a dispute is the parties' own act: no settlement command sends one
     actor = (
         event.approver
         if isinstance(event, domain.Approved)

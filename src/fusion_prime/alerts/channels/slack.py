@@ -24,8 +24,7 @@ class SlackSender:
         if not d.secret:
             return not_configured("the Slack hook URL cannot be read")
         content = json.dumps({"text": text(d)}).encode()
-        out = await outbound.post(
-            self.clients.next(),
+        out = await self.clients.post(
             d.secret,
             content=content,
             headers={"Content-Type": "application/json"},

@@ -9,8 +9,6 @@ import base64
 import hashlib
 import hmac
 
-import httpx
-
 from fusion_prime.alerts.channels import Delivery, Result, from_http, not_configured
 from fusion_prime.alerts.settings import AlertsSettings
 from fusion_prime.platform import outbound
@@ -32,12 +30,11 @@ class SmsSender:
         form = {"To": d.address, "From": s.sms_from, "Body": d.message.short}
         if s.sms_status_callback_url:
             form["StatusCallback"] = s.sms_status_callback_url
-        out = await outbound.post(
-            self.clients.next(),
+        out = await self.clients.post(
             url,
             data=form,
             headers={"Idempotency-Key": str(d.notification_id)},
-            auth=httpx.BasicAuth(s.sms_account_sid, s.sms_auth_token.get_secret_value()),
+            basic_auth=(s.sms_account_sid, s.sms_auth_token.get_secret_value()),
             timeout=s.http_timeout,
         )
         sid = out.json.get("sid") if isinstance(out.json, dict) else None

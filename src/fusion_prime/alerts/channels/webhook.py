@@ -41,7 +41,7 @@ class WebhookSender:
         }
         if d.secret:
             headers.update(outbound.signed_headers(d.secret, content))
-        out = await outbound.post(
-            self.clients.next(), d.address, content=content, headers=headers, timeout=self.timeout
+        out = await self.clients.post(
+            d.address, content=content, headers=headers, timeout=self.timeout
         )
         return from_http(out)

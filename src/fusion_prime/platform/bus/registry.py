@@ -49,6 +49,7 @@ TOPICS: tuple[Topic, ...] = (
             "escrow.released",
             "escrow.refunded",
             "escrow.arbiter_changed",
+            "escrow.disputed",
             # published events removed by a reorg deeper than the confirmations
             "chain.reorged",
         ),
