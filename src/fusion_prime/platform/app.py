@@ -18,6 +18,7 @@ from fusion_prime.platform.database import create_engine
 from fusion_prime.platform.errors import install_error_handlers
 from fusion_prime.platform.health import router as health_router
 from fusion_prime.platform.observability import REQUEST_LATENCY, get_logger
+from fusion_prime.platform.openapi import problem_openapi
 from fusion_prime.platform.runtime import BackgroundTask, Runtime
 from fusion_prime.platform.settings import BaseServiceSettings
 from fusion_prime.platform.spec import ServiceSpec
@@ -79,6 +80,7 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> Fa
         title=f"Fusion Prime {spec.name}", description=spec.description, lifespan=lifespan
     )
     app.state.spec = spec
+    app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.include_router(health_router)
     for router in spec.routers():
