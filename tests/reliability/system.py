@@ -410,5 +410,11 @@ def record(row: CaseRow) -> None:
 def sizes() -> dict[str, float]:
     """Fast case sizes by default; RELIABILITY_SOAK=1 gives the long ones (`make soak`)."""
     if os.environ.get("RELIABILITY_SOAK") == "1":
-        return {"chain": 10_000, "ticks": 10_000, "margin": 10_000, "outage": 30.0}
-    return {"chain": 200, "ticks": 200, "margin": 100, "outage": 3.0}
+        return {
+            "chain": 10_000,
+            "ticks": 10_000,
+            "margin": 10_000,
+            "outage": 30.0,
+            "csv_rows": 1_000_000,
+        }
+    return {"chain": 200, "ticks": 200, "margin": 100, "outage": 3.0, "csv_rows": 100_000}

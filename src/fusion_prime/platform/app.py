@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,9 +52,25 @@ async def _supervise(name: str, task: BackgroundTask) -> None:
             delay = min(delay * 2, 30.0)
 
 
+# CPython's own default. py_ecc (imported with web3 by settlement and the oracle, sometimes
+# lazily: settlement's readiness loads the relayer) raises the limit to 100,000 for the
+# whole process when first imported; a request body nested 100,000 deep then took
+# json.loads past the C stack and the service died with SIGSEGV. At the default the parser
+# stops with RecursionError, which FastAPI answers 400.
+RECURSION_LIMIT = 1000
+
+
+def _restore_recursion_limit() -> None:
+    """Run py_ecc's import-time side effect now (if it is installed), then undo it."""
+    if importlib.util.find_spec("py_ecc") is not None:
+        importlib.import_module("py_ecc")
+    sys.setrecursionlimit(RECURSION_LIMIT)
+
+
 def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _restore_recursion_limit()
         engine = create_engine(url, pool_size=settings.db_pool_size, app_name=spec.name)
         runtime = Runtime(
             service=spec.name,
