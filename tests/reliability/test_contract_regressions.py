@@ -99,3 +99,23 @@ async def test_alert_preferences_refuse_booleans_and_numbers_for_durations_and_t
         assert field in {e["field"] for e in r.json()["errors"]}, r.text
         rows = await client.get("/accounts/acct-1/preferences")
         assert rows.status_code == 404  # nothing was stored
+
+
+def test_an_unreachable_service_database_is_not_the_messages_fault() -> None:
+    """The consumer gives messages back without spending an attempt when its own database
+    is down (a 30 s outage used to dead-letter healthy events); a handler error still
+    counts."""
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError
+
+    from fusion_prime.platform.bus.consumer import database_unavailable
+
+    refused = ConnectionRefusedError(111, "Connect call failed")
+    wrapped = DBAPIError("connect", {}, asyncpg.CannotConnectNowError("starting up"))
+    assert database_unavailable(refused)
+    assert database_unavailable(wrapped)
+    chained = RuntimeError("pool checkout")
+    chained.__cause__ = refused
+    assert database_unavailable(chained)
+    assert not database_unavailable(ValueError("bad event"))
+    assert not database_unavailable(DBAPIError("insert", {}, asyncpg.UniqueViolationError("x")))

@@ -70,6 +70,11 @@ async def procs(
             await db_factory.drop(url)
 
 
+def _auth(proc: ServiceProcess) -> dict[str, str]:
+    """The process's API key header (issue 13's harness; none before auth existed)."""
+    return dict(getattr(proc, "headers", {}))
+
+
 async def _still_serving(proc: ServiceProcess) -> None:
     assert proc.process is not None
     assert proc.process.poll() is None, proc.log_text()[-2000:]
@@ -142,7 +147,9 @@ async def test_sql_metacharacters_and_nul_in_every_string_field(
     metacharacter string: never a 5xx, and the tables are all still there afterwards."""
     sent = 0
     for service, (proc, db) in procs.items():
-        async with httpx.AsyncClient(base_url=proc.base_url, timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=proc.base_url, timeout=30, headers=_auth(proc)
+        ) as http:
             doc = (await http.get("/openapi.json")).json()
             for method, path, schema in _json_operations(doc):
                 for value in [*SQL_METACHARACTERS, NUL]:
@@ -167,6 +174,18 @@ async def test_sql_metacharacters_and_nul_in_every_string_field(
         assert tables > 3
         await _still_serving(proc)
     assert sent > 500
+    record(
+        CaseRow(
+            "sql-metacharacters",
+            "SQL metacharacters and NUL in every string field/path parameter of every operation",
+            sent,
+            0,
+            0,
+            0,
+            None,
+            "no 5xx, every error problem+json, tables intact, services up",
+        )
+    )
 
 
 @pytest.mark.parametrize("service", ["settlement", "compliance", "risk"])
@@ -183,7 +202,7 @@ async def test_ten_megabyte_and_deeply_nested_bodies_are_refused(
     big = json.dumps({"names": ["x" * (10 * 1024 * 1024)]}).encode()
     nested = ("[" * 100_000 + "]" * 100_000).encode()
     nested_obj = ('{"a":' * 50_000 + "1" + "}" * 50_000).encode()
-    async with httpx.AsyncClient(base_url=proc.base_url, timeout=120) as http:
+    async with httpx.AsyncClient(base_url=proc.base_url, timeout=120, headers=_auth(proc)) as http:
         for body in (big, nested, nested_obj, b"\xff" * 1024):
             r = await http.request(
                 *target,
@@ -193,6 +212,18 @@ async def test_ten_megabyte_and_deeply_nested_bodies_are_refused(
             check_problem(r, f"{service} {target} {len(body)} bytes")
             assert 400 <= r.status_code < 500
     await _still_serving(proc)
+    record(
+        CaseRow(
+            f"oversized-{service}",
+            "10 MB body, JSON nested 100,000 / 50,000 deep, invalid UTF-8",
+            4,
+            0,
+            0,
+            0,
+            None,
+            "4xx each, process alive (nesting used to kill settlement with SIGSEGV)",
+        )
+    )
     if service == "risk":
         assert await count_rows(db, "accounts") == 0
     if service == "settlement":
@@ -216,13 +247,14 @@ async def test_negative_and_huge_token_amounts_are_refused_and_nothing_is_stored
         r = await http.post(
             f"{settlement.base_url}/commands",
             json={**ESCROW, "amount": amount},
-            headers={"Idempotency-Key": key},
+            headers={"Idempotency-Key": key, **_auth(settlement)},
         )
         check_problem(r, f"settlement amount {amount}")
         assert r.status_code == 422, r.text
         r = await http.put(
             f"{risk.base_url}/accounts/{account}/positions",
             json={"positions": [{"asset": "ETH", "collateral": amount, "decimals": 18}]},
+            headers=_auth(risk),
         )
         check_problem(r, f"risk collateral {amount}")
         assert r.status_code == 422, r.text
@@ -236,7 +268,7 @@ async def test_negative_and_huge_transaction_amounts_are_refused_and_nothing_is_
 ) -> None:
     compliance, cdb = procs["compliance"]
     user = f"u-amount-{abs(hash(amount)) % 10**8}"
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, headers=_auth(compliance)) as http:
         r = await http.post(
             f"{compliance.base_url}/aml/screen",
             json={
@@ -320,7 +352,9 @@ async def test_unicode_confusables_of_a_listed_name_still_hit(
     done = await asyncio.to_thread(_load_sanctions, db, path)
     assert done.returncode == 0, done.stdout + done.stderr
     misses = []
-    async with httpx.AsyncClient(base_url=compliance.base_url, timeout=30) as http:
+    async with httpx.AsyncClient(
+        base_url=compliance.base_url, timeout=30, headers=_auth(compliance)
+    ) as http:
         for name in CONFUSABLES:
             r = await http.post("/sanctions/screen", json={"names": [name]})
             check_problem(r, f"screen {name!r}")
@@ -352,7 +386,9 @@ async def test_replayed_and_reordered_webhook_signatures(
         check_problem(r, f"webhook {header}")
         return r
 
-    async with httpx.AsyncClient(base_url=compliance.base_url, timeout=30) as http:
+    async with httpx.AsyncClient(
+        base_url=compliance.base_url, timeout=30, headers=_auth(compliance)
+    ) as http:
         case = (await http.post("/kyc/cases", json={"user_id": "u-replay"})).json()
         await http.post("/kyc/cases", json={"user_id": "u-skew"})
     completed = persona_event("evt_r1", "inquiry.completed", "inq_R", reference_id="u-replay")
