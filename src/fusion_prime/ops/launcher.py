@@ -18,6 +18,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from fusion_prime.platform import auth
 from fusion_prime.platform.admin import ensure_database
 from fusion_prime.platform.database import redact_url
 from fusion_prime.platform.embedded import EmbeddedPostgres, data_dir_from_env, free_port, port_free
@@ -25,6 +26,7 @@ from fusion_prime.platform.spec import ServiceSpec
 from fusion_prime.services import all_specs
 
 BUS_DATABASE = "fp_bus"
+ADMIN_KEY_FILE = "admin.key"
 READY_TIMEOUT = 90.0
 
 
@@ -57,6 +59,22 @@ def _local_secrets(data_dir: Path, names: set[str]) -> dict[str, str]:
         with os.fdopen(fd, "w") as fh:
             json.dump(stored, fh)
     return stored
+
+
+def _admin_key(data_dir: Path) -> tuple[str, bool]:
+    """The local admin key of this data directory: (key, created now).
+
+    Kept in <data_dir>/admin.key (mode 0600) and written into every service database, so
+    it works on all of them; delete the file (and revoke the key) to get a new one.
+    """
+    path = data_dir / ADMIN_KEY_FILE
+    if path.exists():
+        return path.read_text().strip(), False
+    token = auth.new_key().token
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token, True
 
 
 def _wait_ready(children: list[Child]) -> dict[str, str]:
@@ -172,6 +190,18 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     signal.signal(signal.SIGTERM, _on_signal)
 
     status = _wait_ready(children)
+    admin_key, admin_created = _admin_key(data_dir)
+    ready = {c.spec.name: c.url for c in children if status[c.spec.name] == "ready"}
+    if ready:  # every service migrated its api_keys table by now
+        from fusion_prime.platform.auth_cli import provision
+
+        provision(
+            ready,
+            auth.key_from_token(admin_key),
+            name="local admin",
+            role="admin",
+            created_by="fusion-prime up",
+        )
     table = Table(title="Fusion Prime (local)")
     for col in ("service", "url", "database", "status", "log"):
         table.add_column(col)
@@ -195,7 +225,18 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
             status[c.spec.name],
             str(c.log_path),
         )
+    table.add_row(
+        "admin key",
+        # printed once, when created (below the table, whole); afterwards only where it is
+        "printed below, once" if admin_created else "(not shown again)",
+        "role admin, every service",
+        "created" if admin_created else "kept",
+        str(data_dir / ADMIN_KEY_FILE),
+    )
     console.print(table)
+    if admin_created:
+        console.print("admin key (shown once; also in the file above):", markup=False)
+        console.print(admin_key, markup=False, soft_wrap=True)
     failed = [n for n, s in status.items() if s != "ready"]
     if failed:
         console.print(f"[red]not ready: {', '.join(failed)}[/red] (see the logs above)")
