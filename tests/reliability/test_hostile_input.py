@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 import subprocess
 import sys
 import time
@@ -184,6 +185,46 @@ async def test_sql_metacharacters_and_nul_in_every_string_field(
             0,
             None,
             "no 5xx, every error problem+json, tables intact, services up",
+        )
+    )
+
+
+OPEN_PATHS = {"/health/live", "/health/ready", "/metrics"}
+# provider callbacks authenticate by their signature (signed_by), not by an API key
+SIGNED_PATHS = {"/webhooks/kyc-provider", "/providers/sms/status"}
+
+
+async def test_every_operation_without_a_key_is_401_never_5xx(
+    procs: dict[str, tuple[ServiceProcess, str]],
+) -> None:
+    """Issue 13's contract from outside: no Authorization (or a wrong one) is a 401
+    problem on every route but health and metrics; nothing is stored."""
+    refused = 0
+    for service, (proc, _) in procs.items():
+        async with httpx.AsyncClient(base_url=proc.base_url, timeout=30) as http:
+            doc = (await http.get("/openapi.json", headers=_auth(proc))).json()
+            for method, path, schema in _json_operations(doc):
+                if path in OPEN_PATHS:
+                    continue
+                url = re.sub(r"\{[^/]+\}", "x1", path)
+                body = _skeleton(doc, schema) if schema else None
+                for headers in ({}, {"Authorization": "Bearer fpk_not.a-real-key"}):
+                    r = await http.request(method, url, json=body, headers=headers)
+                    check_problem(r, f"{service} {method} {url} without a valid key")
+                    if path not in SIGNED_PATHS:
+                        assert r.status_code == 401, (service, method, path, r.text)
+                    refused += 1
+    assert refused > 50
+    record(
+        CaseRow(
+            "no-api-key",
+            "every operation of every service without a key, and with a wrong one",
+            refused,
+            0,
+            0,
+            0,
+            None,
+            "401 problem+json each, no 5xx",
         )
     )
 
