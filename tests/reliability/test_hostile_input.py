@@ -27,6 +27,7 @@ import pytest
 
 from fusion_prime.services import load_spec
 from tests.compliance.conftest import persona_event, sign
+from tests.hardening.test_regressions import ESCROW
 from tests.harness import REPO_ROOT, DatabaseFactory, ServiceProcess, _env, count_rows, fetch
 from tests.reliability.contract import SERVICE_SECRETS
 from tests.reliability.hostile import NUL, SQL_METACHARACTERS, check_problem
@@ -34,17 +35,6 @@ from tests.reliability.system import CaseRow, record, sizes
 
 HOSTILE_SERVICES = ("settlement", "compliance", "risk", "alerts", "oracle")
 KYC_SECRET = SERVICE_SECRETS["compliance"]["KYC_WEBHOOK_SECRET"]
-A, B, C = "0x" + "ab" * 20, "0x" + "ac" * 20, "0x" + "ad" * 20
-ESCROW = {
-    "action": "create_escrow",
-    "chain_id": 1,
-    "payer": A,
-    "payee": B,
-    "arbiter": C,
-    "asset": "ETH",
-    "amount": "1",
-    "approvals_required": 1,
-}
 
 
 @pytest.fixture(scope="module")
