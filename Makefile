@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format lock bench clean-data deploy-check contracts
+.PHONY: up test lint format lock bench clean-data deploy-check contracts reliability-report soak
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -37,6 +37,14 @@ lock: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The reliability suite (tests/reliability) as one Markdown table in
+# .fusion-prime/reliability/report.md; `soak` runs its long sizes (about 15 min).
+reliability-report: $(STAMP)
+	$(BIN)/python -m bench.reliability_report
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.reliability_report --soak
 
 # Offline checks of deploy/ (generated files, audit, terraform fmt, checkov, hadolint);
 # the tools are installed once into .cache/deploy-tools.

@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime, time
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from fusion_prime.alerts import repository as repo
 from fusion_prime.alerts import service
@@ -18,6 +18,7 @@ from fusion_prime.alerts.channels.sms import verify_status
 from fusion_prime.alerts.delivery import contact_cipher, failover, send_test
 from fusion_prime.alerts.domain import ACCOUNT_ID_RE, Channel, Kind, Preferences, Status
 from fusion_prime.alerts.settings import AlertsSettings
+from fusion_prime.platform.apitypes import AwareDateTimeText, TimeText
 from fusion_prime.platform.auth import requires, signed_by
 from fusion_prime.platform.errors import (
     ConflictError,
@@ -44,8 +45,8 @@ def _settings(runtime: RuntimeDep) -> AlertsSettings:
 class QuietHours(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    start: time
-    end: time
+    start: TimeText
+    end: TimeText
 
 
 def _unique(values: list[Any]) -> list[Any]:
@@ -64,10 +65,11 @@ class PreferencesIn(BaseModel):
     )
     quiet_hours: QuietHours | None = None
     quiet_hours_bypass: list[Kind] = Field(default_factory=lambda: [Kind.LIQUIDATION])
-    min_interval_seconds: dict[Kind, Annotated[int, Field(ge=0, le=7 * 86_400)]] = Field(
+    # strict: JSON `false` is not 0 seconds (schemathesis found it accepted)
+    min_interval_seconds: dict[Kind, Annotated[StrictInt, Field(ge=0, le=7 * 86_400)]] = Field(
         default_factory=dict
     )
-    dedupe_window_seconds: int | None = Field(default=None, ge=0, le=86_400)
+    dedupe_window_seconds: StrictInt | None = Field(default=None, ge=0, le=86_400)
 
     _u = field_validator("kinds", "channels", "recipients", "quiet_hours_bypass")(
         lambda v: None if v is None else _unique(v)
@@ -224,7 +226,7 @@ async def list_notifications(
     session: Session,
     account: Annotated[str | None, Query(pattern=ACCOUNT_ID_RE.pattern, max_length=128)] = None,
     status: Status | None = None,
-    since: AwareDatetime | None = None,
+    since: AwareDateTimeText | None = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:

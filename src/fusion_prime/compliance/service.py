@@ -324,6 +324,16 @@ async def handle_provider_event(
             "case_id": str(prior.case_id) if prior.case_id else None,
         }
     case_id, outcome = await _apply_provider_event(session, event)
+    if case_id is None and outcome.startswith("unmatched"):
+        # Not consumed: an event that overtook the one binding its inquiry to a case (an
+        # approval before the completion that names the user) was stored as handled, so
+        # the provider's retry was a "duplicate" and the approval was lost for good. The
+        # 409 rolls the claim back and makes the provider deliver it again.
+        WEBHOOK_EVENTS_TOTAL.labels(SERVICE, "unmatched").inc()
+        raise ConflictError(
+            f"no KYC case is bound to inquiry {event.inquiry_id} yet; deliver the event again",
+            event_id=event.event_id,
+        )
     await session.execute(
         text("UPDATE kyc_webhook_events SET outcome = :o, case_id = :c WHERE event_id = :id"),
         {"o": outcome, "c": case_id, "id": event.event_id},

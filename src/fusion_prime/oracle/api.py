@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from fusion_prime.oracle import repository as repo
 from fusion_prime.oracle import service
 from fusion_prime.oracle.domain import PAIR_RE, SOURCE_KINDS, Feed, SourceRef
+from fusion_prime.platform.apitypes import DateTimeText
 from fusion_prime.platform.auth import Caller, requires
 from fusion_prime.platform.errors import InvalidError
 from fusion_prime.platform.runtime import Session
@@ -124,8 +125,8 @@ def _aware(at: datetime, name: str) -> datetime:
 async def price_history(
     pair: PairPath,
     session: Session,
-    start: Annotated[datetime | None, Query(alias="from")] = None,
-    end: Annotated[datetime | None, Query(alias="to")] = None,
+    start: Annotated[DateTimeText | None, Query(alias="from")] = None,
+    end: Annotated[DateTimeText | None, Query(alias="to")] = None,
     interval: Annotated[str, Query(max_length=12)] = "1h",
 ) -> dict[str, Any]:
     """OHLC buckets of the stored aggregates (default: the last 24 h in hours)."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +22,7 @@ from fusion_prime.platform.database import create_engine
 from fusion_prime.platform.errors import install_error_handlers
 from fusion_prime.platform.health import router as health_router
 from fusion_prime.platform.observability import REQUEST_LATENCY, get_logger
+from fusion_prime.platform.openapi import problem_openapi
 from fusion_prime.platform.runtime import BackgroundTask, Runtime
 from fusion_prime.platform.settings import BaseServiceSettings
 from fusion_prime.platform.spec import ServiceSpec
@@ -49,9 +53,25 @@ async def _supervise(name: str, task: BackgroundTask) -> None:
             delay = min(delay * 2, 30.0)
 
 
+# CPython's own default. py_ecc (imported with web3 by settlement and the oracle, sometimes
+# lazily: settlement's readiness loads the relayer) raises the limit to 100,000 for the
+# whole process when first imported; a request body nested 100,000 deep then took
+# json.loads past the C stack and the service died with SIGSEGV. At the default the parser
+# stops with RecursionError, which FastAPI answers 400.
+RECURSION_LIMIT = 1000
+
+
+def _restore_recursion_limit() -> None:
+    """Run py_ecc's import-time side effect now (if it is installed), then undo it."""
+    if importlib.util.find_spec("py_ecc") is not None:
+        importlib.import_module("py_ecc")
+    sys.setrecursionlimit(RECURSION_LIMIT)
+
+
 def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _restore_recursion_limit()
         engine = create_engine(url, pool_size=settings.db_pool_size, app_name=spec.name)
         runtime = Runtime(
             service=spec.name,
@@ -83,6 +103,7 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> Fa
         title=f"Fusion Prime {spec.name}", description=spec.description, lifespan=lifespan
     )
     app.state.spec = spec
+    app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     for router in (health_router, auth.router, *spec.routers()):
         auth.document_rules(router)  # each route's role in the OpenAPI document

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fusion_prime.platform.database import server_info, write_heartbeat
@@ -22,7 +22,10 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/health/ready")
+@router.get(
+    "/health/ready",
+    responses={503: {"description": "the database did not answer, or migrations are not at head"}},
+)
 async def ready(request: Request) -> JSONResponse:
     runtime = get_runtime(request)
     spec = request.app.state.spec
@@ -57,6 +60,6 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if state.at_head else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

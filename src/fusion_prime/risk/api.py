@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fusion_prime.platform.apitypes import DateTimeText
 from fusion_prime.platform.auth import Caller, requires
 from fusion_prime.platform.errors import InvalidError, NotFoundError
 from fusion_prime.platform.runtime import RuntimeDep, Session
@@ -183,7 +184,7 @@ async def get_account_events(
 async def list_margin_events(
     session: Session,
     tier: Tier | None = None,
-    since: datetime | None = None,
+    since: DateTimeText | None = None,
     limit: Limit = 100,
 ) -> dict[str, Any]:
     """Margin events, newest first, optionally those moving *to* `tier` since a time."""

@@ -93,6 +93,32 @@ def backoff(attempts: int, base: float, cap: float) -> float:
     return float(min(base * 2 ** max(attempts - 1, 0), cap))
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """Did the service's own database fail to answer (down, restarting, connection lost),
+    rather than the handler fail on this message? Walks the cause chain."""
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError
+
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(
+            seen,
+            OSError
+            | asyncpg.PostgresConnectionError
+            | asyncpg.CannotConnectNowError
+            | asyncpg.AdminShutdownError
+            | asyncpg.CrashShutdownError
+            | asyncpg.ConnectionDoesNotExistError,
+        ):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__ or getattr(seen, "orig", None)
+    return False
+
+
 def _error_text(exc: BaseException) -> str:
     tb = "".join(traceback.format_exception(exc)[-3:])
     return f"{type(exc).__name__}: {exc}\n{tb}"[:4000]
@@ -178,6 +204,18 @@ class ConsumerLoop:
                     session, self.subscription, [e for _, e in deliverable], self.handler
                 )
         except Exception as exc:
+            if database_unavailable(exc):
+                # not the messages' fault: give them back without spending an attempt (a
+                # 30 s outage used to burn every attempt and dead-letter healthy events)
+                await self.broker.release([m.id for m, _ in deliverable], token)
+                log.warning(
+                    "service database unavailable; messages released",
+                    subscription=self.subscription,
+                    size=len(deliverable),
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                )
+                await asyncio.sleep(self.options.poll_interval)
+                return 0
             if len(deliverable) == 1:
                 await self._failed(deliverable[0][0], token, exc)
                 return len(batch)
