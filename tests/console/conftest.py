@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from fusion_prime.platform.embedded import EmbeddedPostgres
 from tests.evm import ensure_tools
 from tests.harness import REPO_ROOT
+from tests.ops.test_launcher import _up
 
 
 @dataclass
@@ -68,21 +68,7 @@ def cli(system: LocalSystem, *args: str, timeout: float = 300) -> subprocess.Com
 def local_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
     ensure_tools()  # anvil: `up` starts the local chain the demo's escrows go on
     data_dir = tmp_path_factory.mktemp("console") / "fp"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fusion_prime.cli", "up"],
-        cwd=REPO_ROOT,
-        env=_env(data_dir),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 240
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("ready in") or "not ready" in line or time.monotonic() > deadline:
-            break
+    proc, lines = _up(data_dir)
     system = LocalSystem(data_dir, proc, lines)
     try:
         if not any(line.startswith("ready in") for line in lines):

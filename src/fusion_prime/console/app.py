@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
-from fastapi import FastAPI, Form, Request
+from fastapi import Depends, FastAPI, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -38,8 +38,22 @@ def _plotly_js() -> Path:
     return Path(str(resources.files("plotly") / "package_data" / "plotly.min.js"))
 
 
-class Forbidden(Exception):
-    pass
+class NotSignedIn(Exception):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+async def signed_in(request: Request) -> User:
+    """The signed-in user, or NotSignedIn (answered by a redirect to the sign-in page)."""
+    sessions: Sessions = request.app.state.sessions
+    user = await sessions.current(request)
+    if user is None:
+        raise NotSignedIn(request.url.path)
+    return user
+
+
+CurrentUser = Annotated[User, Depends(signed_in)]
 
 
 def create_app(
@@ -94,11 +108,9 @@ def create_app(
         )
         return page
 
-    async def signed_in(request: Request) -> User | Response:
-        user = await sessions.current(request)
-        if user is None:
-            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
-        return user
+    @app.exception_handler(NotSignedIn)
+    async def _to_sign_in(request: Request, exc: NotSignedIn) -> Response:
+        return RedirectResponse(f"/login?next={exc.path}", status_code=303)
 
     # -- plumbing ---------------------------------------------------------------------
     @app.get("/health/live")
@@ -154,10 +166,7 @@ def create_app(
 
     # -- overview -----------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)
-    async def overview(request: Request) -> Response:
-        user = await signed_in(request)
-        if isinstance(user, Response):
-            return user
+    async def overview(request: Request, user: CurrentUser) -> Response:
         since = (datetime.now(UTC) - timedelta(hours=24)).isoformat()
         health, buses, stats, open_cases, assigned, notes = await asyncio.gather(
             asyncio.gather(*(clients.get(s, "/health/ready") for s in SERVICES)),
@@ -192,11 +201,8 @@ def create_app(
     # -- escrows --------------------------------------------------------------------------
     @app.get("/escrows", response_class=HTMLResponse)
     async def escrows(
-        request: Request, q: str = "", status: str = "", cursor: str = ""
+        request: Request, user: CurrentUser, q: str = "", status: str = "", cursor: str = ""
     ) -> Response:
-        user = await signed_in(request)
-        if isinstance(user, Response):
-            return user
         q = q.strip()
         status_f = status if status in ("created", "approved", "released", "refunded") else None
         if q and ADDRESS_RE.match(q):
@@ -235,10 +241,7 @@ def create_app(
         )  # fmt: skip
 
     @app.get("/escrows/{address}", response_class=HTMLResponse)
-    async def escrow(request: Request, address: str) -> Response:
-        user = await signed_in(request)
-        if isinstance(user, Response):
-            return user
+    async def escrow(request: Request, user: CurrentUser, address: str) -> Response:
         if not ADDRESS_RE.match(address):
             return await render(request, "error.html", user, 404, message="not an escrow address")
         a = address.lower()
@@ -254,10 +257,9 @@ def create_app(
 
     # -- margin health ----------------------------------------------------------------
     @app.get("/accounts", response_class=HTMLResponse)
-    async def accounts(request: Request, q: str = "", tier: str = "") -> Response:
-        user = await signed_in(request)
-        if isinstance(user, Response):
-            return user
+    async def accounts(
+        request: Request, user: CurrentUser, q: str = "", tier: str = ""
+    ) -> Response:
         q = q.strip()
         if q and ACCOUNT_RE.match(q):
             return RedirectResponse(f"/accounts/{q}", status_code=303)
@@ -271,10 +273,7 @@ def create_app(
         )  # fmt: skip
 
     @app.get("/accounts/{account_id}", response_class=HTMLResponse)
-    async def account(request: Request, account_id: str) -> Response:
-        user = await signed_in(request)
-        if isinstance(user, Response):
-            return user
+    async def account(request: Request, user: CurrentUser, account_id: str) -> Response:
         if not ACCOUNT_RE.match(account_id):
             return await render(request, "error.html", user, 404, message="not an account id")
         acct, health, snaps, events, notes = await asyncio.gather(
@@ -310,10 +309,7 @@ def create_app(
 
     # -- prices -------------------------------------------------------------------------
     @app.get("/prices", response_class=HTMLResponse)
-    async def prices(request: Request) -> Response:
-        user = await signed_in(request)
-        if isinstance(user, Response):
-            return user
+    async def prices(request: Request, user: CurrentUser) -> Response:
         feeds, sources = await asyncio.gather(
             clients.get("oracle", "/feeds"), clients.get("oracle", "/sources")
         )
@@ -329,10 +325,9 @@ def create_app(
         )  # fmt: skip
 
     @app.get("/prices/{pair}", response_class=HTMLResponse)
-    async def price(request: Request, pair: str, interval: str = "1h") -> Response:
-        user = await signed_in(request)
-        if isinstance(user, Response):
-            return user
+    async def price(
+        request: Request, user: CurrentUser, pair: str, interval: str = "1h"
+    ) -> Response:
         if not PAIR_RE.match(pair):
             return await render(request, "error.html", user, 404, message="not a pair")
         interval = interval if interval in ("1m", "5m", "15m", "1h", "1d") else "1h"
@@ -357,10 +352,7 @@ def create_app(
 
     # -- compliance ---------------------------------------------------------------------
     @app.get("/compliance", response_class=HTMLResponse)
-    async def compliance(request: Request) -> Response:
-        user = await signed_in(request)
-        if isinstance(user, Response):
-            return user
+    async def compliance(request: Request, user: CurrentUser) -> Response:
         kyc, cases, hits, chain = await asyncio.gather(
             clients.get("compliance", "/kyc/cases", limit=100),
             clients.get("compliance", "/cases", limit=100),
@@ -392,22 +384,17 @@ def create_app(
         )  # fmt: skip
 
     @app.get("/bus", response_class=HTMLResponse)
-    async def bus(request: Request) -> Response:
-        user = await signed_in(request)
-        if isinstance(user, Response):
-            return user
+    async def bus(request: Request, user: CurrentUser) -> Response:
         return await bus_page(request, user, None, 200)
 
     @app.post("/bus/replay", response_class=HTMLResponse)
     async def replay(
         request: Request,
+        user: CurrentUser,
         service: Annotated[str, Form(max_length=40)],
         dead_letter_id: Annotated[int, Form(ge=1)],
         csrf_token: Annotated[str | None, Form()] = None,
     ) -> Response:
-        user = await signed_in(request)
-        if isinstance(user, Response):
-            return user
         if not sessions.csrf_ok(request, csrf_token):
             return await bus_page(request, user, "refused: CSRF token missing or wrong", 403)
         if not user.may("replay"):
@@ -427,10 +414,7 @@ def create_app(
 
     # -- local development mail ---------------------------------------------------------
     @app.get("/mail", response_class=HTMLResponse)
-    async def mail(request: Request, to: str = "") -> Response:
-        user = await signed_in(request)
-        if isinstance(user, Response):
-            return user
+    async def mail(request: Request, user: CurrentUser, to: str = "") -> Response:
         if not settings.mail_url:
             return await render(
                 request, "error.html", user, 404,
