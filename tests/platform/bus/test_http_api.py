@@ -83,6 +83,8 @@ async def test_subscriptions_dead_letters_and_replay(
         assert "already replayed" in again.json()["detail"]
         missing = await settlement.post("/bus/dead-letters/999999/replay")
         assert missing.status_code == 404
+        huge = await settlement.post(f"/bus/dead-letters/{2**64}/replay")
+        assert huge.status_code == 422
 
         after = {
             s["subscription"]: s
@@ -101,9 +103,8 @@ async def test_subscriptions_dead_letters_and_replay(
     assert queued == 1
 
 
-async def test_no_bus_url_is_a_503_not_a_crash(make_database: MakeDatabase) -> None:
+async def test_no_bus_routes_in_a_process_without_the_bus(make_database: MakeDatabase) -> None:
     db = await make_database("risk", RISK.migrations_dir)
     async with asgi_client(RISK, db) as risk:
-        r = await risk.get("/bus/subscriptions")
-        assert r.status_code == 503
-        assert "FP_BUS_URL" in r.json()["detail"]
+        assert (await risk.get("/bus/subscriptions")).status_code == 404
+        assert (await risk.post("/bus/dead-letters/1/replay")).status_code == 404

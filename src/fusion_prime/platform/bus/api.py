@@ -3,7 +3,8 @@
 Each service shows the subscriptions it operates (registry.operated_by: the ones it
 consumes, plus external consumers' queues on topics it publishes), so every queue is
 visible through exactly one service and no reader needs the bus database's URL.
-Mounted only with FP_BUS=postgres; on Pub/Sub the queues live in Google Cloud.
+Mounted only with FP_BUS=postgres and FP_BUS_URL (a process without the bus has no such
+routes); on Pub/Sub the queues live in Google Cloud.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from fusion_prime.platform.bus.postgres import DeadLetter, PostgresBroker
 from fusion_prime.platform.bus.registry import operated_by
@@ -105,7 +106,9 @@ async def dead_letters(
 
 
 @router.post("/bus/dead-letters/{dead_letter_id}/replay")
-async def replay(dead_letter_id: int, request: Request) -> dict[str, Any]:
+async def replay(
+    dead_letter_id: Annotated[int, Path(ge=1, le=2**63 - 1)], request: Request
+) -> dict[str, Any]:
     """Queue the dead letter again with fresh attempts (once; a second replay is a 409)."""
     broker = await _broker(request)
     found = await broker.get_dead_letter(dead_letter_id)

@@ -56,7 +56,7 @@ def attach_bus(app: FastAPI, spec: ServiceSpec, settings: BaseServiceSettings) -
     app.state.bus_handlers = {c.subscription: c.resolved() for c in consumers}
     if consumers and settings.fp_bus == "pubsub":
         app.include_router(push_router)
-    if (consumers or spec.publishes) and settings.fp_bus == "postgres":
+    if (consumers or spec.publishes) and settings.fp_bus == "postgres" and settings.fp_bus_url:
         from fusion_prime.platform.bus.api import router as bus_router
 
         app.include_router(bus_router)
