@@ -164,17 +164,26 @@ def create_app(
         sessions.sign_out(response)
         return response
 
+    async def risk_stats() -> tuple[Answer, datetime]:
+        return await clients.aggregate("risk-stats", lambda: clients.get("risk", "/stats"))
+
     # -- overview -----------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)
     async def overview(request: Request, user: CurrentUser) -> Response:
-        since = (datetime.now(UTC) - timedelta(hours=24)).isoformat()
-        health, buses, stats, open_cases, assigned, notes = await asyncio.gather(
+        (
+            health,
+            buses,
+            (stats, stats_at),
+            open_cases,
+            assigned,
+            (notes, notes_at),
+        ) = await asyncio.gather(
             asyncio.gather(*(clients.get(s, "/health/ready") for s in SERVICES)),
             asyncio.gather(*(clients.get(s, "/bus/subscriptions") for s in SERVICES)),
-            clients.get("risk", "/stats"),
+            risk_stats(),
             clients.get("compliance", "/cases", status="open", limit=500),
             clients.get("compliance", "/cases", status="assigned", limit=500),
-            _notification_counts(clients, since),
+            clients.aggregate("notifications-24h", lambda: _notification_counts(clients)),
         )
         services = [_service_row(s, a) for s, a in zip(SERVICES, health, strict=True)]
         bus_rows = [row for a in buses if a.ok for row in a.data["items"]]
@@ -191,10 +200,12 @@ def create_app(
                 "errors": [a.error for a in buses if not a.ok and not a.missing],
             },
             stats=stats,
+            stats_at=stats_at.isoformat(),
             tiers=TIERS,
             open_cases=open_cases,
             assigned_cases=assigned,
             notifications=notes,
+            notifications_at=notes_at.isoformat(),
             statuses=NOTIFICATION_STATUSES,
         )
 
@@ -264,10 +275,12 @@ def create_app(
         if q and ACCOUNT_RE.match(q):
             return RedirectResponse(f"/accounts/{q}", status_code=303)
         tier_f = tier if tier in TIERS else None
-        events = await clients.get("risk", "/margin-events", tier=tier_f, limit=100)
-        stats = await clients.get("risk", "/stats")
+        events, (stats, stats_at) = await asyncio.gather(
+            clients.get("risk", "/margin-events", tier=tier_f, limit=100), risk_stats()
+        )
         return await render(
             request, "accounts.html", user, events=events, stats=stats, tiers=TIERS,
+            stats_at=stats_at.isoformat(),
             tier=tier_f or "", q=q,
             error="not an account id" if q else None,
         )  # fmt: skip
@@ -445,8 +458,9 @@ def _service_row(name: str, a: Answer) -> dict[str, Any]:
     }
 
 
-async def _notification_counts(clients: ServiceClients, since: str) -> dict[str, Any]:
+async def _notification_counts(clients: ServiceClients) -> dict[str, Any]:
     """Notifications created in the last 24 h by status (counted over a few pages)."""
+    since = (datetime.now(UTC) - timedelta(hours=24)).isoformat()
     counts: Counter[str] = Counter()
     cursor = None
     complete = False

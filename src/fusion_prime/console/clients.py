@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import httpx
 
 from fusion_prime.console.settings import ConsoleSettings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,39 @@ class ServiceClients:
             transport=transport,
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
         )
+        self.aggregate_ttl = settings.aggregate_ttl
+        self._cache: dict[str, tuple[float, datetime, Any]] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
 
     async def close(self) -> None:
+        for task in self._refreshing.values():
+            task.cancel()
+        await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
         await self.http.aclose()
+
+    async def aggregate(self, key: str, fetch: Callable[[], Awaitable[T]]) -> tuple[T, datetime]:
+        """An expensive whole-table figure (risk's tier counts over every account, the
+        day's notifications) and when it was read: fetched once, then served from memory
+        while a background refresh runs every CONSOLE_AGGREGATE_TTL seconds, so a page
+        never waits on a full scan in a service after the first time."""
+        now = time.monotonic()
+        entry = self._cache.get(key)
+        if entry is None or self.aggregate_ttl == 0:
+            value = await fetch()
+            at = datetime.now(UTC)
+            self._cache[key] = (now, at, value)
+            return value, at
+        if now - entry[0] >= self.aggregate_ttl and key not in self._refreshing:
+
+            async def refresh() -> None:
+                try:
+                    value = await fetch()
+                    self._cache[key] = (time.monotonic(), datetime.now(UTC), value)
+                finally:
+                    self._refreshing.pop(key, None)
+
+            self._refreshing[key] = asyncio.create_task(refresh())
+        return entry[2], entry[1]
 
     def _headers(self, key: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if key else {}

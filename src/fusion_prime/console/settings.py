@@ -34,6 +34,9 @@ class ConsoleSettings(BaseSettings):
     cookie_secure: bool = Field(default=True, alias="CONSOLE_COOKIE_SECURE")
     request_timeout: float = Field(default=5.0, alias="CONSOLE_TIMEOUT", gt=0, le=60)
     refresh_seconds: int = Field(default=10, alias="CONSOLE_REFRESH_SECONDS", ge=0, le=3600)
+    # whole-table figures (risk /stats, the day's notifications) are re-read in the
+    # background this often; pages show them with their time (0: every request)
+    aggregate_ttl: float = Field(default=15.0, alias="CONSOLE_AGGREGATE_TTL", ge=0, le=3600)
     whoami_cache_seconds: float = Field(default=30.0, alias="CONSOLE_WHOAMI_CACHE", ge=0, le=600)
 
     @model_validator(mode="after")
