@@ -18,6 +18,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from fusion_prime.ops.localhelpers import LocalExtras
 from fusion_prime.platform.admin import ensure_database
 from fusion_prime.platform.database import redact_url
 from fusion_prime.platform.embedded import EmbeddedPostgres, data_dir_from_env, free_port, port_free
@@ -35,68 +36,6 @@ class Child:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
-
-
-@dataclass
-class Helper:
-    """A process of the local stack that is not a service: the console, dev-local."""
-
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-
-CONSOLE_PORT = 8100
-DEV_SMTP_PORT = 8025
-DEV_HTTP_PORT = 8106
-# the oracle polls the local price source of dev-local (no internet), and often
-LOCAL_PRICE_INTERVAL = "5"
-
-
-def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "ab") as log_fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "fusion_prime.cli", *args],
-            env=env,
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _wait_helper(helper: Helper, path: str, timeout: float = READY_TIMEOUT) -> str:
-    deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if helper.process.poll() is not None:
-                return f"exited ({helper.process.returncode})"
-            try:
-                if client.get(f"http://127.0.0.1:{helper.port}{path}").status_code == 200:
-                    return "ready"
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-    return "timeout"
-
-
-def _dev_env(host: str, smtp_port: int, dev_url: str) -> dict[str, dict[str, str]]:
-    """Per service, what the local stack wires to dev-local (the environment overrides)."""
-    return {
-        "alerts": {
-            "ALERTS_SMTP_HOST": "127.0.0.1",
-            "ALERTS_SMTP_PORT": str(smtp_port),
-            "ALERTS_SMTP_STARTTLS": "false",
-            "ALERTS_ACCOUNT_URL": f"http://{host}:{CONSOLE_PORT}/accounts/{{account_id}}",
-        },
-        "oracle": {
-            "ORACLE_COINBASE_URL": dev_url,
-            "ORACLE_KRAKEN_URL": dev_url,
-            "ORACLE_BINANCE_URL": dev_url,
-            "ORACLE_COINGECKO_URL": dev_url,
-            "PRICE_UPDATE_INTERVAL": LOCAL_PRICE_INTERVAL,
-        },
-    }
 
 
 def _pick_port(preferred: int) -> int:
@@ -155,18 +94,6 @@ def _stop_children(children: list[Child]) -> None:
             c.process.wait()
 
 
-def _stop_helpers(helpers: list[Helper]) -> None:
-    for h in helpers:
-        if h.process.poll() is None:
-            h.process.send_signal(signal.SIGTERM)
-    for h in helpers:
-        try:
-            h.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            h.process.kill()
-            h.process.wait()
-
-
 def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     console = Console()
     if not console.is_terminal:
@@ -200,24 +127,8 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     from fusion_prime.ops.localchain import start_local_chain
 
     chain = None if os.environ.get("ETH_RPC_URL") else start_local_chain(data_dir)
-
-    # development stand-ins: an SMTP server for alerts' emails, a local price source
-    smtp_port, dev_port = _pick_port(DEV_SMTP_PORT), _pick_port(DEV_HTTP_PORT)
-    dev_url = f"http://127.0.0.1:{dev_port}"
-    helpers = [
-        Helper(
-            "dev-local",
-            dev_port,
-            _spawn(
-                ["dev-local", "--data-dir", str(data_dir / "dev"), "--smtp-port",
-                 str(smtp_port), "--http-port", str(dev_port)],
-                {k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
-                logs / "dev-local.log",
-            ),
-            logs / "dev-local.log",
-        )
-    ]  # fmt: skip
-    dev_env = _dev_env(host, smtp_port, dev_url)
+    extras = LocalExtras.choose(host)  # dev-local (SMTP, local prices) and the console
+    extras.start_dev_local(data_dir, logs)
 
     children: list[Child] = []
     for spec in specs:
@@ -225,7 +136,7 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
         db_url = server.url(spec.database_name)
         env = {
             **{k: v for k, v in local.items() if k in spec.required_secrets},
-            **dev_env.get(spec.name, {}),
+            **extras.service_env(spec.name),
             **os.environ,
             "DATABASE_URL": db_url,
             "FP_BUS": "postgres",
@@ -265,45 +176,11 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     signal.signal(signal.SIGTERM, _on_signal)
 
     status = _wait_ready(children)
-    dev_status = _wait_helper(helpers[0], "/health/live")
-    # the console: no DATABASE_URL, only the services' URLs (and the dev inbox)
-    console_port = _pick_port(CONSOLE_PORT)
-    urls = {c.spec.name: f"http://127.0.0.1:{c.port}" for c in children}
-    console_env = {
-        "CONSOLE_SESSION_KEY": _local_secrets(data_dir, {"CONSOLE_SESSION_KEY"})[
-            "CONSOLE_SESSION_KEY"
-        ],
-        # plain http on 127.0.0.1: a Secure cookie would never be sent back
-        "CONSOLE_COOKIE_SECURE": "false",
-        "CONSOLE_MAIL_URL": dev_url,
-        **{f"CONSOLE_{name.upper()}_URL": url for name, url in urls.items()},
-        **{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
-    }
-    web = Helper(
-        "console",
-        console_port,
-        _spawn(
-            ["serve", "console", "--host", host, "--port", str(console_port)],
-            console_env,
-            logs / "console.log",
-        ),
-        logs / "console.log",
-    )
-    helpers.append(web)
-    status["dev-local"] = dev_status
-    status["console"] = _wait_helper(web, "/health/ready")
-    record = data_dir / "local-urls.json"
-    record.write_text(
-        json.dumps(
-            {
-                **urls,
-                "console": f"http://{host}:{console_port}",
-                "dev_local": dev_url,
-                "smtp": f"127.0.0.1:{smtp_port}",
-            },
-            indent=1,
-        )
-    )
+    service_urls = {c.spec.name: f"http://127.0.0.1:{c.port}" for c in children}
+    session_key = _local_secrets(data_dir, {"CONSOLE_SESSION_KEY"})["CONSOLE_SESSION_KEY"]
+    extras.start_console(service_urls, session_key, None, logs)
+    status |= extras.wait_ready(READY_TIMEOUT)
+    extras.record(data_dir, service_urls)
     table = Table(title="Fusion Prime (local)")
     for col in ("service", "url", "database", "status", "log"):
         table.add_column(col)
@@ -327,16 +204,13 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
             status[c.spec.name],
             str(c.log_path),
         )
-    for h in helpers:
-        what = "inbox + local price source" if h.name == "dev-local" else "no database"
-        if h.name == "dev-local":
-            what += f"; smtp 127.0.0.1:{smtp_port}"
-        table.add_row(h.name, f"http://{host}:{h.port}", what, status[h.name], str(h.log_path))
+    for h in extras.helpers:
+        table.add_row(h.name, f"http://{host}:{h.port}", h.note, status[h.name], str(h.log_path))
     console.print(table)
     failed = [n for n, s in status.items() if s != "ready"]
     if failed:
         console.print(f"[red]not ready: {', '.join(failed)}[/red] (see the logs above)")
-        _stop_helpers(helpers)
+        extras.stop()
         _stop_children(children)
         if chain is not None:
             chain.stop()
@@ -350,19 +224,22 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     sys.stdout.flush()
     try:
         while not stop_requested:
-            for name, proc, log_path in [
-                *((c.spec.name, c.process, c.log_path) for c in children),
-                *((h.name, h.process, h.log_path) for h in helpers),
-            ]:
-                if proc.poll() is not None:
+            for c in children:
+                if c.process.poll() is not None:
                     console.print(
-                        f"[red]{name} exited with {proc.returncode}[/red]; see {log_path}"
+                        f"[red]{c.spec.name} exited with {c.process.returncode}[/red]; "
+                        f"see {c.log_path}"
                     )
                     stop_requested = True
+            for h in extras.exited():
+                console.print(
+                    f"[red]{h.name} exited with {h.process.returncode}[/red]; see {h.log_path}"
+                )
+                stop_requested = True
             time.sleep(0.2)
     finally:
         console.print("stopping services and the embedded PostgreSQL ...")
-        _stop_helpers(helpers)
+        extras.stop()
         _stop_children(children)
         if chain is not None:
             chain.stop()
