@@ -332,14 +332,20 @@ async def _register_webhook(url: str) -> None:
 
 
 async def _load(
-    base_url: str, paths: Sequence[str], rate: float, seconds: float
+    base_url: str,
+    paths: Sequence[str],
+    rate: float,
+    seconds: float,
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[float], int]:
     """Open loop: request i is due at t0 + i/rate whatever happened to earlier ones."""
     total = int(rate * seconds)
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base_url, timeout=5.0, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=5.0, limits=limits, headers=headers
+    ) as client:
 
         async def one(due: float, path: str) -> None:
             nonlocal errors
@@ -506,11 +512,11 @@ async def main(
             try:
                 proc.wait_ready(60)
                 paths = [f"/escrows/{a}" for a in addresses]
-                await _load(proc.base_url, paths[:50], rate, 2.0)  # warm-up
+                await _load(proc.base_url, paths[:50], rate, 2.0, proc.headers)  # warm-up
                 live, live_err = await _load(proc.base_url, ["/health/live"], rate, seconds)
                 route = "/escrows/{address}"
                 before = await _server_buckets(proc.base_url, route)
-                got, got_err = await _load(proc.base_url, paths, rate, seconds)
+                got, got_err = await _load(proc.base_url, paths, rate, seconds, proc.headers)
                 after = await _server_buckets(proc.base_url, route)
             finally:
                 proc.terminate()

@@ -28,6 +28,7 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
 
+from fusion_prime.platform import auth
 from fusion_prime.platform.admin import asyncpg_dsn, quote_ident
 from fusion_prime.platform.bus.postgres import MIGRATIONS_DIR as BUS_MIGRATIONS_DIR
 from fusion_prime.platform.database import DatabaseConfigError, normalise_database_url
@@ -214,6 +215,51 @@ async def count_rows(url: str, table: str, where: str = "TRUE", *args: Any) -> i
     return int(await fetchval(url, f"SELECT count(*) FROM {table} WHERE {where}", *args))
 
 
+# -- API keys (platform/auth.py) ----------------------------------------------------
+
+# Throw-away keys get a cheap scrypt cost (stored in the hash, verified by the same code);
+# real keys (`fusion-prime auth create-key`, `fusion-prime up`) use the default cost.
+TEST_SCRYPT_N = 2**10
+
+
+def auth_headers(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def add_key(
+    database_url: str,
+    role: auth.Role = "admin",
+    *,
+    name: str | None = None,
+    expires_at: Any = None,
+) -> str:
+    """A new key of `role` in a service database; returns the key (`fpk_...`)."""
+    key = auth.new_key(n=TEST_SCRYPT_N)
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await conn.execute(
+            "INSERT INTO api_keys (key_id, name, role, secret_hash, expires_at, created_by) "
+            "VALUES ($1, $2, $3, $4, $5, 'tests')",
+            key.key_id,
+            name or f"test {role}",
+            role,
+            key.secret_hash,
+            expires_at,
+        )
+    finally:
+        await conn.close()
+    return key.token
+
+
+def add_key_sync(database_url: str, role: auth.Role = "admin", **kw: Any) -> str:
+    """add_key from sync code (also while the test's event loop runs)."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        token: str = pool.submit(asyncio.run, add_key(database_url, role, **kw)).result(60)
+    return token
+
+
 # -- real service processes ---------------------------------------------------------
 
 
@@ -226,6 +272,10 @@ class ServiceProcess:
     port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    # the admin key written into the service's database once it is ready (wait_ready);
+    # None for a process whose database has no api_keys table (test-only apps)
+    api_key: str | None = None
+    _key_database: str | None = None
 
     @classmethod
     def for_service(
@@ -249,7 +299,10 @@ class ServiceProcess:
             # is then refused for that reason or an earlier one
             with contextlib.suppress(OSError, asyncpg.PostgresError, ValueError):
                 env["FP_BUS_URL"] = create_bus_database_sync(database_url)
-        return cls(args, env, port, log_dir / f"{service}-{port}.log")
+        proc = cls(args, env, port, log_dir / f"{service}-{port}.log")
+        if database_url and _shipped(service):
+            proc._key_database = database_url
+        return proc
 
     @classmethod
     def for_module(
@@ -267,6 +320,22 @@ class ServiceProcess:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header of `api_key` (empty before the process was ready)."""
+        return auth_headers(self.api_key) if self.api_key else {}
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers=self.headers, **kw)
+
+    def async_client(self, **kw: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, headers=self.headers, **kw)
+
+    def _ensure_key(self) -> None:
+        """Once migrated (ready), the database gets the process's admin key, once."""
+        if self.api_key is None and self._key_database is not None:
+            self.api_key = add_key_sync(self._key_database, "admin", name="harness admin")
 
     def start(self) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -291,6 +360,7 @@ class ServiceProcess:
                 )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.base_url}/health/ready", timeout=1).status_code == 200:
+                    self._ensure_key()
                     return
             time.sleep(0.05)
         raise TimeoutError(f"not ready after {timeout} s: {self.log_text()[-3000:]}")
@@ -344,20 +414,42 @@ def running(proc: ServiceProcess, timeout: float = 30.0) -> Iterator[ServiceProc
         proc.terminate()
 
 
+def _shipped(service: str) -> bool:
+    from fusion_prime.services import service_names
+
+    return service in service_names()
+
+
 @contextlib.asynccontextmanager
 async def asgi_client(
-    spec: Any, database_url: str, **settings_env: str
+    spec: Any, database_url: str, *, role: auth.Role | None = "admin", **settings_env: str
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """An in-process client for a service app, its lifespan run for real."""
+    """An in-process client for a service app, its lifespan run for real.
+
+    Authenticated with a new key of `role` (admin by default) made in the service's
+    database; `role=None` gives a client without credentials. The key is `client.api_key`.
+    """
     from fusion_prime.platform.app import create_app
 
     settings = spec.settings_cls(DATABASE_URL=database_url, FP_ENV="test", **settings_env)
     url = normalise_database_url(database_url, service=spec.name)
     app = create_app(spec, settings, url)
+    # test-only apps (tests/platform) have no api_keys table and no rules
+    token = await add_key(database_url, role) if role and _shipped(spec.name) else None
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        headers = auth_headers(token) if token else {}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers=headers
+        ) as client:
             client.app = app  # type: ignore[attr-defined]
+            client.api_key = token  # type: ignore[attr-defined]
+            # what state changes made through this client record as their actor
+            client.actor = (  # type: ignore[attr-defined]
+                auth.Identity(token.split("_")[1], f"test {role}", role).actor
+                if token and role
+                else None
+            )
             yield client
 
 

@@ -119,6 +119,7 @@ app.add_typer(deploy_app, name="deploy")
 # Command groups that live beside the code they administer; added when shipped.
 _GROUPS: dict[str, str] = {
     "events": "fusion_prime.platform.bus.cli",
+    "auth": "fusion_prime.platform.auth_cli",
     "settlement": "fusion_prime.settlement.cli",
     "compliance": "fusion_prime.compliance.cli",
     "risk": "fusion_prime.risk.cli",

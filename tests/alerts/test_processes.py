@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from fusion_prime.alerts.handlers import handle_margin_events
@@ -58,7 +57,7 @@ async def test_kill9_mid_batch_then_restart_sends_each_once(
     proc.start()
     try:
         await asyncio.to_thread(proc.wait_ready, 60)
-        async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as c:
+        async with proc.async_client(timeout=10) as c:
             for i in range(N):
                 r = await c.post(
                     "/contacts",
@@ -148,7 +147,7 @@ async def test_full_chain_price_drop_in_risk_reaches_the_smtp_server(
         await asyncio.to_thread(start_all, procs)
         account = f"acct-{uuid.uuid4().hex[:8]}"
         base = datetime.now(UTC) - timedelta(seconds=30)
-        async with httpx.AsyncClient(base_url=alerts.base_url, timeout=10) as a:
+        async with alerts.async_client(timeout=10) as a:
             r = await a.post(
                 "/contacts",
                 json={"account_id": account, "name": "CFO",
@@ -160,7 +159,7 @@ async def test_full_chain_price_drop_in_risk_reaches_the_smtp_server(
                 json={"kinds": ["margin_call", "liquidation"], "channels": ["email"]},
             )
             assert r.status_code == 200, r.text
-        async with httpx.AsyncClient(base_url=risk.base_url, timeout=10) as client:
+        async with risk.async_client(timeout=10) as client:
             for asset, lt, decimals in (("ETH", "0.80", 18), ("USDC", "0.85", 6)):
                 r = await client.put(
                     f"/risk-parameters/{asset}",

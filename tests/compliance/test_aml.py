@@ -14,7 +14,7 @@ import httpx
 
 from fusion_prime.platform.admin import asyncpg_dsn
 from tests.compliance.conftest import load_fixture, run_cli
-from tests.harness import count_rows, fetch, fetchval
+from tests.harness import add_key, count_rows, fetch, fetchval
 
 NY = ZoneInfo("America/New_York")
 RECENT = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
@@ -195,9 +195,16 @@ async def test_bad_input_is_422_naming_fields(db: str, client: httpx.AsyncClient
 
 
 async def test_new_rules_version_changes_thresholds(db: str, client: httpx.AsyncClient) -> None:
+    officer = await add_key(db, "compliance_officer", name="mlro@example.com")
+    viewer = await add_key(db, "viewer")
+    refused = await run_cli(
+        db, "publish-rules", "--set", "single_threshold=5000", "--api-key", viewer
+    )  # fmt: skip
+    assert refused.exit_code == 2
+    assert "compliance_officer" in refused.output
     result = await run_cli(
         db, "publish-rules", "--set", "single_threshold=5000", "--set", "velocity_count=3",
-        "--by", "mlro@example.com", "--note", "tighter limits",
+        "--api-key", officer, "--note", "tighter limits",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "version 3" in result.output
@@ -209,8 +216,10 @@ async def test_new_rules_version_changes_thresholds(db: str, client: httpx.Async
         db, "SELECT rules->>'single_threshold' FROM aml_rule_sets WHERE version = 3"
     )
     assert stored == "5000"
+    by = await fetchval(db, "SELECT published_by FROM aml_rule_sets WHERE version = 3")
+    assert by == f"mlro@example.com [{officer.split('_')[1]}]"  # the key's identity
     assert (await client.get("/aml/rules")).json()["version"] == 3
-    bad = await run_cli(db, "publish-rules", "--set", "high_score=1000", "--by", "x")
+    bad = await run_cli(db, "publish-rules", "--set", "high_score=1000", "--api-key", officer)
     assert bad.exit_code == 1
     assert "high_score" in bad.output
     assert await count_rows(db, "aml_rule_sets") == 3

@@ -8,17 +8,19 @@ import httpx
 from fusion_prime.platform.admin import asyncpg_dsn
 from tests.compliance.test_aml import screen, tx
 from tests.compliance.test_sanctions import _load_ofac
-from tests.harness import count_rows, fetch
+from tests.harness import add_key, auth_headers, count_rows, fetch
 
 
 async def test_kyc_cases_list_newest_first_with_last_decision(
     db: str, client: httpx.AsyncClient
 ) -> None:
-    first = (await client.post("/kyc/cases", json={"user_id": "ann", "actor": "ops-1"})).json()
-    second = (await client.post("/kyc/cases", json={"user_id": "ben", "actor": "ops-2"})).json()
+    first = (await client.post("/kyc/cases", json={"user_id": "ann"})).json()
+    second = (await client.post("/kyc/cases", json={"user_id": "ben"})).json()
+    reviewer = await add_key(db, "compliance_officer", name="reviewer-7")
     moved = await client.post(
         f"/kyc/cases/{first['id']}/transitions",
-        json={"to_status": "in_review", "actor": "reviewer-7", "reason": "documents received"},
+        json={"to_status": "in_review", "reason": "documents received"},
+        headers=auth_headers(reviewer),
     )
     assert moved.status_code == 200, moved.text
     r = await client.get("/kyc/cases")
@@ -28,9 +30,10 @@ async def test_kyc_cases_list_newest_first_with_last_decision(
     assert [i["id"] for i in items] == [s["id"] for s in stored] == [second["id"], first["id"]]
     by_id = {i["id"]: i for i in items}
     assert by_id[first["id"]]["status"] == "in_review"
-    assert by_id[first["id"]]["last_actor"] == "reviewer-7"
+    # the actors are the callers' identities (name [key id])
+    assert by_id[first["id"]]["last_actor"].startswith("reviewer-7 [")
     assert by_id[first["id"]]["last_reason"] == "documents received"
-    assert by_id[second["id"]]["last_actor"] == "ops-2"
+    assert by_id[second["id"]]["last_actor"].startswith("test admin [")
     only = (await client.get("/kyc/cases", params={"status": "in_review"})).json()["items"]
     assert [i["id"] for i in only] == [first["id"]]
     ben = (await client.get("/kyc/cases", params={"user_id": "ben"})).json()["items"]

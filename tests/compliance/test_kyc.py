@@ -47,7 +47,7 @@ async def test_case_lifecycle_and_history(db: str, client: httpx.AsyncClient) ->
     for to, reason in steps:
         r = await client.post(
             f"/kyc/cases/{cid}/transitions",
-            json={"to_status": to, "actor": "analyst@example.com", "reason": reason},
+            json={"to_status": to, "reason": reason},
         )
         assert r.status_code == 200, r.text
     assert await fetchval(db, "SELECT status FROM kyc_cases WHERE id = $1::uuid", cid) == "verified"
@@ -61,7 +61,7 @@ async def test_case_lifecycle_and_history(db: str, client: httpx.AsyncClient) ->
         (None, "pending"), ("pending", "in_review"), ("in_review", "needs_more_info"),
         ("needs_more_info", "in_review"), ("in_review", "verified"),
     ]  # fmt: skip
-    assert history[-1]["actor"] == "analyst@example.com"
+    assert history[-1]["actor"] == client.actor  # type: ignore[attr-defined]
     assert history[-1]["reason"] == "all checks passed"
     assert await count_rows(db, "audit_log", "kind = 'kyc.status_changed' AND subject = 'u-7'") == 5
     assert await count_rows(db, "outbox", "event_type = 'kyc.status_changed'") == 5
@@ -69,7 +69,7 @@ async def test_case_lifecycle_and_history(db: str, client: httpx.AsyncClient) ->
     # verified is final: 409, and nothing recorded
     r = await client.post(
         f"/kyc/cases/{cid}/transitions",
-        json={"to_status": "rejected", "actor": "a", "reason": "changed mind"},
+        json={"to_status": "rejected", "reason": "changed mind"},
     )
     assert r.status_code == 409
     assert r.json()["allowed"] == []
@@ -80,7 +80,7 @@ async def test_invalid_transition_and_bad_input(db: str, client: httpx.AsyncClie
     case = await open_case(client)
     r = await client.post(
         f"/kyc/cases/{case['id']}/transitions",
-        json={"to_status": "verified", "actor": "a", "reason": "skip review"},
+        json={"to_status": "verified", "reason": "skip review"},
     )
     assert r.status_code == 409
     assert r.json()["allowed"] == ["in_review"]
@@ -88,7 +88,9 @@ async def test_invalid_transition_and_bad_input(db: str, client: httpx.AsyncClie
         f"/kyc/cases/{case['id']}/transitions", json={"to_status": "approved", "actor": ""}
     )
     assert r.status_code == 422
+    # a client cannot say who it is: the actor is the key's identity, a body actor is refused
     assert {e["field"] for e in r.json()["errors"]} == {"to_status", "actor", "reason"}
+    assert "Extra inputs" in next(e for e in r.json()["errors"] if e["field"] == "actor")["message"]
     inline = {"kind": "passport", "reference": "data:image/png;base64,AAAA"}
     r = await client.post("/kyc/cases", json={"user_id": "x", "documents": [inline]})
     assert r.status_code == 422
@@ -141,7 +143,7 @@ async def test_signed_webhook_moves_the_case(db: str, client: httpx.AsyncClient)
         case["id"],
     )
     assert [(h["to_status"], h["actor"], h["source"]) for h in history] == [
-        ("pending", "api", "api"),
+        ("pending", client.actor, "api"),  # type: ignore[attr-defined]
         ("in_review", "provider:persona", "webhook"),
         ("verified", "provider:persona", "webhook"),
     ]
@@ -231,7 +233,7 @@ async def test_idempotency_key_replays_the_first_answer(db: str, client: httpx.A
 async def _transition(client: httpx.AsyncClient, case_id: str, to: str) -> None:
     r = await client.post(
         f"/kyc/cases/{case_id}/transitions",
-        json={"to_status": to, "actor": "analyst", "reason": to},
+        json={"to_status": to, "reason": to},
     )
     assert r.status_code == 200, r.text
 

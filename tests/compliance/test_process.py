@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 
 from fusion_prime.compliance.spec import SPEC
@@ -42,7 +41,7 @@ async def test_decisions_survive_kill_9(db: str, log_dir: Path) -> None:
         "compliance", db, log_dir, extra_env={"KYC_WEBHOOK_SECRET": WEBHOOK_SECRET}
     )
     with running(proc):
-        with httpx.Client(base_url=proc.base_url, timeout=10) as http:
+        with proc.client(timeout=10) as http:
             case = http.post("/kyc/cases", json={"user_id": "p-1", "provider_inquiry_id": "inq_P"})
             assert case.status_code == 201
             body = persona_event("evt_P1", "inquiry.completed", "inq_P")
@@ -61,7 +60,7 @@ async def test_decisions_survive_kill_9(db: str, log_dir: Path) -> None:
         proc.kill9()
         proc.start()
         proc.wait_ready()
-        with httpx.Client(base_url=proc.base_url, timeout=10) as http:
+        with proc.client(timeout=10) as http:
             stored = http.get(f"/kyc/cases/{case.json()['id']}").json()
             assert stored["status"] == "in_review"
             assert len(stored["history"]) == 2

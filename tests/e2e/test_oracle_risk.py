@@ -67,16 +67,18 @@ async def test_an_oracle_round_moves_an_account_across_tiers(
         for asset, lt, decimals in (("ETH", "0.80", 18), ("USDC", "0.85", 6)):
             r = await http.put(
                 f"{risk.base_url}/risk-parameters/{asset}",
+                headers=risk.headers,
                 json={"ltv": "0.75", "liquidation_threshold": lt, "liquidation_bonus": "0.05",
                       "decimals": decimals, "max_price_age_seconds": 3600},
             )  # fmt: skip
             assert r.status_code == 201, r.text
         for pair, symbols in (("ETH-USD", ETH), ("USDC-USD", USDC)):
             body = {"sources": [{"kind": k, "symbol": s} for k, s in symbols.items()]}
-            r = await http.put(f"{oracle.base_url}/feeds/{pair}", json=body)
+            r = await http.put(f"{oracle.base_url}/feeds/{pair}", json=body, headers=oracle.headers)
             assert r.status_code == 201, r.text
         r = await http.put(
             f"{risk.base_url}/accounts/{account}/positions",
+            headers=risk.headers,
             json={"positions": [
                 {"asset": "ETH", "collateral": str(10**18), "debt": "0", "decimals": 18},
                 {"asset": "USDC", "collateral": "0", "debt": str(2000 * 10**6), "decimals": 6},
@@ -85,7 +87,9 @@ async def test_an_oracle_round_moves_an_account_across_tiers(
         assert r.status_code == 200, r.text
 
         async def status() -> str | None:
-            h = (await http.get(f"{risk.base_url}/accounts/{account}/health")).json()
+            h = (
+                await http.get(f"{risk.base_url}/accounts/{account}/health", headers=risk.headers)
+            ).json()
             return h.get("status")
 
         async def is_(tier: str) -> bool:

@@ -73,7 +73,7 @@ def _exercise(proc: ServiceProcess, service: str) -> tuple[list[str], str | None
     """Responses (status line, headers, body) of every call; the webhook secret if any."""
     seen: list[str] = []
     secret: str | None = None
-    with httpx.Client(base_url=proc.base_url, timeout=15) as client:
+    with proc.client(timeout=15) as client:
 
         def call(method: str, path: str, body: object = None) -> httpx.Response:
             r = client.request(method, path, json=body, headers={"Idempotency-Key": path})

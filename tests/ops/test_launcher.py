@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import httpx
 from fusion_prime.platform.embedded import EmbeddedPostgres
 from fusion_prime.services import service_names
 from tests.evm import ensure_tools
-from tests.harness import REPO_ROOT, fetchval
+from tests.harness import REPO_ROOT, auth_headers, fetchval
 
 
 def _up(data_dir: Path) -> tuple[subprocess.Popen[str], list[str]]:
@@ -46,6 +47,10 @@ def _stop(proc: subprocess.Popen[str], lines: list[str]) -> None:
     lines.extend(out.splitlines(keepends=True))
 
 
+def _admin(data_dir: Path) -> dict[str, str]:
+    return auth_headers((data_dir / "admin.key").read_text().strip())
+
+
 def _demo_escrow(data_dir: Path, settlement: str) -> str:
     """`fusion-prime settlement demo-escrow` on up's chain; the escrow once settlement has it."""
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "FP_BUS_URL"}}
@@ -62,7 +67,7 @@ def _demo_escrow(data_dir: Path, settlement: str) -> str:
     escrow = json.loads(done.stdout[: done.stdout.rindex("}") + 1])["escrow"]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        r = httpx.get(f"{settlement}/escrows/{escrow}", timeout=10)
+        r = httpx.get(f"{settlement}/escrows/{escrow}", timeout=10, headers=_admin(data_dir))
         if r.status_code == 200 and r.json()["status"] == "approved":
             return escrow
         time.sleep(0.3)
@@ -85,6 +90,22 @@ async def test_up_serves_every_service_and_keeps_data(tmp_path: Path) -> None:
             ready = httpx.get(f"{match.group(1)}/health/ready", timeout=10)
             assert ready.status_code == 200
             assert ready.json()["database"]["embedded"] is True
+        # the local admin key: printed once in the table, kept 0600, valid on every service
+        key_file = data_dir / "admin.key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        token = key_file.read_text().strip()
+        assert token in text
+        for name in service_names():
+            match = re.search(rf"{name}\s+.*?(http://127\.0\.0\.1:\d+)", text)
+            assert match
+            who = httpx.get(f"{match.group(1)}/auth/whoami", headers=_admin(data_dir), timeout=10)
+            assert who.status_code == 200, (name, who.text)
+            assert who.json() == {
+                "key_id": token.split("_")[1],
+                "name": "local admin",
+                "role": "admin",
+            }
+            assert httpx.get(f"{match.group(1)}/auth/whoami", timeout=10).status_code == 401
         settlement = re.search(r"settlement\s+.*?(http://127\.0\.0\.1:\d+)", text)
         assert settlement
         escrow = _demo_escrow(data_dir, settlement.group(1))
@@ -102,6 +123,8 @@ async def test_up_serves_every_service_and_keeps_data(tmp_path: Path) -> None:
     try:
         assert any(line.startswith("ready in") for line in lines), "".join(lines)
         assert "starting embedded" in "".join(lines)
+        assert token not in "".join(lines)  # shown once only
+        assert (data_dir / "admin.key").read_text().strip() == token
         value = await fetchval(EmbeddedPostgres(data_dir).url("fp_bus"), "SELECT v FROM kept")
         assert value == "still here"
         # the chain was kept too (anvil --state): same factory, the relayer carries on

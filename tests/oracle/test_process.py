@@ -30,7 +30,7 @@ async def test_a_restart_keeps_history_state_and_does_not_republish(
     try:
         await asyncio.to_thread(proc.wait_ready, 60)
         body = {"sources": [{"kind": k, "symbol": s} for k, s in ETH.items()]}
-        r = httpx.put(f"{proc.base_url}/feeds/ETH-USD", json=body, timeout=10)
+        r = httpx.put(f"{proc.base_url}/feeds/ETH-USD", json=body, timeout=10, headers=proc.headers)
         assert r.status_code == 201, r.text
 
         async def rounds(n: int) -> bool:
@@ -55,7 +55,7 @@ async def test_a_restart_keeps_history_state_and_does_not_republish(
         events = await fetch(url, "SELECT event_type, envelope FROM outbox")
         assert [e["event_type"] for e in events] == ["price.updated"]
         assert json.loads(events[0]["envelope"])["data"]["price"] == "3100"
-        r = httpx.get(f"{proc.base_url}/prices/ETH-USD", timeout=10)
+        r = httpx.get(f"{proc.base_url}/prices/ETH-USD", timeout=10, headers=proc.headers)
         assert r.json()["price"] == "3100"
     finally:
         await asyncio.to_thread(proc.terminate)

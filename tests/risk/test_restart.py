@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
-import httpx
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from fusion_prime.platform.admin import asyncpg_dsn
@@ -28,7 +27,7 @@ async def test_state_survives_kill9_and_restart(
         "risk", url, log_dir, extra_env={"RISK_SWEEP_INTERVAL": "0.5"}
     )
     with running(proc):
-        async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as c:
+        async with proc.async_client(timeout=10) as c:
             for asset, p in PARAMS.items():
                 r = await c.put(
                     f"/risk-parameters/{asset}", json={**p, "max_price_age_seconds": 60}
@@ -64,7 +63,7 @@ async def test_state_survives_kill9_and_restart(
         assert await count_rows(url, "risk_parameters") == 3
         proc.start()
         proc.wait_ready()
-        async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as c:
+        async with proc.async_client(timeout=10) as c:
             after = (await c.get("/accounts/acct-9/events")).json()["events"]
             assert after == before
             health = (await c.get("/accounts/acct-9/health")).json()

@@ -280,11 +280,14 @@ async def test_command_stored_while_its_escrow_closed_fails_at_submission(
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     async with sessions() as session, session.begin():
         release, _ = await service.create_command(
-            session, "late", {"action": "approve", "escrow_address": e.address, "approver": e.payee}
+            session,
+            "late",
+            {"action": "approve", "escrow_address": e.address, "approver": e.payee},
+            requested_by="tests",
         )
         await deliver(engine, [e.refunded()])  # commits first, misses the uncommitted command
     async with sessions() as session, session.begin():
-        await service.create_command(session, "new", create_body(create))
+        await service.create_command(session, "new", create_body(create), requested_by="tests")
     assert await fetchval(db, "SELECT status FROM commands WHERE id = $1", release["id"]) == (
         "received"
     )

@@ -80,7 +80,7 @@ async def _submit(engine: AsyncEngine, *commands: tuple[str, dict[str, Any]]) ->
     ids = []
     async with sessions() as session, session.begin():
         for key, body in commands:
-            row, _ = await service.create_command(session, key, body)
+            row, _ = await service.create_command(session, key, body, requested_by="tests")
             ids.append(str(row["id"]))
     async with sessions() as session, session.begin():
         await service.submit_received(session)
@@ -175,7 +175,7 @@ async def test_a_release_whose_escrow_lost_its_approval_is_not_handed_to_the_sig
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     async with sessions() as session, session.begin():
         await service.create_command(
-            session, "rel", {"action": "release", "escrow_address": e.address}
+            session, "rel", {"action": "release", "escrow_address": e.address}, requested_by="t"
         )
     # the arbiter is replaced before the submitter runs: its approval no longer counts
     await deliver(engine, [e.arbiter_changed(new_address())])

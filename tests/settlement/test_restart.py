@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
-
 from tests.harness import REPO_ROOT, ServiceProcess, _env, count_rows, fetch, running
 from tests.settlement.factory import (
     FAST,
@@ -23,7 +21,7 @@ async def test_escrows_history_commands_deliveries_survive_kill_9(db: str, log_d
     e = Escrow()
     proc = ServiceProcess.for_service("settlement", db, log_dir, extra_env=FAST)
     with receiver() as rx, running(proc):
-        async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as client:
+        async with proc.async_client(timeout=10) as client:
             hook = (
                 await client.post(
                     "/webhooks", json={"url": rx.url, "event_types": ["escrow.created"]}
@@ -69,7 +67,7 @@ async def test_escrows_history_commands_deliveries_survive_kill_9(db: str, log_d
         assert proc.process.returncode == -9
         proc.start()
         proc.wait_ready()
-        async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as client:
+        async with proc.async_client(timeout=10) as client:
             after = {
                 "escrow": (await client.get(f"/escrows/{e.address}")).json(),
                 "history": (await client.get(f"/escrows/{e.address}/history")).json(),

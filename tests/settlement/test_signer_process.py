@@ -10,8 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from fusion_prime.platform.bus.postgres import OutgoingEvent, PostgresBroker, migrate_bus
 from tests.harness import ServiceProcess, fetch, running
 from tests.settlement.factory import FAST, Escrow, wait_for
@@ -41,7 +39,7 @@ async def test_a_command_times_out_is_cancelled_to_the_signer_then_confirmed_lat
     proc = ServiceProcess.for_service("settlement", db, log_dir, extra_env=env)
     e = Escrow()
     with running(proc, timeout=60):
-        async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as client:
+        async with proc.async_client(timeout=10) as client:
             r = await client.post(
                 "/commands", json=create_body(e), headers={"Idempotency-Key": "p-1"}
             )

@@ -18,6 +18,7 @@ from fusion_prime.alerts.channels.sms import verify_status
 from fusion_prime.alerts.delivery import Deliverer, contact_cipher
 from fusion_prime.alerts.domain import ACCOUNT_ID_RE, Channel, Kind, Preferences, Status
 from fusion_prime.alerts.settings import AlertsSettings
+from fusion_prime.platform.auth import requires, signed_by
 from fusion_prime.platform.errors import (
     ConflictError,
     InvalidError,
@@ -91,7 +92,7 @@ def _prefs_json(p: Preferences) -> dict[str, Any]:
     }
 
 
-@router.put("/accounts/{account_id}/preferences")
+@router.put("/accounts/{account_id}/preferences", dependencies=requires("operator"))
 async def put_preferences(
     account_id: AccountId, body: PreferencesIn, session: Session
 ) -> dict[str, Any]:
@@ -111,7 +112,7 @@ async def put_preferences(
     return _prefs_json(await service.put_preferences(session, prefs))
 
 
-@router.get("/accounts/{account_id}/preferences")
+@router.get("/accounts/{account_id}/preferences", dependencies=requires("viewer"))
 async def get_preferences(account_id: AccountId, session: Session) -> dict[str, Any]:
     return _prefs_json(await service.get_preferences(session, account_id))
 
@@ -148,7 +149,7 @@ def _contact_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.post("/contacts", status_code=201)
+@router.post("/contacts", status_code=201, dependencies=requires("operator"))
 async def create_contact(body: ContactIn, session: Session, runtime: RuntimeDep) -> dict[str, Any]:
     settings = _settings(runtime)
     row, secret = await service.create_contact(
@@ -166,7 +167,7 @@ async def create_contact(body: ContactIn, session: Session, runtime: RuntimeDep)
     return out
 
 
-@router.get("/contacts")
+@router.get("/contacts", dependencies=requires("viewer"))
 async def list_contacts(
     session: Session,
     account: Annotated[str, Query(pattern=ACCOUNT_ID_RE.pattern, max_length=128)],
@@ -175,12 +176,12 @@ async def list_contacts(
     return {"items": [_contact_json(r) for r in rows]}
 
 
-@router.get("/contacts/{contact_id}")
+@router.get("/contacts/{contact_id}", dependencies=requires("viewer"))
 async def get_contact(contact_id: uuid.UUID, session: Session) -> dict[str, Any]:
     return _contact_json(await service.get_contact(session, contact_id))
 
 
-@router.delete("/contacts/{contact_id}", status_code=204)
+@router.delete("/contacts/{contact_id}", status_code=204, dependencies=requires("operator"))
 async def delete_contact(contact_id: uuid.UUID, session: Session) -> Response:
     await service.delete_contact(session, contact_id)
     return Response(status_code=204)
@@ -219,7 +220,7 @@ def _parse_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidError("cursor is not one this API returned", field="cursor") from None
 
 
-@router.get("/notifications")
+@router.get("/notifications", dependencies=requires("viewer"))
 async def list_notifications(
     session: Session,
     account: Annotated[str | None, Query(pattern=ACCOUNT_ID_RE.pattern, max_length=128)] = None,
@@ -244,7 +245,7 @@ async def list_notifications(
     }
 
 
-@router.get("/notifications/{notification_id}")
+@router.get("/notifications/{notification_id}", dependencies=requires("viewer"))
 async def get_notification(notification_id: uuid.UUID, session: Session) -> dict[str, Any]:
     row = await repo.get_notification(session, notification_id)
     if row is None:
@@ -252,7 +253,7 @@ async def get_notification(notification_id: uuid.UUID, session: Session) -> dict
     return _notification_json(row)
 
 
-@router.post("/notifications/{notification_id}/retry")
+@router.post("/notifications/{notification_id}/retry", dependencies=requires("operator"))
 async def retry_notification(
     notification_id: uuid.UUID, session: Session, runtime: RuntimeDep
 ) -> dict[str, Any]:
@@ -278,7 +279,7 @@ class TestSendIn(BaseModel):
     kind: Kind = Kind.WARNING
 
 
-@router.post("/test-send")
+@router.post("/test-send", dependencies=requires("operator"))
 async def test_send(body: TestSendIn, runtime: RuntimeDep) -> dict[str, Any]:
     """Send a test message to a contact now; the answer carries the recorded attempt."""
     settings = _settings(runtime)
@@ -310,7 +311,11 @@ async def test_send(body: TestSendIn, runtime: RuntimeDep) -> dict[str, Any]:
 _SMS_FINAL = {"delivered": True, "undelivered": False, "failed": False}
 
 
-@router.post("/providers/sms/status", status_code=204)
+@router.post(
+    "/providers/sms/status",
+    status_code=204,
+    dependencies=signed_by("SMS provider signature (X-Twilio-Signature)"),
+)
 async def sms_status(request: Request, session: Session, runtime: RuntimeDep) -> Response:
     """Delivery reports of the SMS provider, signed with the account's auth token."""
     settings = _settings(runtime)

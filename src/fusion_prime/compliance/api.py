@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fusion_prime.compliance import repository, service
 from fusion_prime.compliance.domain import KycStatus
 from fusion_prime.compliance.settings import ComplianceSettings
+from fusion_prime.platform.auth import Caller, requires, signed_by
 from fusion_prime.platform.errors import InvalidError, UnauthorizedError
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.platform.runtime import RuntimeDep, Session
@@ -85,14 +86,12 @@ class DocumentIn(_Strict):
 class KycCaseIn(_Strict):
     user_id: Text
     documents: list[DocumentIn] = Field(default_factory=list, max_length=20)
-    actor: Text = "api"
     provider: Text | None = None
     provider_inquiry_id: Text | None = None
 
 
 class TransitionIn(_Strict):
     to_status: KycStatus
-    actor: Text
     reason: Reason
 
 
@@ -129,16 +128,22 @@ async def _idempotent(
     return JSONResponse(result, status_code=status_code)
 
 
-@router.post("/kyc/cases", status_code=201, tags=["kyc"], response_model=None)
+@router.post(
+    "/kyc/cases",
+    status_code=201,
+    tags=["kyc"],
+    response_model=None,
+    dependencies=requires("operator"),
+)
 async def create_kyc_case(
-    body: KycCaseIn, session: Session, idempotency_key: IdempotencyKey = None
+    body: KycCaseIn, session: Session, caller: Caller, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
     async def work() -> dict[str, Any]:
         return await service.create_kyc_case(
             session,
             user_id=body.user_id,
             documents=[service.DocumentRef(**d.model_dump()) for d in body.documents],
-            actor=body.actor,
+            actor=caller.actor,
             provider=body.provider,
             provider_inquiry_id=body.provider_inquiry_id,
         )
@@ -146,7 +151,7 @@ async def create_kyc_case(
     return await _idempotent(session, "POST /kyc/cases", idempotency_key, body, 201, work)
 
 
-@router.get("/kyc/cases", tags=["kyc"])
+@router.get("/kyc/cases", tags=["kyc"], dependencies=requires("viewer"))
 async def list_kyc_cases(
     session: Session,
     status: KycStatus | None = None,
@@ -165,17 +170,19 @@ async def list_kyc_cases(
     return {"items": items, "limit": limit, "offset": offset}
 
 
-@router.get("/kyc/cases/{case_id}", tags=["kyc"])
+@router.get("/kyc/cases/{case_id}", tags=["kyc"], dependencies=requires("viewer"))
 async def get_kyc_case(case_id: uuid.UUID, session: Session) -> dict[str, Any]:
     return await service.get_kyc_case(session, case_id)
 
 
-@router.post("/kyc/cases/{case_id}/transitions", tags=["kyc"])
+@router.post(
+    "/kyc/cases/{case_id}/transitions", tags=["kyc"], dependencies=requires("compliance_officer")
+)
 async def transition_kyc_case(
-    case_id: uuid.UUID, body: TransitionIn, session: Session
+    case_id: uuid.UUID, body: TransitionIn, session: Session, caller: Caller
 ) -> dict[str, Any]:
     return await service.transition_kyc(
-        session, case_id, body.to_status, actor=body.actor, reason=body.reason
+        session, case_id, body.to_status, actor=caller.actor, reason=body.reason
     )
 
 
@@ -215,7 +222,11 @@ class ProviderWebhook(BaseModel):
     data: _EventData
 
 
-@router.post("/webhooks/kyc-provider", tags=["kyc"])
+@router.post(
+    "/webhooks/kyc-provider",
+    tags=["kyc"],
+    dependencies=signed_by("KYC provider HMAC (Persona-Signature)"),
+)
 async def kyc_provider_webhook(
     request: Request, runtime: RuntimeDep, session: Session
 ) -> dict[str, Any]:
@@ -297,7 +308,7 @@ class AmlScreenIn(_Strict):
         return value
 
 
-@router.post("/aml/screen", tags=["aml"])
+@router.post("/aml/screen", tags=["aml"], dependencies=requires("operator"))
 async def aml_screen(body: AmlScreenIn, runtime: RuntimeDep, session: Session) -> dict[str, Any]:
     return await service.screen_transaction(
         session,
@@ -316,7 +327,7 @@ async def aml_screen(body: AmlScreenIn, runtime: RuntimeDep, session: Session) -
     )
 
 
-@router.get("/aml/rules", tags=["aml"])
+@router.get("/aml/rules", tags=["aml"], dependencies=requires("viewer"))
 async def aml_rules(session: Session) -> dict[str, Any]:
     rules = await repository.current_rules(session)
     return {"version": rules.version, "rules": rules.to_json()}
@@ -332,14 +343,16 @@ class SanctionsScreenIn(_Strict):
     )
     user_id: Text | None = None
     threshold: float | None = Field(default=None, ge=0.5, le=1.0)
-    actor: Text = "api"
 
 
-@router.post("/sanctions/screen", tags=["sanctions"], response_model=None)
+@router.post(
+    "/sanctions/screen", tags=["sanctions"], response_model=None, dependencies=requires("operator")
+)
 async def sanctions_screen(
     body: SanctionsScreenIn,
     runtime: RuntimeDep,
     session: Session,
+    caller: Caller,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     if not body.names and not body.addresses:
@@ -362,13 +375,13 @@ async def sanctions_screen(
             addresses=body.addresses,
             user_id=body.user_id,
             threshold=configured if body.threshold is None else body.threshold,
-            actor=body.actor,
+            actor=caller.actor,
         )
 
     return await _idempotent(session, "POST /sanctions/screen", idempotency_key, body, 200, work)
 
 
-@router.get("/sanctions/lists", tags=["sanctions"])
+@router.get("/sanctions/lists", tags=["sanctions"], dependencies=requires("viewer"))
 async def sanctions_lists(session: Session) -> dict[str, Any]:
     """Loaded list versions (load them with `fusion-prime compliance load-sanctions`)."""
     return {"items": await service.list_versions(session)}
@@ -379,16 +392,14 @@ async def sanctions_lists(session: Session) -> dict[str, Any]:
 
 class AssignIn(_Strict):
     assignee: Text
-    actor: Text
 
 
 class ResolveIn(_Strict):
     resolution: Literal["cleared", "confirmed"]
     reason: Reason
-    actor: Text
 
 
-@router.get("/sanctions/screenings", tags=["sanctions"])
+@router.get("/sanctions/screenings", tags=["sanctions"], dependencies=requires("viewer"))
 async def list_screenings(
     session: Session,
     status: Literal["hit", "clear"] | None = None,
@@ -401,7 +412,7 @@ async def list_screenings(
     }
 
 
-@router.get("/cases", tags=["cases"])
+@router.get("/cases", tags=["cases"], dependencies=requires("viewer"))
 async def list_cases(
     session: Session,
     status: Literal["open", "assigned", "resolved"] | None = None,
@@ -425,29 +436,35 @@ async def list_cases(
     return {"items": items, "limit": limit, "offset": offset}
 
 
-@router.get("/cases/{case_id}", tags=["cases"])
+@router.get("/cases/{case_id}", tags=["cases"], dependencies=requires("viewer"))
 async def get_case(case_id: uuid.UUID, session: Session) -> dict[str, Any]:
     return await service.get_case(session, case_id)
 
 
-@router.post("/cases/{case_id}/assign", tags=["cases"])
-async def assign_case(case_id: uuid.UUID, body: AssignIn, session: Session) -> dict[str, Any]:
-    return await service.assign_case(session, case_id, assignee=body.assignee, actor=body.actor)
+@router.post("/cases/{case_id}/assign", tags=["cases"], dependencies=requires("compliance_officer"))
+async def assign_case(
+    case_id: uuid.UUID, body: AssignIn, session: Session, caller: Caller
+) -> dict[str, Any]:
+    return await service.assign_case(session, case_id, assignee=body.assignee, actor=caller.actor)
 
 
-@router.post("/cases/{case_id}/resolve", tags=["cases"])
-async def resolve_case(case_id: uuid.UUID, body: ResolveIn, session: Session) -> dict[str, Any]:
+@router.post(
+    "/cases/{case_id}/resolve", tags=["cases"], dependencies=requires("compliance_officer")
+)
+async def resolve_case(
+    case_id: uuid.UUID, body: ResolveIn, session: Session, caller: Caller
+) -> dict[str, Any]:
     return await service.resolve_case(
-        session, case_id, resolution=body.resolution, reason=body.reason, actor=body.actor
+        session, case_id, resolution=body.resolution, reason=body.reason, actor=caller.actor
     )
 
 
-@router.get("/users/{user_id}/compliance-status", tags=["status"])
+@router.get("/users/{user_id}/compliance-status", tags=["status"], dependencies=requires("viewer"))
 async def compliance_status(user_id: str, session: Session) -> dict[str, Any]:
     return await service.compliance_status(session, user_id)
 
 
-@router.get("/audit", tags=["audit"])
+@router.get("/audit", tags=["audit"], dependencies=requires("viewer"))
 async def audit(
     session: Session,
     subject: str | None = Query(default=None, min_length=1, max_length=300),
@@ -460,7 +477,7 @@ async def audit(
     return {"items": rows, "subject": subject}
 
 
-@router.get("/audit/verify", tags=["audit"])
+@router.get("/audit/verify", tags=["audit"], dependencies=requires("viewer"))
 async def audit_verify(session: Session) -> dict[str, Any]:
     """Whether the audit hash chain is intact, recomputed from every row now."""
     return await service.audit_chain_status(session)

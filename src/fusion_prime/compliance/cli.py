@@ -32,6 +32,7 @@ from fusion_prime.compliance.sanctions.parsers import (
     parse,
 )
 from fusion_prime.compliance.settings import SanctionsSettings
+from fusion_prime.platform import auth
 from fusion_prime.platform.database import (
     DatabaseConfigError,
     engine_scope,
@@ -224,14 +225,31 @@ def publish_rules(
             "--set", help="KEY=VALUE changed from the current version, e.g. daily_threshold=5000"
         ),
     ],
-    by: Annotated[str, typer.Option(help="who publishes (kept with the version)")],
+    api_key: Annotated[
+        str,
+        typer.Option(
+            envvar="FP_API_KEY",
+            help="your API key (role compliance_officer); the version records its identity",
+            show_default=False,
+        ),
+    ],
     note: Annotated[str, typer.Option(help="why the thresholds change")] = "",
 ) -> None:
-    """Publish a new AML rules version: the current one with the given changes."""
+    """Publish a new AML rules version: the current one with the given changes.
+
+    Who publishes is the identity of the API key, checked in the compliance database
+    (a name given on the command line could be anyone's)."""
     url = _database_url()
     changes = dict(_parse_assignment(a) for a in assignments)
 
     async def _publish(conn: AsyncConnection) -> AmlRules:
+        identity = await auth.verify_token(conn, api_key)
+        if not identity.may("compliance_officer"):
+            raise auth.ForbiddenError(
+                f"publishing rules needs the role 'compliance_officer'; the key "
+                f"{identity.key_id} has {identity.role!r}"
+            )
+        by = identity.actor
         current = await repository.current_rules(conn)
         merged = current.to_json()
         if isinstance(changes.get("weights"), dict):
@@ -241,6 +259,9 @@ def publish_rules(
 
     try:
         rules = _on_database(url, _publish, write=True)
+    except (auth.AuthenticationError, auth.ForbiddenError) as exc:
+        err.print(f"refused: {exc.detail}; nothing was published", markup=False)
+        raise typer.Exit(2) from None
     except ValueError as exc:
         err.print(f"rules refused: {exc}; nothing was published", markup=False)
         raise typer.Exit(1) from None

@@ -216,7 +216,7 @@ def _escrows(api: Api, data_dir: Path, out: Console) -> list[dict[str, Any]]:
 
 def _compliance(api: Api, run: str) -> dict[str, Any]:
     kyc = [
-        api.call("POST", "compliance", "/kyc/cases", json={"user_id": a, "actor": "demo"})
+        api.call("POST", "compliance", "/kyc/cases", json={"user_id": a})
         for a in ACCOUNTS
     ]
     aml = api.call(
@@ -227,7 +227,7 @@ def _compliance(api: Api, run: str) -> dict[str, Any]:
     )  # fmt: skip
     sanctions = api.call(
         "POST", "compliance", "/sanctions/screen",
-        json={"names": ["Demo Alice"], "user_id": "demo-alice", "actor": "demo"},
+        json={"names": ["Demo Alice"], "user_id": "demo-alice"},
     )  # fmt: skip
     chain = api.call("GET", "compliance", "/audit/verify")
     return {"kyc": kyc, "aml": aml, "sanctions": sanctions, "audit": chain}

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fusion_prime.ops.localhelpers import LocalExtras
+from fusion_prime.platform import auth
 from fusion_prime.platform.admin import ensure_database
 from fusion_prime.platform.database import redact_url
 from fusion_prime.platform.embedded import EmbeddedPostgres, data_dir_from_env, free_port, port_free
@@ -26,6 +27,8 @@ from fusion_prime.platform.spec import ServiceSpec
 from fusion_prime.services import all_specs
 
 BUS_DATABASE = "fp_bus"
+ADMIN_KEY_FILE = "admin.key"
+CONSOLE_KEY_FILE = "console.key"  # the console's own (viewer) key for reading the services
 READY_TIMEOUT = 90.0
 
 
@@ -58,6 +61,23 @@ def _local_secrets(data_dir: Path, names: set[str]) -> dict[str, str]:
         with os.fdopen(fd, "w") as fh:
             json.dump(stored, fh)
     return stored
+
+
+def _admin_key(data_dir: Path, file: str = ADMIN_KEY_FILE) -> tuple[str, bool]:
+    """The local admin key of this data directory: (key, created now).
+
+    Kept in <data_dir>/admin.key (mode 0600) and written into every service database, so
+    it works on all of them; delete the file (and revoke the key) to get a new one. The
+    console's key is kept the same way in <data_dir>/console.key.
+    """
+    path = data_dir / file
+    if path.exists():
+        return path.read_text().strip(), False
+    token = auth.new_key().token
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token, True
 
 
 def _wait_ready(children: list[Child]) -> dict[str, str]:
@@ -176,9 +196,22 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     signal.signal(signal.SIGTERM, _on_signal)
 
     status = _wait_ready(children)
+    admin_key, admin_created = _admin_key(data_dir)
+    console_key = _admin_key(data_dir, CONSOLE_KEY_FILE)[0]
+    ready = {c.spec.name: c.url for c in children if status[c.spec.name] == "ready"}
+    if ready:  # every service migrated its api_keys table by now
+        from fusion_prime.platform.auth_cli import provision
+
+        keys: tuple[tuple[str, str, auth.Role], ...] = (
+            (admin_key, "local admin", "admin"),
+            (console_key, "console", "viewer"),  # the console reads with its own key
+        )
+        for key, name, role in keys:
+            provision(ready, auth.key_from_token(key), name=name, role=role,
+                      created_by="fusion-prime up")  # fmt: skip
     service_urls = {c.spec.name: f"http://127.0.0.1:{c.port}" for c in children}
     session_key = _local_secrets(data_dir, {"CONSOLE_SESSION_KEY"})["CONSOLE_SESSION_KEY"]
-    extras.start_console(service_urls, session_key, None, logs)
+    extras.start_console(service_urls, session_key, console_key, logs)
     status |= extras.wait_ready(READY_TIMEOUT)
     extras.record(data_dir, service_urls)
     table = Table(title="Fusion Prime (local)")
@@ -206,7 +239,18 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
         )
     for h in extras.helpers:
         table.add_row(h.name, f"http://{host}:{h.port}", h.note, status[h.name], str(h.log_path))
+    table.add_row(
+        "admin key",
+        # printed once, when created (below the table, whole); afterwards only where it is
+        "printed below, once" if admin_created else "(not shown again)",
+        "role admin, every service",
+        "created" if admin_created else "kept",
+        str(data_dir / ADMIN_KEY_FILE),
+    )
     console.print(table)
+    if admin_created:
+        console.print("admin key (shown once; also in the file above):", markup=False)
+        console.print(admin_key, markup=False, soft_wrap=True)
     failed = [n for n, s in status.items() if s != "ready"]
     if failed:
         console.print(f"[red]not ready: {', '.join(failed)}[/red] (see the logs above)")

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from fusion_prime.oracle import repository as repo
 from fusion_prime.oracle import service
 from fusion_prime.oracle.domain import PAIR_RE, SOURCE_KINDS, Feed, SourceRef
+from fusion_prime.platform.auth import Caller, requires
 from fusion_prime.platform.errors import InvalidError
 from fusion_prime.platform.runtime import Session
 
@@ -69,20 +70,20 @@ def feed_json(feed: Feed, created_at: datetime | None = None) -> dict[str, Any]:
     return out
 
 
-@router.get("/feeds")
+@router.get("/feeds", dependencies=requires("viewer"))
 async def list_feeds(session: Session) -> dict[str, Any]:
     return {"feeds": [feed_json(f) for f in await repo.current_feeds(session)]}
 
 
-@router.get("/feeds/{pair}")
+@router.get("/feeds/{pair}", dependencies=requires("viewer"))
 async def get_feed(pair: PairPath, session: Session) -> dict[str, Any]:
     feed, created, versions = await service.get_feed(session, pair)
     return {**feed_json(feed, created), "versions": versions}
 
 
-@router.put("/feeds/{pair}")
+@router.put("/feeds/{pair}", dependencies=requires("risk_manager"))
 async def put_feed(
-    pair: PairPath, body: FeedIn, session: Session, response: Response
+    pair: PairPath, body: FeedIn, session: Session, response: Response, caller: Caller
 ) -> dict[str, Any]:
     """Store a new version of the feed's settings (the first version creates it)."""
     feed = Feed(
@@ -95,12 +96,12 @@ async def put_feed(
         outlier_band=body.outlier_band,
         enabled=body.enabled,
     )
-    stored, created = await service.put_feed(session, feed)
+    stored, created = await service.put_feed(session, feed, created_by=caller.actor)
     response.status_code = 201 if created else 200
     return feed_json(stored)
 
 
-@router.get("/prices/{pair}")
+@router.get("/prices/{pair}", dependencies=requires("viewer"))
 async def latest_price(pair: PairPath, session: Session) -> dict[str, Any]:
     """The latest aggregate with the sources it used, and the feed's status."""
     return await service.latest_price(session, pair)
@@ -119,7 +120,7 @@ def _aware(at: datetime, name: str) -> datetime:
     return at.astimezone(UTC)
 
 
-@router.get("/prices/{pair}/history")
+@router.get("/prices/{pair}/history", dependencies=requires("viewer"))
 async def price_history(
     pair: PairPath,
     session: Session,
@@ -138,7 +139,7 @@ async def price_history(
     return {"pair": pair, "interval_seconds": seconds, "buckets": buckets}
 
 
-@router.get("/prices/{pair}/twap")
+@router.get("/prices/{pair}/twap", dependencies=requires("viewer"))
 async def price_twap(
     pair: PairPath,
     session: Session,
@@ -151,7 +152,7 @@ async def price_twap(
     return await service.price_twap(session, pair, seconds)
 
 
-@router.get("/sources")
+@router.get("/sources", dependencies=requires("viewer"))
 async def sources(session: Session) -> dict[str, Any]:
     """Health of every source: success rate, last error, last success, last latency."""
     return {"sources": await service.sources_view(session)}

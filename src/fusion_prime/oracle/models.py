@@ -21,6 +21,7 @@ feeds = sa.Table(
     sa.Column("outlier_band", sa.Numeric),
     sa.Column("enabled", sa.Boolean),
     sa.Column("created_at", TS),
+    sa.Column("created_by", sa.Text),
 )
 
 feed_state = sa.Table(

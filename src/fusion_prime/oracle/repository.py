@@ -70,7 +70,7 @@ async def feed_versions(session: AsyncSession, pair: str) -> list[tuple[Feed, da
     return [(_feed(r), r.created_at) for r in rows]
 
 
-async def insert_feed(session: AsyncSession, feed: Feed) -> int:
+async def insert_feed(session: AsyncSession, feed: Feed, *, created_by: str | None = None) -> int:
     """A new version of the feed (1 for a new pair); the pair's rows are locked first."""
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtext('feed:' || :p))"), {"p": feed.pair}
@@ -94,6 +94,7 @@ async def insert_feed(session: AsyncSession, feed: Feed) -> int:
             quorum=feed.quorum,
             outlier_band=feed.outlier_band,
             enabled=feed.enabled,
+            created_by=created_by,
         )
     )
     return version

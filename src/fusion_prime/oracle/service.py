@@ -218,7 +218,9 @@ async def _publish(session: AsyncSession, events: Sequence[Envelope]) -> None:
 # -- feeds ---------------------------------------------------------------------------
 
 
-async def put_feed(session: AsyncSession, feed: Feed) -> tuple[Feed, bool]:
+async def put_feed(
+    session: AsyncSession, feed: Feed, *, created_by: str | None = None
+) -> tuple[Feed, bool]:
     """Store a new version of a feed; (feed, created) where created means a new pair."""
     errors = validate_feed(feed)
     if errors:
@@ -226,7 +228,7 @@ async def put_feed(session: AsyncSession, feed: Feed) -> tuple[Feed, bool]:
         raise InvalidError(
             f"{field}: {message}", errors=[{"field": f, "message": msg} for f, msg in errors]
         )
-    version = await repo.insert_feed(session, feed)
+    version = await repo.insert_feed(session, feed, created_by=created_by)
     stored = Feed(**{**feed.__dict__, "version": version})
     return stored, version == 1
 

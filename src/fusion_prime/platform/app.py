@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from fusion_prime.platform import auth
 from fusion_prime.platform.bus.wiring import BusWorkers, attach_bus
 from fusion_prime.platform.database import create_engine
 from fusion_prime.platform.errors import install_error_handlers
@@ -60,6 +61,9 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> Fa
             sessions=async_sessionmaker(engine, expire_on_commit=False),
         )
         app.state.runtime = runtime
+        app.state.authenticator = auth.Authenticator(
+            engine, service=spec.name, ttl=settings.auth_cache_seconds
+        )
         tasks = [
             asyncio.create_task(_supervise(f"{spec.name}-bg-{i}", t), name=f"{spec.name}-bg-{i}")
             for i, t in enumerate(spec.background(runtime))
@@ -81,8 +85,8 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> Fa
     )
     app.state.spec = spec
     install_error_handlers(app)
-    app.include_router(health_router)
-    for router in spec.routers():
+    for router in (health_router, auth.router, *spec.routers()):
+        auth.document_rules(router)  # each route's role in the OpenAPI document
         app.include_router(router)
     attach_bus(app, spec, settings)  # consumers from the registry (+ push with FP_BUS=pubsub)
 

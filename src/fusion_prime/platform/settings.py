@@ -47,6 +47,10 @@ class BaseServiceSettings(BaseSettings):
         default="https://www.googleapis.com/oauth2/v1/certs", alias="FP_PUSH_CERTS_URL"
     )
 
+    # how long a verified API key is trusted before its row is read again: the bounded
+    # delay after which a revoked key stops working (docs/auth.md)
+    auth_cache_seconds: float = Field(default=10.0, alias="FP_AUTH_CACHE_SECONDS", ge=0, le=300)
+
     @property
     def production(self) -> bool:
         return self.fp_env == "production"

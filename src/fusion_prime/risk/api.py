@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fusion_prime.platform.auth import Caller, requires
 from fusion_prime.platform.errors import InvalidError, NotFoundError
 from fusion_prime.platform.runtime import Session
 from fusion_prime.risk import repository as repo
@@ -71,7 +72,7 @@ def _positions_json(ps: list[Position]) -> list[dict[str, Any]]:
     ]
 
 
-@router.put("/accounts/{account_id}/positions")
+@router.put("/accounts/{account_id}/positions", dependencies=requires("operator"))
 async def put_positions(
     account_id: AccountId, body: PositionsIn, session: Session
 ) -> dict[str, Any]:
@@ -87,7 +88,7 @@ async def put_positions(
     }
 
 
-@router.get("/accounts/{account_id}")
+@router.get("/accounts/{account_id}", dependencies=requires("viewer"))
 async def get_account(account_id: AccountId, session: Session) -> dict[str, Any]:
     """Positions, stored status and open escrow exposure of an account."""
     exists = await repo.account_exists(session, account_id)
@@ -116,7 +117,7 @@ async def get_account(account_id: AccountId, session: Session) -> dict[str, Any]
     }
 
 
-@router.get("/accounts/{account_id}/health")
+@router.get("/accounts/{account_id}/health", dependencies=requires("viewer"))
 async def get_health(account_id: AccountId, session: Session) -> dict[str, Any]:
     """Live health from current positions and prices (factor null = infinite or unknown)."""
     health = await service.account_health(session, account_id)
@@ -158,7 +159,7 @@ def _event(r: Any) -> dict[str, Any]:
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
-@router.get("/accounts/{account_id}/snapshots")
+@router.get("/accounts/{account_id}/snapshots", dependencies=requires("viewer"))
 async def get_snapshots(
     account_id: AccountId, session: Session, limit: Limit = 100
 ) -> dict[str, Any]:
@@ -168,7 +169,7 @@ async def get_snapshots(
     return {"account_id": account_id, "snapshots": [_snapshot(r) for r in rows]}
 
 
-@router.get("/accounts/{account_id}/events")
+@router.get("/accounts/{account_id}/events", dependencies=requires("viewer"))
 async def get_account_events(
     account_id: AccountId, session: Session, limit: Limit = 100
 ) -> dict[str, Any]:
@@ -178,7 +179,7 @@ async def get_account_events(
     return {"account_id": account_id, "events": [_event(r) for r in rows]}
 
 
-@router.get("/margin-events")
+@router.get("/margin-events", dependencies=requires("viewer"))
 async def list_margin_events(
     session: Session,
     tier: Tier | None = None,
@@ -192,7 +193,7 @@ async def list_margin_events(
     return {"events": [_event(r) for r in rows]}
 
 
-@router.get("/stats")
+@router.get("/stats", dependencies=requires("viewer"))
 async def get_stats(session: Session) -> dict[str, Any]:
     """Accounts per status as of their last evaluation."""
     per = await repo.stats(session)
@@ -234,13 +235,13 @@ def _params_json(rp: RiskParams, created_at: datetime | None = None) -> dict[str
     return out
 
 
-@router.get("/risk-parameters")
+@router.get("/risk-parameters", dependencies=requires("viewer"))
 async def list_params(session: Session) -> dict[str, Any]:
     params = await repo.current_params(session)
     return {"assets": [_params_json(p) for _, p in sorted(params.items())]}
 
 
-@router.get("/risk-parameters/{asset}")
+@router.get("/risk-parameters/{asset}", dependencies=requires("viewer"))
 async def get_params(asset: AssetPath, session: Session) -> dict[str, Any]:
     versions = await repo.param_versions(session, asset)
     if not versions:
@@ -252,8 +253,10 @@ async def get_params(asset: AssetPath, session: Session) -> dict[str, Any]:
     }
 
 
-@router.put("/risk-parameters/{asset}", status_code=201)
-async def put_params(asset: AssetPath, body: RiskParamsIn, session: Session) -> dict[str, Any]:
+@router.put("/risk-parameters/{asset}", status_code=201, dependencies=requires("risk_manager"))
+async def put_params(
+    asset: AssetPath, body: RiskParamsIn, session: Session, caller: Caller
+) -> dict[str, Any]:
     """Add a new version of the asset's parameters (older versions stay as they were)."""
     if body.ltv > body.liquidation_threshold:
         raise InvalidError("ltv must not exceed liquidation_threshold", field="ltv")
@@ -265,7 +268,7 @@ async def put_params(asset: AssetPath, body: RiskParamsIn, session: Session) -> 
         timedelta(seconds=body.max_price_age_seconds),
         decimals=body.decimals,
     )
-    return _params_json(await service.put_params(session, rp))
+    return _params_json(await service.put_params(session, rp, created_by=caller.actor))
 
 
 MAX_INTERVAL_SECONDS = 10 * 366 * 86_400
@@ -301,14 +304,14 @@ def _config_json(version: int, c: TierConfig) -> dict[str, Any]:
     }
 
 
-@router.get("/config")
+@router.get("/config", dependencies=requires("viewer"))
 async def get_config(session: Session) -> dict[str, Any]:
     version, cfg = await repo.get_config(session)
     return _config_json(version, cfg)
 
 
-@router.put("/config")
-async def put_config(body: ConfigIn, session: Session) -> dict[str, Any]:
+@router.put("/config", dependencies=requires("risk_manager"))
+async def put_config(body: ConfigIn, session: Session, caller: Caller) -> dict[str, Any]:
     """Tier bounds, hysteresis and intervals (a new version; accounts re-evaluated)."""
     if not (body.healthy > body.warning > body.margin_call):
         raise InvalidError("need healthy > warning > margin_call", field="warning")
@@ -323,5 +326,5 @@ async def put_config(body: ConfigIn, session: Session) -> dict[str, Any]:
         full_close_below=body.full_close_below,
         max_future_skew=timedelta(seconds=body.max_future_skew_seconds),
     )
-    version = await service.put_config(session, cfg)
+    version = await service.put_config(session, cfg, created_by=caller.actor)
     return _config_json(version, cfg)

@@ -19,6 +19,7 @@ risk_parameters = sa.Table(
     sa.Column("max_price_age_seconds", sa.Integer),
     sa.Column("decimals", sa.SmallInteger),
     sa.Column("created_at", TS),
+    sa.Column("created_by", sa.Text),
 )
 
 risk_config = sa.Table(
@@ -35,6 +36,7 @@ risk_config = sa.Table(
     sa.Column("full_close_below", sa.Numeric),
     sa.Column("max_future_skew_seconds", sa.Integer),
     sa.Column("created_at", TS),
+    sa.Column("created_by", sa.Text),
 )
 
 price_rejections = sa.Table(

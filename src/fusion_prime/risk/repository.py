@@ -55,7 +55,9 @@ async def get_config(session: AsyncSession) -> tuple[int, TierConfig]:
     return row.version, _config(row)
 
 
-async def insert_config(session: AsyncSession, cfg: TierConfig) -> int:
+async def insert_config(
+    session: AsyncSession, cfg: TierConfig, *, created_by: str | None = None
+) -> int:
     version = await session.scalar(
         sa.insert(m.risk_config)
         .values(
@@ -68,6 +70,7 @@ async def insert_config(session: AsyncSession, cfg: TierConfig) -> int:
             close_factor=cfg.close_factor,
             full_close_below=cfg.full_close_below,
             max_future_skew_seconds=int(cfg.max_future_skew.total_seconds()),
+            created_by=created_by,
         )
         .returning(m.risk_config.c.version)
     )
@@ -103,7 +106,9 @@ async def param_versions(session: AsyncSession, asset: str) -> list[tuple[RiskPa
     return [(_params(r), r.created_at) for r in rows]
 
 
-async def insert_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
+async def insert_params(
+    session: AsyncSession, rp: RiskParams, *, created_by: str | None = None
+) -> RiskParams:
     """A new version row; earlier versions are never modified."""
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtext('risk_parameters:' || :a))"), {"a": rp.asset}
@@ -111,8 +116,9 @@ async def insert_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
     version = await session.scalar(
         text(
             "INSERT INTO risk_parameters (asset, version, ltv, liquidation_threshold, "
-            "liquidation_bonus, max_price_age_seconds, decimals) SELECT :asset, "
-            "coalesce(max(version), 0) + 1, :ltv, :lt, :bonus, :age, :dec FROM risk_parameters "
+            "liquidation_bonus, max_price_age_seconds, decimals, created_by) SELECT :asset, "
+            "coalesce(max(version), 0) + 1, :ltv, :lt, :bonus, :age, :dec, :by "
+            "FROM risk_parameters "
             "WHERE asset = :asset RETURNING version"
         ),
         {
@@ -122,6 +128,7 @@ async def insert_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
             "bonus": rp.liquidation_bonus,
             "age": int(rp.max_price_age.total_seconds()),
             "dec": rp.decimals,
+            "by": created_by,
         },
     )
     assert version is not None

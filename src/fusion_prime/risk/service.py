@@ -269,7 +269,9 @@ async def apply_prices(
 # -- risk parameters and configuration ------------------------------------------------
 
 
-async def put_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
+async def put_params(
+    session: AsyncSession, rp: RiskParams, *, created_by: str | None = None
+) -> RiskParams:
     """A new parameter version; the asset's decimals are fixed by its first version."""
     versions = await repo.param_versions(session, rp.asset)
     if versions and versions[0][0].decimals != rp.decimals:
@@ -277,14 +279,16 @@ async def put_params(session: AsyncSession, rp: RiskParams) -> RiskParams:
             f"{rp.asset} has {versions[0][0].decimals} decimals; positions are stored in them",
             field="decimals",
         )
-    stored = await repo.insert_params(session, rp)
+    stored = await repo.insert_params(session, rp, created_by=created_by)
     await reevaluate_assets(session, [rp.asset])
     return stored
 
 
-async def put_config(session: AsyncSession, cfg: TierConfig) -> int:
+async def put_config(
+    session: AsyncSession, cfg: TierConfig, *, created_by: str | None = None
+) -> int:
     await repo.lock_evaluation(session)
-    version = await repo.insert_config(session, cfg)
+    version = await repo.insert_config(session, cfg, created_by=created_by)
     # thresholds moved: every account with positions may change tier
     ids = await repo.attention(session, now_utc(), assets=list(await repo.current_params(session)))
     await reevaluate_accounts(session, ids, now_utc(), "config")

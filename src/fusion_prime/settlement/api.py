@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
 )
 
+from fusion_prime.platform.auth import Caller, requires
 from fusion_prime.platform.errors import ConflictError, InvalidError, NotFoundError
 from fusion_prime.platform.runtime import Runtime, RuntimeDep, Session, get_runtime
 from fusion_prime.settlement import domain, repository, service, webhooks
@@ -113,22 +114,27 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@router.post("/commands", status_code=201)
+@router.post("/commands", status_code=201, dependencies=requires("operator"))
 async def create_command(
     command: CommandIn,
     session: Session,
     response: Response,
     idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)],
+    caller: Caller,
 ) -> dict[str, Any]:
-    """Accept a settlement command once per Idempotency-Key (same body: same answer)."""
+    """Accept a settlement command once per Idempotency-Key (same body: same answer).
+
+    Who asked is the authenticated key (`requested_by`), never a field of the body."""
     body = command.model_dump(mode="json")
-    row, created = await service.create_command(session, idempotency_key, body)
+    row, created = await service.create_command(
+        session, idempotency_key, body, requested_by=caller.actor
+    )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return _jsonable(row)
 
 
-@router.get("/commands/{command_id}")
+@router.get("/commands/{command_id}", dependencies=requires("viewer"))
 async def get_command(command_id: uuid.UUID, session: Session) -> dict[str, Any]:
     return _jsonable(await service.get_command(session, command_id))
 
@@ -159,7 +165,7 @@ def _decode_cursor(cursor: str) -> int:
     return seq
 
 
-@router.get("/escrows")
+@router.get("/escrows", dependencies=requires("viewer"))
 async def list_escrows(
     session: Session,
     payer: str | None = None,
@@ -187,7 +193,7 @@ async def list_escrows(
     }
 
 
-@router.get("/escrows/{address}")
+@router.get("/escrows/{address}", dependencies=requires("viewer"))
 async def get_escrow(address: str, request: Request) -> JSONResponse:
     """One statement, no transaction needed: read through the plain asyncpg pool.
 
@@ -208,7 +214,7 @@ async def get_escrow(address: str, request: Request) -> JSONResponse:
     return JSONResponse(_escrow_out(row))
 
 
-@router.get("/escrows/{address}/history")
+@router.get("/escrows/{address}/history", dependencies=requires("viewer"))
 async def escrow_history(
     address: str, session: Session, include_superseded: bool = False
 ) -> dict[str, Any]:
@@ -222,7 +228,7 @@ async def escrow_history(
     return {"address": normalised, "items": [_jsonable(r) for r in rows]}
 
 
-@router.get("/escrows/{address}/anomalies")
+@router.get("/escrows/{address}/anomalies", dependencies=requires("viewer"))
 async def escrow_anomalies(
     address: str, session: Session, include_superseded: bool = False
 ) -> dict[str, Any]:
@@ -248,12 +254,12 @@ class AssetIn(BaseModel):
     decimals: int = Field(ge=0, le=77)
 
 
-@router.get("/assets")
+@router.get("/assets", dependencies=requires("viewer"))
 async def list_assets(session: Session) -> dict[str, Any]:
     return {"items": [_jsonable(r) for r in await repository.list_assets(session)]}
 
 
-@router.post("/assets", status_code=201)
+@router.post("/assets", status_code=201, dependencies=requires("operator"))
 async def create_asset(asset: AssetIn, session: Session) -> dict[str, Any]:
     row = await repository.insert_asset(
         session, asset.chain_id, asset.address, asset.symbol, asset.decimals
@@ -297,7 +303,7 @@ def _fernet(runtime: Runtime) -> MultiFernet:
     return fernet
 
 
-@router.post("/webhooks", status_code=201)
+@router.post("/webhooks", status_code=201, dependencies=requires("operator"))
 async def create_webhook(
     webhook: WebhookIn, session: Session, runtime: RuntimeDep
 ) -> dict[str, Any]:
@@ -308,17 +314,17 @@ async def create_webhook(
     return {**_jsonable(row), "secret": secret}
 
 
-@router.get("/webhooks/{webhook_id}")
+@router.get("/webhooks/{webhook_id}", dependencies=requires("viewer"))
 async def get_webhook(webhook_id: uuid.UUID, session: Session) -> dict[str, Any]:
     return _jsonable(await webhooks.get_endpoint(session, webhook_id))
 
 
-@router.post("/webhooks/{webhook_id}/enable")
+@router.post("/webhooks/{webhook_id}/enable", dependencies=requires("operator"))
 async def enable_webhook(webhook_id: uuid.UUID, session: Session) -> dict[str, Any]:
     return _jsonable(await webhooks.enable_endpoint(session, webhook_id))
 
 
-@router.get("/webhooks/{webhook_id}/deliveries")
+@router.get("/webhooks/{webhook_id}/deliveries", dependencies=requires("viewer"))
 async def webhook_deliveries(
     webhook_id: uuid.UUID,
     session: Session,

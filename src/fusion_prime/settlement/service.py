@@ -452,7 +452,7 @@ _COMMAND_COLUMNS = (
     "id, idempotency_key, action, chain_id, escrow_address, payer, payee, arbiter, "
     "asset_address, asset_decimals, amount, approvals_required, release_delay, approver, "
     "new_arbiter, reference, body, status, failure_reason, outbox_event_id, "
-    "confirmed_chain_event_id, created_at, submitted_at, resolved_at, updated_at"
+    "confirmed_chain_event_id, created_at, submitted_at, resolved_at, updated_at, requested_by"
 )
 
 
@@ -478,7 +478,7 @@ async def get_command(session: AsyncSession, command_id: uuid.UUID) -> dict[str,
 
 
 async def create_command(
-    session: AsyncSession, idempotency_key: str, body: dict[str, Any]
+    session: AsyncSession, idempotency_key: str, body: dict[str, Any], *, requested_by: str
 ) -> tuple[dict[str, Any], bool]:
     """Store a validated command once per key. Returns (command, created_now).
 
@@ -496,13 +496,20 @@ async def create_command(
         text(
             "INSERT INTO commands (id, idempotency_key, request_hash, action, chain_id, "
             "escrow_address, payer, payee, arbiter, asset_address, asset_decimals, amount, "
-            "approvals_required, release_delay, approver, new_arbiter, reference, body, status) "
+            "approvals_required, release_delay, approver, new_arbiter, reference, body, status, "
+            "requested_by) "
             "VALUES (:id, :key, :hash, :action, :chain_id, :escrow_address, :payer, :payee, "
             ":arbiter, :asset_address, :asset_decimals, :amount, :approvals_required, "
             ":release_delay, :approver, :new_arbiter, :reference, CAST(:body AS jsonb), "
-            "'received') ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+            "'received', :requested_by) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
         ),
-        {"id": command_id, "key": idempotency_key, "hash": digest, "body": json.dumps(body)}
+        {
+            "id": command_id,
+            "key": idempotency_key,
+            "hash": digest,
+            "body": json.dumps(body),
+            "requested_by": requested_by,
+        }
         | columns,
     )
     if inserted.first() is None:

@@ -11,7 +11,7 @@ from fusion_prime.platform.bus.registry import TOPICS, operated_by
 from fusion_prime.risk.spec import SPEC as RISK
 from fusion_prime.settlement.spec import SPEC as SETTLEMENT
 from tests.conftest import MakeDatabase
-from tests.harness import asgi_client, fetch, fetchval
+from tests.harness import add_key, asgi_client, auth_headers, fetch, fetchval
 from tests.settlement.factory import FAST
 
 SIGNER_TOPIC = "settlement.commands.v1"
@@ -75,7 +75,19 @@ async def test_subscriptions_dead_letters_and_replay(
             await risk.get("/bus/dead-letters", params={"subscription": SIGNER})
         ).status_code == 404
 
-        replayed = await settlement.post(f"/bus/dead-letters/{dead_id}/replay")
+        # reading is for every role; replaying needs operator (or admin)
+        viewer = auth_headers(await add_key(settlement_db, "viewer"))
+        assert (await settlement.get("/bus/dead-letters", headers=viewer)).status_code == 200
+        refused = await settlement.post(f"/bus/dead-letters/{dead_id}/replay", headers=viewer)
+        assert refused.status_code == 403
+        assert (
+            await fetchval(
+                bus_url, "SELECT replayed_at FROM bus_dead_letters WHERE id = $1", dead_id
+            )
+            is None
+        )
+        operator = auth_headers(await add_key(settlement_db, "operator"))
+        replayed = await settlement.post(f"/bus/dead-letters/{dead_id}/replay", headers=operator)
         assert replayed.status_code == 200, replayed.text
         assert replayed.json()["replayed_at"] is not None
         again = await settlement.post(f"/bus/dead-letters/{dead_id}/replay")

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
+from fusion_prime.platform.auth import requires
 from fusion_prime.platform.bus.postgres import DeadLetter, PostgresBroker
 from fusion_prime.platform.bus.registry import operated_by
 from fusion_prime.platform.errors import ConflictError, DomainError, NotFoundError
@@ -60,7 +61,7 @@ def _dead_letter_json(d: DeadLetter) -> dict[str, Any]:
     }
 
 
-@router.get("/bus/subscriptions")
+@router.get("/bus/subscriptions", dependencies=requires("viewer"))
 async def subscriptions(request: Request) -> dict[str, Any]:
     """Depth (ready + leased), acked, dead letters and the oldest unacked message's age."""
     owned = _owned(request)
@@ -87,7 +88,7 @@ async def subscriptions(request: Request) -> dict[str, Any]:
     return {"service": request.app.state.spec.name, "items": items}
 
 
-@router.get("/bus/dead-letters")
+@router.get("/bus/dead-letters", dependencies=requires("viewer"))
 async def dead_letters(
     request: Request,
     subscription: Annotated[str | None, Query(max_length=200)] = None,
@@ -105,7 +106,7 @@ async def dead_letters(
     return {"items": [_dead_letter_json(d) for d in rows[:limit]]}
 
 
-@router.post("/bus/dead-letters/{dead_letter_id}/replay")
+@router.post("/bus/dead-letters/{dead_letter_id}/replay", dependencies=requires("operator"))
 async def replay(
     dead_letter_id: Annotated[int, Path(ge=1, le=2**63 - 1)], request: Request
 ) -> dict[str, Any]:

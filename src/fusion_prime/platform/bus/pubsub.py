@@ -23,6 +23,7 @@ import httpx
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fusion_prime.platform.auth import signed_by
 from fusion_prime.platform.bus.consumer import CONSUMED, Consumer
 from fusion_prime.platform.bus.envelope import Envelope
 from fusion_prime.platform.bus.inbox import consume_batch
@@ -233,7 +234,12 @@ def push_verifier(settings: BaseServiceSettings) -> PushTokenVerifier | None:
 push_router = APIRouter(tags=["events"])
 
 
-@push_router.post("/events/pubsub/{subscription}", status_code=204, response_class=Response)
+@push_router.post(
+    "/events/pubsub/{subscription}",
+    status_code=204,
+    response_class=Response,
+    dependencies=signed_by("Google OIDC token of the push service account"),
+)
 async def pubsub_push(subscription: str, request: Request) -> Response:
     """Apply one pushed message; 204 only after its transaction committed."""
     runtime = get_runtime(request)
