@@ -133,12 +133,14 @@ async def seed(url: str, n: int) -> int:
         if have < n:
             async with conn.transaction():
                 await conn.execute(
-                    "INSERT INTO accounts (id) SELECT 'bench-' || i FROM generate_series($1::int, $2::int) i",
+                    "INSERT INTO accounts (id) SELECT 'bench-' || i "
+                    "FROM generate_series($1::int, $2::int) i",
                     have, n - 1,
                 )  # fmt: skip
                 await conn.execute(
                     "INSERT INTO positions (account_id, asset, collateral, debt, decimals) "
-                    "SELECT 'bench-' || i, 'BENCHX', 1000, 0, 0 FROM generate_series($1::int, $2::int) i",
+                    "SELECT 'bench-' || i, 'BENCHX', 1000, 0, 0 "
+                    "FROM generate_series($1::int, $2::int) i",
                     have, n - 1,
                 )  # fmt: skip
                 await conn.execute(
@@ -146,7 +148,8 @@ async def seed(url: str, n: int) -> int:
                     "last_snapshot_at, evaluated_at) SELECT 'bench-' || i, "
                     "(ARRAY['healthy','warning','margin_call','liquidation'])[1 + i % 4], "
                     "(ARRAY['healthy','warning','margin_call','liquidation'])[1 + i % 4], "
-                    "1.5, now() + interval '30 days', now() FROM generate_series($1::int, $2::int) i",
+                    "1.5, now() + interval '30 days', now() "
+                    "FROM generate_series($1::int, $2::int) i",
                     have, n - 1,
                 )  # fmt: skip
             await conn.execute("ANALYZE accounts; ANALYZE positions; ANALYZE account_state")

@@ -215,10 +215,7 @@ def _escrows(api: Api, data_dir: Path, out: Console) -> list[dict[str, Any]]:
 
 
 def _compliance(api: Api, run: str) -> dict[str, Any]:
-    kyc = [
-        api.call("POST", "compliance", "/kyc/cases", json={"user_id": a})
-        for a in ACCOUNTS
-    ]
+    kyc = [api.call("POST", "compliance", "/kyc/cases", json={"user_id": a}) for a in ACCOUNTS]
     aml = api.call(
         "POST", "compliance", "/aml/screen",
         json={"user_id": "demo-alice", "transaction_id": f"demo-{run}", "amount": "250000.00",
