@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint format lock bench clean-data deploy-check contracts reliability-report soak
+.PHONY: up demo test lint format lock bench clean-data deploy-check contracts reliability-report soak
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -19,6 +19,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 up: $(STAMP)
 	$(BIN)/fusion-prime up
+
+# On the running `make up` (another terminal): accounts, escrows, a 30% price drop, emails.
+demo: $(STAMP)
+	$(BIN)/fusion-prime demo
 
 test: $(STAMP)
 	$(BIN)/pytest

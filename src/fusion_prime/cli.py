@@ -35,7 +35,13 @@ def serve(
         bool, typer.Option("--migrate", help="apply pending migrations first (local use)")
     ] = False,
 ) -> None:
-    """Run one service against the DATABASE_URL it is given."""
+    """Run one service against the DATABASE_URL it is given (`console`: the operator
+    console, which has no database and reads the services over HTTP)."""
+    if service == "console":
+        from fusion_prime.console.server import run_console
+
+        run_console(host=host, port=port)
+        return
     from fusion_prime.platform.runner import run_service
 
     run_service(_spec_or_exit(service), host=host, port=port, migrate=migrate)
@@ -68,6 +74,32 @@ def up(
     from fusion_prime.ops.launcher import run_local_stack
 
     raise typer.Exit(run_local_stack(data_dir=data_dir, host=host))
+
+
+@app.command("dev-local")
+def dev_local(
+    data_dir: Annotated[Path, typer.Option(help="where the mail and prices are kept")],
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    smtp_port: Annotated[int, typer.Option(help="SMTP port")] = 8025,
+    http_port: Annotated[int, typer.Option(help="HTTP port (inbox, local price source)")] = 8106,
+) -> None:
+    """Development only (`fusion-prime up` starts it): an SMTP server keeping what it
+    receives, and a local price source the oracle polls."""
+    from fusion_prime.ops.devlocal import run
+
+    run(data_dir, host=host, smtp_port=smtp_port, http_port=http_port)
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="data directory of the running `fusion-prime up`")
+    ] = None,
+) -> None:
+    """On the running local system: accounts, escrows, prices, a 30% crash, and what came of it."""
+    from fusion_prime.ops.demo import run_demo
+
+    raise typer.Exit(run_demo(data_dir))
 
 
 @app.command("services")

@@ -151,6 +151,25 @@ async def create_kyc_case(
     return await _idempotent(session, "POST /kyc/cases", idempotency_key, body, 201, work)
 
 
+@router.get("/kyc/cases", tags=["kyc"], dependencies=requires("viewer"))
+async def list_kyc_cases(
+    session: Session,
+    status: KycStatus | None = None,
+    user_id: str | None = Query(default=None, max_length=200),
+    limit: int = Query(default=50, ge=1, le=500),
+    offset: int = Query(default=0, ge=0, le=PG_BIGINT_MAX),
+) -> dict[str, Any]:
+    """KYC cases, newest first, with the latest status change and who made it."""
+    items = await service.list_kyc_cases(
+        session,
+        status=status.value if status else None,
+        user_id=user_id,
+        limit=limit,
+        offset=offset,
+    )
+    return {"items": items, "limit": limit, "offset": offset}
+
+
 @router.get("/kyc/cases/{case_id}", tags=["kyc"], dependencies=requires("viewer"))
 async def get_kyc_case(case_id: uuid.UUID, session: Session) -> dict[str, Any]:
     return await service.get_kyc_case(session, case_id)
@@ -380,6 +399,19 @@ class ResolveIn(_Strict):
     reason: Reason
 
 
+@router.get("/sanctions/screenings", tags=["sanctions"], dependencies=requires("viewer"))
+async def list_screenings(
+    session: Session,
+    status: Literal["hit", "clear"] | None = None,
+    user_id: str | None = Query(default=None, max_length=200),
+    limit: int = Query(default=50, ge=1, le=500),
+) -> dict[str, Any]:
+    """Screenings, newest first; `status=hit` lists the sanctions hits with candidates."""
+    return {
+        "items": await service.list_screenings(session, status=status, user_id=user_id, limit=limit)
+    }
+
+
 @router.get("/cases", tags=["cases"], dependencies=requires("viewer"))
 async def list_cases(
     session: Session,
@@ -443,3 +475,9 @@ async def audit(
     for r in rows:
         r["occurred_at"] = r["occurred_at"].astimezone(UTC).isoformat()
     return {"items": rows, "subject": subject}
+
+
+@router.get("/audit/verify", tags=["audit"], dependencies=requires("viewer"))
+async def audit_verify(session: Session) -> dict[str, Any]:
+    """Whether the audit hash chain is intact, recomputed from every row now."""
+    return await service.audit_chain_status(session)

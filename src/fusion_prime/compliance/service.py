@@ -1163,3 +1163,75 @@ async def compliance_status(session: AsyncSession, user_id: str) -> dict[str, An
             "last_screening_id": str(last.id) if last else None,
         },
     }
+
+
+# -- read views for the operator console -----------------------------------------------
+
+
+async def list_kyc_cases(
+    session: AsyncSession, *, status: str | None, user_id: str | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    """KYC cases, newest first, each with its latest decision (status change and actor)."""
+    rows = await session.execute(
+        text(
+            "SELECT c.id, c.user_id, c.status, c.provider, c.created_at, c.updated_at, "
+            "h.actor AS last_actor, h.reason AS last_reason, h.source AS last_source, "
+            "h.at AS last_at FROM kyc_cases c "
+            "LEFT JOIN LATERAL (SELECT actor, reason, source, at FROM kyc_status_history "
+            "  WHERE case_id = c.id ORDER BY id DESC LIMIT 1) h ON true "
+            "WHERE (CAST(:status AS text) IS NULL OR c.status = :status) "
+            "AND (CAST(:user_id AS text) IS NULL OR c.user_id = :user_id) "
+            "ORDER BY c.created_at DESC, c.id LIMIT :limit OFFSET :offset"
+        ),
+        {"status": status, "user_id": user_id, "limit": limit, "offset": offset},
+    )
+    return [
+        {
+            **dict(r._mapping),
+            "id": str(r.id),
+            "created_at": _iso(r.created_at),
+            "updated_at": _iso(r.updated_at),
+            "last_at": _iso(r.last_at),
+        }
+        for r in rows
+    ]
+
+
+async def list_screenings(
+    session: AsyncSession, *, status: str | None, user_id: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Sanctions screenings, newest first (status `hit` for the hits), with candidates."""
+    rows = await session.execute(
+        text(
+            "SELECT id, user_id, names, addresses, threshold, status, candidates, case_id, "
+            "created_at FROM sanctions_screenings "
+            "WHERE (CAST(:status AS text) IS NULL OR status = :status) "
+            "AND (CAST(:user_id AS text) IS NULL OR user_id = :user_id) "
+            "ORDER BY created_at DESC, id LIMIT :limit"
+        ),
+        {"status": status, "user_id": user_id, "limit": limit},
+    )
+    return [
+        {
+            **dict(r._mapping),
+            "id": str(r.id),
+            "case_id": str(r.case_id) if r.case_id else None,
+            "threshold": str(r.threshold),
+            "created_at": _iso(r.created_at),
+        }
+        for r in rows
+    ]
+
+
+async def audit_chain_status(session: AsyncSession) -> dict[str, Any]:
+    """Recompute the hash chain now (as `fusion-prime compliance verify-audit` does)."""
+    report = await repository.verify_audit_chain(await session.connection())
+    return {
+        "intact": report.broken is None,
+        "rows": report.rows,
+        "head_seq": report.head_seq,
+        "broken": (
+            {"seq": report.broken.seq, "reason": report.broken.reason} if report.broken else None
+        ),
+        "checked_at": datetime.now(UTC).isoformat(),
+    }

@@ -18,6 +18,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from fusion_prime.ops.localhelpers import LocalExtras
 from fusion_prime.platform import auth
 from fusion_prime.platform.admin import ensure_database
 from fusion_prime.platform.database import redact_url
@@ -27,6 +28,7 @@ from fusion_prime.services import all_specs
 
 BUS_DATABASE = "fp_bus"
 ADMIN_KEY_FILE = "admin.key"
+CONSOLE_KEY_FILE = "console.key"  # the console's own (viewer) key for reading the services
 READY_TIMEOUT = 90.0
 
 
@@ -61,13 +63,14 @@ def _local_secrets(data_dir: Path, names: set[str]) -> dict[str, str]:
     return stored
 
 
-def _admin_key(data_dir: Path) -> tuple[str, bool]:
+def _admin_key(data_dir: Path, file: str = ADMIN_KEY_FILE) -> tuple[str, bool]:
     """The local admin key of this data directory: (key, created now).
 
     Kept in <data_dir>/admin.key (mode 0600) and written into every service database, so
-    it works on all of them; delete the file (and revoke the key) to get a new one.
+    it works on all of them; delete the file (and revoke the key) to get a new one. The
+    console's key is kept the same way in <data_dir>/console.key.
     """
-    path = data_dir / ADMIN_KEY_FILE
+    path = data_dir / file
     if path.exists():
         return path.read_text().strip(), False
     token = auth.new_key().token
@@ -144,6 +147,8 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     from fusion_prime.ops.localchain import start_local_chain
 
     chain = None if os.environ.get("ETH_RPC_URL") else start_local_chain(data_dir)
+    extras = LocalExtras.choose(host)  # dev-local (SMTP, local prices) and the console
+    extras.start_dev_local(data_dir, logs)
 
     children: list[Child] = []
     for spec in specs:
@@ -151,6 +156,7 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
         db_url = server.url(spec.database_name)
         env = {
             **{k: v for k, v in local.items() if k in spec.required_secrets},
+            **extras.service_env(spec.name),
             **os.environ,
             "DATABASE_URL": db_url,
             "FP_BUS": "postgres",
@@ -191,17 +197,23 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
 
     status = _wait_ready(children)
     admin_key, admin_created = _admin_key(data_dir)
+    console_key = _admin_key(data_dir, CONSOLE_KEY_FILE)[0]
     ready = {c.spec.name: c.url for c in children if status[c.spec.name] == "ready"}
     if ready:  # every service migrated its api_keys table by now
         from fusion_prime.platform.auth_cli import provision
 
-        provision(
-            ready,
-            auth.key_from_token(admin_key),
-            name="local admin",
-            role="admin",
-            created_by="fusion-prime up",
+        keys: tuple[tuple[str, str, auth.Role], ...] = (
+            (admin_key, "local admin", "admin"),
+            (console_key, "console", "viewer"),  # the console reads with its own key
         )
+        for key, name, role in keys:
+            provision(ready, auth.key_from_token(key), name=name, role=role,
+                      created_by="fusion-prime up")  # fmt: skip
+    service_urls = {c.spec.name: f"http://127.0.0.1:{c.port}" for c in children}
+    session_key = _local_secrets(data_dir, {"CONSOLE_SESSION_KEY"})["CONSOLE_SESSION_KEY"]
+    extras.start_console(service_urls, session_key, console_key, logs)
+    status |= extras.wait_ready(READY_TIMEOUT)
+    extras.record(data_dir, service_urls)
     table = Table(title="Fusion Prime (local)")
     for col in ("service", "url", "database", "status", "log"):
         table.add_column(col)
@@ -225,6 +237,8 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
             status[c.spec.name],
             str(c.log_path),
         )
+    for h in extras.helpers:
+        table.add_row(h.name, f"http://{host}:{h.port}", h.note, status[h.name], str(h.log_path))
     table.add_row(
         "admin key",
         # printed once, when created (below the table, whole); afterwards only where it is
@@ -240,6 +254,7 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     failed = [n for n, s in status.items() if s != "ready"]
     if failed:
         console.print(f"[red]not ready: {', '.join(failed)}[/red] (see the logs above)")
+        extras.stop()
         _stop_children(children)
         if chain is not None:
             chain.stop()
@@ -260,9 +275,15 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
                         f"see {c.log_path}"
                     )
                     stop_requested = True
+            for h in extras.exited():
+                console.print(
+                    f"[red]{h.name} exited with {h.process.returncode}[/red]; see {h.log_path}"
+                )
+                stop_requested = True
             time.sleep(0.2)
     finally:
         console.print("stopping services and the embedded PostgreSQL ...")
+        extras.stop()
         _stop_children(children)
         if chain is not None:
             chain.stop()

@@ -89,6 +89,7 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> Fa
             for i, t in enumerate(spec.background(runtime))
         ]
         bus = BusWorkers.for_runtime(spec, runtime, app)
+        app.state.bus_workers = bus  # the /bus/... routes read the queues through its pool
         tasks += [asyncio.create_task(_supervise(n, t), name=n) for n, t in bus.tasks()]
         try:
             yield

@@ -337,6 +337,14 @@ class PostgresBroker:
         )
         return [DeadLetter(**dict(r)) for r in rows]
 
+    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
+        row = await self.pool.fetchrow(
+            "SELECT id, subscription, event_id, topic, subject, event_type, attempts, error, "
+            "dead_at, replayed_at FROM bus_dead_letters WHERE id = $1",
+            dead_letter_id,
+        )
+        return DeadLetter(**dict(row)) if row is not None else None
+
     async def replay(self, dead_letter_id: int) -> DeadLetter:
         """Queue a dead letter again with fresh attempts; raises KeyError/ValueError."""
         async with self.pool.acquire() as conn, conn.transaction():
@@ -394,7 +402,9 @@ class PostgresBroker:
         )
         return int(status.split()[-1])
 
-    async def status(self) -> list[dict[str, Any]]:
+    async def status(self, only: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Per subscription (all, or `only` these): ready, leased, acked, dead letters and
+        when the oldest unacknowledged message was queued."""
         rows = await self.pool.fetch(
             """
             SELECT s.name AS subscription, s.topic,
@@ -404,10 +414,13 @@ class PostgresBroker:
                        AND m.lease_until > now()) AS leased,
                    count(m.id) FILTER (WHERE m.acked_at IS NOT NULL) AS acked,
                    (SELECT count(*) FROM bus_dead_letters d
-                     WHERE d.subscription = s.name AND d.replayed_at IS NULL) AS dead
+                     WHERE d.subscription = s.name AND d.replayed_at IS NULL) AS dead,
+                   min(m.created_at) FILTER (WHERE m.acked_at IS NULL) AS oldest_unacked_at
             FROM bus_subscriptions s LEFT JOIN bus_messages m ON m.subscription = s.name
+            WHERE ($1::text[] IS NULL OR s.name = ANY($1::text[]))
             GROUP BY s.name, s.topic ORDER BY s.topic, s.name
-            """
+            """,
+            list(only) if only is not None else None,
         )
         return [dict(r) for r in rows]
 

@@ -135,3 +135,17 @@ def subscriptions_of(service: str) -> list[tuple[Topic, Subscription]]:
     return [
         (t, s) for t in TOPICS for s in t.subscriptions if s.service == service and not s.external
     ]
+
+
+def operated_by(service: str) -> list[str]:
+    """Subscriptions whose queue this service shows and replays over HTTP (`/bus/...`).
+
+    Each subscription has exactly one such service: its consumer, or for a subscription
+    consumed outside this system (the signer's) the publisher of its topic.
+    """
+    return [
+        s.name
+        for t in TOPICS
+        for s in t.subscriptions
+        if (s.service == service and not s.external) or (s.external and t.publisher == service)
+    ]

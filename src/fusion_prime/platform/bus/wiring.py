@@ -56,6 +56,10 @@ def attach_bus(app: FastAPI, spec: ServiceSpec, settings: BaseServiceSettings) -
     app.state.bus_handlers = {c.subscription: c.resolved() for c in consumers}
     if consumers and settings.fp_bus == "pubsub":
         app.include_router(push_router)
+    if (consumers or spec.publishes) and settings.fp_bus == "postgres" and settings.fp_bus_url:
+        from fusion_prime.platform.bus.api import router as bus_router
+
+        app.include_router(bus_router)
     return consumers
 
 
@@ -125,6 +129,10 @@ class BusWorkers:
             publishes=bool(spec.publishes),
             consumers=list(consumers.values()),
         )
+
+    async def ensure_broker(self) -> PostgresBroker:
+        """The process's broker pool (the `/bus/...` routes read through it)."""
+        return await self._broker()
 
     async def _broker(self) -> PostgresBroker:
         async with self._lock:
