@@ -37,6 +37,7 @@ from fusion_prime.platform import outbound, secretbox
 from fusion_prime.platform.admin import asyncpg_dsn
 from fusion_prime.platform.bus.postgres import Listener
 from fusion_prime.platform.observability import get_logger
+from fusion_prime.platform.targets import TargetPolicy
 
 log = get_logger(__name__)
 
@@ -235,7 +236,11 @@ class DeliveryWorker:
         )
 
     async def run(self) -> None:
-        pool = outbound.ClientPool(self.settings.delivery_concurrency, self.settings.http_timeout)
+        pool = outbound.ClientPool(
+            self.settings.delivery_concurrency,
+            self.settings.http_timeout,
+            policy=TargetPolicy.from_settings(self.settings),
+        )
         async with pool:
             self.deliverer = Deliverer(self.sessions, self.settings, pool)
             try:

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from fusion_prime.platform.signing import SIGNATURE_HEADER, sign_header
+from fusion_prime.platform.targets import TargetPolicy, guarded_client
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,23 @@ class ClientPool:
     made ~290/s on the same machine.
     """
 
-    def __init__(self, concurrency: int, timeout: float, per_client: int = 10) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        timeout: float,
+        per_client: int = 10,
+        *,
+        policy: TargetPolicy | None = None,
+    ) -> None:
         n = max(1, -(-concurrency // per_client))
         limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
-        self.clients = [httpx.AsyncClient(timeout=timeout, limits=limits) for _ in range(n)]
+        # user-given targets: every connection checked (platform/targets.py), no redirects
+        self.clients = [
+            guarded_client(policy, timeout=timeout, limits=limits)
+            if policy is not None
+            else httpx.AsyncClient(timeout=timeout, limits=limits)
+            for _ in range(n)
+        ]
         self._i = 0
 
     def next(self) -> httpx.AsyncClient:
