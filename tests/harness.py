@@ -41,6 +41,25 @@ TEST_DATA_DIR = REPO_ROOT / ".fusion-prime" / "test-pg"
 TEST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
+# Every app and process the harness starts gets these unless the test says otherwise: its
+# receiving endpoints are local servers on 127.0.0.1 (http), so the explicit development
+# allowance of platform/targets.py is on (never with FP_ENV=production, which refuses it;
+# the SSRF tests turn it off), and per-key rate limits (429) are out of the way
+# (tests/platform/test_limits.py sets its own).
+SUITE_ENV = {
+    "FP_OUTBOUND_ALLOW_PRIVATE": "true",
+    "FP_RATE_LIMIT_PER_SECOND": "100000",
+    "FP_RATE_LIMIT_BURST": "100000",
+}
+
+
+def _with_suite_env(env: dict[str, str]) -> dict[str, str]:
+    out = {**SUITE_ENV, **env}
+    if out.get("FP_ENV") == "production" and "FP_OUTBOUND_ALLOW_PRIVATE" not in env:
+        out.pop("FP_OUTBOUND_ALLOW_PRIVATE")
+    return out
+
+
 class HarnessConfigError(Exception):
     pass
 
@@ -251,6 +270,18 @@ async def add_key(
     return key.token
 
 
+async def has_api_keys(database_url: str) -> bool:
+    return bool(await fetchval(database_url, "SELECT to_regclass('api_keys') IS NOT NULL"))
+
+
+def has_api_keys_sync(database_url: str) -> bool:
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        found: bool = pool.submit(asyncio.run, has_api_keys(database_url)).result(60)
+    return found
+
+
 def add_key_sync(database_url: str, role: auth.Role = "admin", **kw: Any) -> str:
     """add_key from sync code (also while the test's event loop runs)."""
     import concurrent.futures
@@ -300,8 +331,7 @@ class ServiceProcess:
             with contextlib.suppress(OSError, asyncpg.PostgresError, ValueError):
                 env["FP_BUS_URL"] = create_bus_database_sync(database_url)
         proc = cls(args, env, port, log_dir / f"{service}-{port}.log")
-        if database_url and _shipped(service):
-            proc._key_database = database_url
+        proc._key_database = database_url
         return proc
 
     @classmethod
@@ -315,7 +345,9 @@ class ServiceProcess:
     ) -> ServiceProcess:
         port = free_port()
         args = [sys.executable, "-m", module, "--port", str(port)]
-        return cls(args, _env(database_url, extra_env), port, log_dir / f"{module}-{port}.log")
+        env = _env(database_url, extra_env)
+        proc = cls(args, env, port, log_dir / f"{module}-{port}.log", _key_database=database_url)
+        return proc
 
     @property
     def base_url(self) -> str:
@@ -334,7 +366,7 @@ class ServiceProcess:
 
     def _ensure_key(self) -> None:
         """Once migrated (ready), the database gets the process's admin key, once."""
-        if self.api_key is None and self._key_database is not None:
+        if self.api_key is None and self._key_database and has_api_keys_sync(self._key_database):
             self.api_key = add_key_sync(self._key_database, "admin", name="harness admin")
 
     def start(self) -> ServiceProcess:
@@ -401,7 +433,7 @@ def _env(database_url: str | None, extra: dict[str, str] | None) -> dict[str, st
     if database_url is not None:
         env["DATABASE_URL"] = database_url
     env.update(extra or {})
-    return env
+    return _with_suite_env(env)
 
 
 @contextlib.contextmanager
@@ -412,12 +444,6 @@ def running(proc: ServiceProcess, timeout: float = 30.0) -> Iterator[ServiceProc
         yield proc
     finally:
         proc.terminate()
-
-
-def _shipped(service: str) -> bool:
-    from fusion_prime.services import service_names
-
-    return service in service_names()
 
 
 @contextlib.asynccontextmanager
@@ -431,11 +457,13 @@ async def asgi_client(
     """
     from fusion_prime.platform.app import create_app
 
-    settings = spec.settings_cls(DATABASE_URL=database_url, FP_ENV="test", **settings_env)
+    settings = spec.settings_cls(
+        DATABASE_URL=database_url, **_with_suite_env({"FP_ENV": "test", **settings_env})
+    )
     url = normalise_database_url(database_url, service=spec.name)
     app = create_app(spec, settings, url)
-    # test-only apps (tests/platform) have no api_keys table and no rules
-    token = await add_key(database_url, role) if role and _shipped(spec.name) else None
+    # a database without an api_keys table (a test-only app's) gets no key
+    token = await add_key(database_url, role) if role and await has_api_keys(database_url) else None
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         headers = auth_headers(token) if token else {}

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from fusion_prime.platform.admin import quote_ident
 from fusion_prime.services import load_spec
 from tests.conftest import MakeDatabase
-from tests.harness import ServiceProcess, fetch, running
+from tests.harness import ServiceProcess, add_key, auth_headers, fetch, running
 
 PASSWORD = "Pw-7f3c9e1d-never-shown"
 SECRETS = {
@@ -140,6 +140,22 @@ async def test_no_secret_in_logs_or_responses(
     proc = ServiceProcess.for_service(service, url, log_dir, extra_env=SECRETS[service])
     with running(proc, timeout=60):
         seen, webhook_secret = await asyncio.to_thread(_exercise, proc, service)
+        # API keys: the process's own, a forged secret behind its key id, a revoked key
+        assert proc.api_key
+        key_id = proc.api_key.split("_")[1]
+        forged = f"fpk_{key_id}_forged-secret-{'f' * 30}"
+        revoked = await add_key(plain, "viewer")
+        await fetch(plain, "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1",
+                    revoked.split("_")[1])  # fmt: skip
+        for key in (forged, revoked, "not-a-key-but-secret-looking-0123456789"):
+            r = await asyncio.to_thread(
+                httpx.get, f"{proc.base_url}/auth/whoami", headers=auth_headers(key), timeout=15
+            )
+            seen.append(f"{r.status_code} {dict(r.headers)} {r.text}")
+            assert r.status_code == 401, r.text
+        hashes = [
+            row["secret_hash"] for row in await fetch(plain, "SELECT secret_hash FROM api_keys")
+        ]
         await _refuse_connections(plain, refuse=True)
         try:
             r = await asyncio.to_thread(httpx.get, f"{proc.base_url}/health/ready", timeout=30)
@@ -151,6 +167,13 @@ async def test_no_secret_in_logs_or_responses(
     logs = proc.log_text()
     assert "readiness check failed" in logs  # the failure path was logged, and checked
     assert "***@" in logs  # the URL was logged, its password redacted
+    # a key's secret, its hash and the hash's salt never; its lookup id may be logged
+    key_secrets = [k.split("_", 2)[2] for k in (proc.api_key, forged, revoked)]
+    salts = [h.split("$")[4] for h in hashes] + [h.split("$")[5] for h in hashes]
+    assert key_id in logs  # the refused forgery is logged by its key id only
+    for line in logs.splitlines():
+        for part in (*key_secrets, *salts, "scrypt$", "not-a-key-but-secret-looking"):
+            assert part not in line, f"{service} logged key material: {line[:300]}"
     secrets = [PASSWORD, *SECRETS[service].values()]
     if webhook_secret is not None:
         secrets.append(webhook_secret)

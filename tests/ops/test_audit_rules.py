@@ -662,3 +662,37 @@ def test_fp601_dead_letter_policies_and_the_hold_subscription(audit_tree: AuditT
         }
     )
     assert good == []
+
+
+# -- FP502: every route has an authentication rule ------------------------------------------
+
+
+def test_fp502_route_without_auth_rule(audit_tree: AuditTree) -> None:
+    code = """
+    from fastapi import APIRouter
+    from fusion_prime.platform.auth import requires, signed_by
+
+    router = APIRouter()
+
+    @router.get("/health/live")
+    async def live() -> dict: ...
+
+    @router.get("/items/{item_id}", dependencies=requires("viewer"))
+    async def item(item_id: str) -> dict: ...
+
+    @router.post("/webhooks/provider", dependencies=signed_by("provider HMAC"))
+    async def provider() -> dict: ...
+
+    @router.post("/items", status_code=201)
+    async def create() -> dict: ...
+
+    @router.delete("/items/{item_id}", dependencies=[])
+    async def delete(item_id: str) -> None: ...
+    """
+    findings = audit_tree({"services/shop/api.py": code})
+    assert rules_of(findings) == ["FP502", "FP502"]
+    assert [f.message for f in findings] == [
+        "route POST /items has no authentication rule",
+        "route DELETE /items/{item_id} has no authentication rule",
+    ]
+    assert [f.line for f in findings] == [15, 18]

@@ -112,9 +112,12 @@ def test_a_route_without_a_rule_is_found() -> None:
     spec = load_spec("oracle")
     extra = APIRouter()
 
-    @extra.get("/forgotten")
     async def forgotten() -> dict[str, str]:
         return {}
+
+    # (added without a decorator on purpose: `fusion-prime audit` FP502 flags the decorator
+    # form statically; this is the run-time net for any form)
+    extra.add_api_route("/forgotten", forgotten, methods=["GET"])
 
     @extra.get("/kept", dependencies=auth.requires("operator"))
     async def kept() -> dict[str, str]:

@@ -59,7 +59,9 @@ async def test_row_survives_kill_9_and_restart(make_database: MakeDatabase, log_
     url = await make_database("testapp", SPEC.migrations_dir)
     proc = ServiceProcess.for_module("tests.platform.testapp", url, log_dir)
     with running(proc):
-        created = httpx.post(f"{proc.base_url}/notes", json={"body": "escrow 0xabc"}, timeout=5)
+        created = httpx.post(
+            f"{proc.base_url}/notes", json={"body": "escrow 0xabc"}, timeout=5, headers=proc.headers
+        )
         assert created.status_code == 201
         note_id = created.json()["id"]
         proc.kill9()
@@ -67,7 +69,7 @@ async def test_row_survives_kill_9_and_restart(make_database: MakeDatabase, log_
         assert [r["body"] for r in rows] == ["escrow 0xabc"]
         proc.start()
         proc.wait_ready()
-        again = httpx.get(f"{proc.base_url}/notes/{note_id}", timeout=5)
+        again = httpx.get(f"{proc.base_url}/notes/{note_id}", timeout=5, headers=proc.headers)
         assert again.json() == {"id": note_id, "body": "escrow 0xabc"}
 
 

@@ -99,3 +99,20 @@ def test_unreachable_database_exits_after_bounded_retry(log_dir: Path) -> None:
     assert time.monotonic() - started >= 1.5
     assert "did not answer within 1.5 s" in out
     assert ":pw@" not in out
+
+
+def test_every_missing_setting_is_named_in_one_refusal_database_url_first(
+    log_dir: Path,
+) -> None:
+    """settlement without DATABASE_URL and without SETTLEMENT_WEBHOOK_KEY names both."""
+    proc = ServiceProcess.for_service("settlement", None, log_dir)
+    proc.env.pop("SETTLEMENT_WEBHOOK_KEY", None)
+    proc.env["SETTLEMENT_WEBHOOK_TIMEOUT"] = "-1"
+    proc.start()
+    assert proc.wait_exit(timeout=60) == 2
+    [line] = [x for x in proc.log_text().splitlines() if "refusing to start" in x]
+    assert "3 settings refused" in line
+    first = line.index("DATABASE_URL")
+    assert first < line.index("SETTLEMENT_WEBHOOK_KEY") < line.index("SETTLEMENT_WEBHOOK_TIMEOUT")
+    assert "fp-settlement-db-connection-string" in line
+    assert "Uvicorn running" not in proc.log_text()

@@ -27,6 +27,7 @@ from fusion_prime.platform.errors import (
     UnauthorizedError,
 )
 from fusion_prime.platform.runtime import RuntimeDep, Session
+from fusion_prime.platform.targets import TargetPolicy, UnsafeTargetError, check_target
 
 router = APIRouter(tags=["alerts"])
 
@@ -153,6 +154,15 @@ def _contact_json(row: dict[str, Any]) -> dict[str, Any]:
 @router.post("/contacts", status_code=201, dependencies=requires("operator"))
 async def create_contact(body: ContactIn, session: Session, runtime: RuntimeDep) -> dict[str, Any]:
     settings = _settings(runtime)
+    policy = TargetPolicy.from_settings(settings)
+    for i, c in enumerate(body.channels):
+        if c.channel in (Channel.WEBHOOK, Channel.SLACK):
+            try:  # where we will POST to: https, no credentials, a public address
+                await check_target(c.address, policy)
+            except UnsafeTargetError as exc:
+                raise InvalidError(
+                    f"channels.{i}.address: {exc}", field=f"channels.{i}.address"
+                ) from None
     row, secret = await service.create_contact(
         session,
         contact_cipher(settings),
@@ -160,7 +170,7 @@ async def create_contact(body: ContactIn, session: Session, runtime: RuntimeDep)
         name=body.name,
         timezone=body.timezone,
         channels=[service.EndpointIn(c.channel, c.address) for c in body.channels],
-        allow_http=not settings.production,
+        allow_http=policy.allow_http,
     )
     out = _contact_json(row)
     if secret is not None:

@@ -40,6 +40,7 @@ from fusion_prime.platform.admin import asyncpg_dsn
 from fusion_prime.platform.bus.postgres import Listener
 from fusion_prime.platform.errors import InvalidError
 from fusion_prime.platform.observability import get_logger
+from fusion_prime.platform.targets import TargetPolicy
 
 log = get_logger(__name__)
 
@@ -230,7 +231,8 @@ async def send_test(
     async with sessions() as session, session.begin():
         claimed = await repo.claim_one(session, nid, settings.lease_seconds)
     assert claimed is not None
-    async with outbound.ClientPool(1, settings.http_timeout) as clients:
+    policy = TargetPolicy.from_settings(settings)
+    async with outbound.ClientPool(1, settings.http_timeout, policy=policy) as clients:
         await Deliverer(sessions, settings, clients).deliver(claimed)
     return nid
 
@@ -281,7 +283,11 @@ class DeliveryWorker:
         )
 
     async def run(self) -> None:
-        pool = outbound.ClientPool(self.settings.delivery_concurrency, self.settings.http_timeout)
+        pool = outbound.ClientPool(
+            self.settings.delivery_concurrency,
+            self.settings.http_timeout,
+            policy=TargetPolicy.from_settings(self.settings),
+        )
         async with pool:
             self.deliverer = Deliverer(self.sessions, self.settings, pool)
             try:

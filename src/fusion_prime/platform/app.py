@@ -15,11 +15,12 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fusion_prime.platform import auth
 from fusion_prime.platform.bus.wiring import BusWorkers, attach_bus
 from fusion_prime.platform.database import create_engine
-from fusion_prime.platform.errors import install_error_handlers
+from fusion_prime.platform.errors import install_error_handlers, problem
 from fusion_prime.platform.health import router as health_router
 from fusion_prime.platform.observability import REQUEST_LATENCY, get_logger
 from fusion_prime.platform.openapi import problem_openapi
@@ -82,7 +83,12 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> Fa
         )
         app.state.runtime = runtime
         app.state.authenticator = auth.Authenticator(
-            engine, service=spec.name, ttl=settings.auth_cache_seconds
+            engine,
+            service=spec.name,
+            ttl=settings.auth_cache_seconds,
+            rate=settings.rate_limit_per_second,
+            burst=settings.rate_limit_burst,
+            oidc=auth.OidcCallers.from_settings(settings),
         )
         tasks = [
             asyncio.create_task(_supervise(f"{spec.name}-bg-{i}", t), name=f"{spec.name}-bg-{i}")
@@ -101,7 +107,9 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> Fa
             await engine.dispose()
 
     app = FastAPI(
-        title=f"Fusion Prime {spec.name}", description=spec.description, lifespan=lifespan
+        title=f"Fusion Prime {spec.name}",
+        description=spec.description,
+        lifespan=lifespan,
     )
     app.state.spec = spec
     app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
@@ -132,4 +140,56 @@ def create_app(spec: ServiceSpec, settings: BaseServiceSettings, url: URL) -> Fa
             )
             structlog.contextvars.unbind_contextvars("request_id")
 
+    # outermost: a body over FP_MAX_BODY_BYTES is refused before anything reads it
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
+
+
+class BodyLimit:
+    """413 problem+json for a request body over `limit` bytes: by Content-Length at once,
+    and by counting while the body is read (chunked or with a Content-Length that lies)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(413, "Payload too large", f"the request body is over {self.limit} bytes")
+        await response(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+        seen = 0
+        started = refused = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit and not started:
+                    # answer now; the app sees the client gone and its answer is dropped
+                    refused = True
+                    await self._refuse(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except Exception:
+            if not refused:
+                raise

@@ -24,6 +24,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
@@ -53,8 +54,6 @@ Role = Literal["viewer", "operator", "compliance_officer", "risk_manager", "admi
 ROLES: tuple[Role, ...] = ("viewer", "operator", "compliance_officer", "risk_manager", "admin")
 KEY_PREFIX = "fpk"
 KEY_ID_RE = re.compile(r"^[0-9a-f]{12}$")
-# a key anywhere in a text (a log line): everything after the lookup id is the secret
-KEY_IN_TEXT = re.compile(r"\b(fpk_[0-9a-f]{12})_[A-Za-z0-9_\-]+")
 OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 TABLE = "api_keys"
 # scrypt cost: n=2**14, r=8 (16 MiB, ~50 ms here); kept in each hash so it can be raised
@@ -87,6 +86,53 @@ class AuthenticationError(DomainError):
 class ForbiddenError(DomainError):
     status = 403
     title = "Forbidden"
+
+
+class RateLimitedError(DomainError):
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail, retry_after=math.ceil(retry_after))
+        self.headers = {"Retry-After": str(math.ceil(retry_after))}
+
+
+class TokenBuckets:
+    """Per-key token buckets of this process: `rate` tokens/s refill, `burst` at most.
+
+    In the process only (docs/auth.md): with N instances a key may do N x rate; enough
+    to stop a runaway client or script, not a distributed quota. The least recently used
+    buckets are dropped beyond `max_keys` (a dropped bucket starts full again).
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.clock = clock
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, key: str, *, spend: bool = True) -> float | None:
+        """Spend a token (or only look): None when there is one, else the seconds until
+        the next token."""
+        now = self.clock()
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+        self._buckets[key] = (tokens - 1 if spend else tokens, now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return None
 
 
 # -- keys ---------------------------------------------------------------------------
@@ -191,11 +237,6 @@ def parse_token(token: str) -> tuple[str, str] | None:
     if not 20 <= len(parts[2]) <= 200:
         return None
     return parts[1], parts[2]
-
-
-def redact_keys(value: str) -> str:
-    """Cut the secret off any API key in a text, keeping the lookup id."""
-    return KEY_IN_TEXT.sub(lambda m: f"{m.group(1)}_***", value)
 
 
 # -- the api_keys table (every service database has one) ----------------------------
@@ -304,7 +345,11 @@ class Authenticator:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_entries: int = CACHE_MAX_ENTRIES,
+        rate: float = 50.0,
+        burst: int = 200,
+        oidc: OidcCallers | None = None,
     ) -> None:
+        self.oidc = oidc
         self.engine = engine
         self.service = service
         self.ttl = ttl
@@ -314,6 +359,19 @@ class Authenticator:
         self._salt = secrets.token_bytes(32)
         self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
         self._locks: dict[bytes, asyncio.Lock] = {}
+        self.requests = TokenBuckets(rate, burst, clock=clock)
+        # failed verifications per key id: a guessed secret costs an scrypt each, so
+        # guessing is slowed down without touching the real key's own bucket
+        self.failures = TokenBuckets(1.0, 10, clock=clock)
+
+    def limit(self, identity: Identity) -> None:
+        wait = self.requests.take(identity.key_id)
+        if wait is not None:
+            raise RateLimitedError(
+                f"rate limit of key {identity.key_id} reached ({self.requests.rate:g}/s, "
+                f"burst {self.requests.burst:g}); retry later",
+                wait,
+            )
 
     def _digest(self, token: str) -> bytes:
         return hmac.digest(self._salt, token.encode(), "sha256")
@@ -329,6 +387,8 @@ class Authenticator:
             self._cache.popitem(last=False)
 
     async def identify(self, token: str) -> Identity:
+        if self.oidc is not None and _looks_like_jwt(token):
+            return await self.oidc.identify(token)
         digest = self._digest(token)
         cached = self._cache.get(digest)
         if cached is not None and self.clock() - cached.checked_at <= self.ttl:
@@ -353,11 +413,74 @@ class Authenticator:
             self._cache.pop(digest, None)
             raise AuthenticationError("unknown or wrong API key", reason="invalid")
         if cached is None or cached.record.secret_hash != record.secret_hash:
+            wait = self.failures.take(parsed[0], spend=False)
+            if wait is not None:
+                raise RateLimitedError(
+                    f"too many failed attempts for key {parsed[0]}; retry later", wait
+                )
             if not await asyncio.to_thread(verify_secret, parsed[1], record.secret_hash):
+                self.failures.take(parsed[0])
                 self._cache.pop(digest, None)
                 raise AuthenticationError("unknown or wrong API key", reason="invalid")
         self._remember(digest, record)
         return check_record(record, self.now())
+
+
+# -- Google ID tokens of other services (OIDC) ----------------------------------------
+
+
+def parse_service_accounts(value: str) -> dict[str, Role]:
+    """`a@p.iam.gserviceaccount.com=operator,b@...=viewer` -> {email: role}."""
+    accounts: dict[str, Role] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        email, _, role = item.partition("=")
+        if role not in ROLES or "@" not in email:
+            raise ValueError(f"{item!r}: give EMAIL=ROLE with a role of {', '.join(ROLES)}")
+        accounts[email.strip()] = role
+    return accounts
+
+
+class OidcCallers:
+    """Service accounts that call with a Google-signed ID token instead of a key.
+
+    Verified by the bus push endpoint's verifier (issuer, audience, signature, expiry,
+    verified email of an allowed account); each account has the role given to it.
+    """
+
+    def __init__(self, certs_url: str, audience: str, accounts: dict[str, Role]) -> None:
+        from fusion_prime.platform.bus.pubsub import PushTokenVerifier
+
+        self.accounts = accounts
+        self.verifier = PushTokenVerifier(certs_url, audience, set(accounts))
+
+    async def identify(self, token: str) -> Identity:
+        from fusion_prime.platform.bus.pubsub import PushAuthError
+
+        try:
+            claims = await self.verifier.verify(f"Bearer {token}")
+        except PushAuthError as exc:
+            if exc.status == 403:
+                raise AuthenticationError(
+                    "the ID token is not from an allowed service account", reason="oidc"
+                ) from None
+            if exc.status == 401:
+                raise AuthenticationError(
+                    f"ID token refused: {exc.detail}", reason="oidc"
+                ) from None
+            raise
+        email = str(claims["email"])
+        return Identity(f"oidc:{email}", email, self.accounts[email], kind="oidc")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> OidcCallers | None:
+        if not settings.auth_oidc_audience:
+            return None
+        accounts = parse_service_accounts(settings.auth_service_accounts)
+        return cls(settings.push_certs_url, settings.auth_oidc_audience, accounts)
+
+
+def _looks_like_jwt(token: str) -> bool:
+    return token.count(".") == 2 and not token.startswith(f"{KEY_PREFIX}_")
 
 
 # -- FastAPI dependencies and route rules --------------------------------------------
@@ -389,10 +512,18 @@ async def authenticate(
         )
     try:
         identity = await auth.identify(credentials.credentials)
+    except RateLimitedError:
+        AUTH_REFUSALS.labels(auth.service, "guessing").inc()
+        raise
     except AuthenticationError as exc:
         AUTH_REFUSALS.labels(auth.service, exc.reason).inc()
         parsed = parse_token(credentials.credentials)
         log.info("request refused", reason=exc.reason, key_id=parsed[0] if parsed else None)
+        raise
+    try:
+        auth.limit(identity)
+    except RateLimitedError:
+        AUTH_REFUSALS.labels(auth.service, "rate").inc()
         raise
     request.state.identity = identity
     return identity

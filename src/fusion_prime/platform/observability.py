@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -23,10 +24,14 @@ REQUEST_LATENCY = Histogram(
 )
 
 
+# an API key anywhere in a log value: keep its lookup id, cut the secret (platform/auth.py)
+_API_KEY = re.compile(r"\b(fpk_[0-9a-f]{12})_[A-Za-z0-9_\-]+")
+
+
 def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     for key, value in list(event_dict.items()):
         if isinstance(value, str):
-            event_dict[key] = redact_text(value)
+            event_dict[key] = _API_KEY.sub(r"\1_***", redact_text(value))
     return event_dict
 
 

@@ -7,6 +7,7 @@ requests and read Retry-After the same way.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import time
 from dataclasses import dataclass
@@ -18,6 +19,12 @@ import aiohttp
 import httpx
 
 from fusion_prime.platform.signing import SIGNATURE_HEADER, sign_header
+from fusion_prime.platform.targets import (
+    GuardedResolver,
+    TargetPolicy,
+    check_url_shape,
+    checked_addresses,
+)
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,14 @@ async def post(
     )
 
 
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 class ClientPool:
     """Outbound POSTs to many customer endpoints at once, over aiohttp: one session whose
     connector keeps up to `concurrency` keep-alive connections, reused per host.
@@ -109,15 +124,25 @@ class ClientPool:
 
     MAX_BODY = 64 * 1024  # of an answer, read for the attempt log (the rest is dropped)
 
-    def __init__(self, concurrency: int, timeout: float) -> None:
+    def __init__(
+        self, concurrency: int, timeout: float, *, policy: TargetPolicy | None = None
+    ) -> None:
         self.concurrency = max(1, concurrency)
         self.timeout = timeout
+        # user-given targets: the URL's shape checked on every POST and every new
+        # connection's addresses checked by the resolver (platform/targets.py)
+        self.policy = policy
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:  # made inside the running loop, on first use
             connector = aiohttp.TCPConnector(
-                limit=self.concurrency, limit_per_host=0, keepalive_timeout=30
+                limit=self.concurrency,
+                limit_per_host=0,
+                keepalive_timeout=30,
+                # no DNS cache: every new connection resolves and is checked again
+                use_dns_cache=self.policy is None,
+                resolver=GuardedResolver(self.policy) if self.policy is not None else None,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -142,6 +167,10 @@ class ClientPool:
             headers = {**(headers or {}), "Authorization": f"Basic {token}"}
         started = time.perf_counter()
         try:
+            if self.policy is not None:
+                host, port = check_url_shape(url, self.policy)
+                if _is_ip_literal(host):  # aiohttp connects to a literal without resolving
+                    await checked_addresses(host, port, self.policy)
             async with self._client().post(
                 url,
                 data=content if content is not None else data,

@@ -7,6 +7,7 @@ reported as one line on stderr with a non-zero exit code.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
@@ -61,17 +62,27 @@ def load_settings(
     `settings_cls` overrides the service's own class: `fusion-prime migrate` needs only
     the database, not the service's other secrets.
     """
+    # every problem in one refusal, DATABASE_URL first: naming only the first setting pydantic
+    # met hid the database (the incident's own failure) behind a missing secret
+    problems: list[str] = []
+    settings: BaseServiceSettings | None = None
     try:
         settings = (settings_cls or spec.settings_cls)()
     except ValidationError as exc:
-        fields = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise StartupRefusedError(f"invalid settings: {fields}", EXIT_CONFIG) from exc
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors()
+            if e["loc"] != ("DATABASE_URL",)
+        ]
+    raw = settings.database_url if settings is not None else os.environ.get("DATABASE_URL")
+    url: URL | None = None
     try:
-        url = normalise_database_url(settings.database_url, service=spec.name, db_slug=spec.db_slug)
+        url = normalise_database_url(raw, service=spec.name, db_slug=spec.db_slug)
     except DatabaseConfigError as exc:
-        raise StartupRefusedError(str(exc), EXIT_CONFIG) from exc
+        problems.insert(0, str(exc))
+    if problems or settings is None or url is None:
+        count = f"{len(problems)} settings refused" if len(problems) > 1 else "setting refused"
+        raise StartupRefusedError(f"{count}: " + " | ".join(problems), EXIT_CONFIG)
     return settings, url
 
 

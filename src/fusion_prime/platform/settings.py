@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["development", "test", "production"]
@@ -50,6 +50,30 @@ class BaseServiceSettings(BaseSettings):
     # how long a verified API key is trusted before its row is read again: the bounded
     # delay after which a revoked key stops working (docs/auth.md)
     auth_cache_seconds: float = Field(default=10.0, alias="FP_AUTH_CACHE_SECONDS", ge=0, le=300)
+    # per-key token bucket of this process (docs/auth.md): sustained requests/s and burst
+    rate_limit_per_second: float = Field(default=50.0, alias="FP_RATE_LIMIT_PER_SECOND", gt=0)
+    rate_limit_burst: int = Field(default=200, alias="FP_RATE_LIMIT_BURST", ge=1)
+    max_body_bytes: int = Field(default=1_048_576, alias="FP_MAX_BODY_BYTES", ge=1024)
+    # service-to-service callers with Google ID tokens (production): the audience the
+    # tokens must carry, and "email=role,email=role" of the service accounts allowed
+    auth_oidc_audience: str | None = Field(default=None, alias="FP_AUTH_OIDC_AUDIENCE")
+    auth_service_accounts: str = Field(default="", alias="FP_AUTH_SERVICE_ACCOUNTS")
+    # development and tests only: let webhooks, Slack and SMS targets be http:// and on
+    # loopback/private addresses (refused with FP_ENV=production); platform/targets.py
+    outbound_allow_private: bool = Field(default=False, alias="FP_OUTBOUND_ALLOW_PRIVATE")
+
+    @model_validator(mode="after")
+    def _no_private_targets_in_production(self) -> BaseServiceSettings:
+        if self.outbound_allow_private and self.fp_env == "production":
+            raise ValueError("FP_OUTBOUND_ALLOW_PRIVATE=true is refused when FP_ENV=production")
+        if self.auth_oidc_audience:
+            from fusion_prime.platform.auth import parse_service_accounts
+
+            if not parse_service_accounts(self.auth_service_accounts):
+                raise ValueError(
+                    "FP_AUTH_OIDC_AUDIENCE needs FP_AUTH_SERVICE_ACCOUNTS=EMAIL=ROLE,..."
+                )
+        return self
 
     @property
     def production(self) -> bool:

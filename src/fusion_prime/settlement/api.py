@@ -25,6 +25,7 @@ from pydantic import (
 from fusion_prime.platform.auth import Caller, requires
 from fusion_prime.platform.errors import ConflictError, InvalidError, NotFoundError
 from fusion_prime.platform.runtime import Runtime, RuntimeDep, Session, get_runtime
+from fusion_prime.platform.targets import TargetPolicy, UnsafeTargetError, check_target
 from fusion_prime.settlement import domain, repository, service, webhooks
 from fusion_prime.settlement.settings import SettlementSettings
 
@@ -310,6 +311,10 @@ async def create_webhook(
     webhook: WebhookIn, session: Session, runtime: RuntimeDep
 ) -> dict[str, Any]:
     """Register an endpoint. The signing secret is in this response and never again."""
+    try:  # https, no credentials, a public address (checked again at every delivery)
+        await check_target(str(webhook.url), TargetPolicy.from_settings(runtime.settings))
+    except UnsafeTargetError as exc:
+        raise InvalidError(f"url: {exc}", field="url") from None
     row, secret = await webhooks.create_endpoint(
         session, _fernet(runtime), str(webhook.url), webhook.event_types
     )

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from fusion_prime.platform import outbound, secretbox
 from fusion_prime.platform.errors import NotFoundError
 from fusion_prime.platform.observability import get_logger
+from fusion_prime.platform.targets import TargetPolicy, guarded_client
 from fusion_prime.settlement.settings import SettlementSettings
 
 log = get_logger(__name__)
@@ -200,7 +201,12 @@ class DeliveryWorker:
         self._client: httpx.AsyncClient | None = None  # opened by run()
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=self.settings.webhook_timeout) as client:
+        # subscribers' URLs: every connection checked again (DNS rebinding), no redirects
+        async with guarded_client(
+            TargetPolicy.from_settings(self.settings),
+            timeout=self.settings.webhook_timeout,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        ) as client:
             self._client = client
             while True:
                 sent = await self.run_once()

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
+from fusion_prime.platform.auth import requires
 from fusion_prime.platform.errors import NotFoundError
 from fusion_prime.platform.runtime import Session
 from fusion_prime.platform.spec import ServiceSpec
@@ -20,7 +21,7 @@ class NoteIn(BaseModel):
     body: str = Field(min_length=1, max_length=1000)
 
 
-@router.post("/notes", status_code=201)
+@router.post("/notes", status_code=201, dependencies=requires("operator"))
 async def create_note(note: NoteIn, session: Session) -> dict[str, Any]:
     row = (
         await session.execute(
@@ -30,7 +31,7 @@ async def create_note(note: NoteIn, session: Session) -> dict[str, Any]:
     return {"id": row.id, "body": row.body}
 
 
-@router.get("/notes/{note_id}")
+@router.get("/notes/{note_id}", dependencies=requires("viewer"))
 async def get_note(note_id: int, session: Session) -> dict[str, Any]:
     row = (
         await session.execute(text("SELECT id, body FROM notes WHERE id = :id"), {"id": note_id})

@@ -125,6 +125,16 @@ RULES: dict[str, Rule] = {
             "service accounts, or add authentication to the service itself.",
         ),
         Rule(
+            "FP502",
+            "route-without-auth-rule",
+            Severity.HIGH,
+            "An HTTP route is declared without an authentication rule: anyone who can reach "
+            "the service can call it.",
+            'Give the route its rule in the decorator: `dependencies=requires("<role>")`, '
+            "or `signed_by(...)` for a provider callback that checks its own signature "
+            "(fusion_prime.platform.auth; docs/auth.md).",
+        ),
+        Rule(
             "FP601",
             "subscription-without-dead-letter",
             Severity.MEDIUM,

@@ -70,6 +70,12 @@ AUTH_NAMES = frozenset(
 )
 
 
+# FP502: route decorators, the calls that give a route its rule, and the open paths
+ROUTE_METHODS = frozenset({"get", "post", "put", "patch", "delete", "head", "options"})
+ROUTE_RULES = frozenset({"requires", "signed_by", "RoleRule", "SignedRule"})
+OPEN_ROUTE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
+
+
 def is_db_url_name(name: str) -> bool:
     upper = name.upper()
     return upper in DB_URL_NAMES or upper.endswith(DB_URL_SUFFIXES)
@@ -253,6 +259,8 @@ class _Visitor(ast.NodeVisitor):
 
     def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         self._note_docstring(node)
+        for decorator in node.decorator_list:
+            self._route_rule(node, decorator)
         outer = self.tainted
         self.tainted = set(outer)
         self.generic_visit(node)
@@ -358,6 +366,28 @@ class _Visitor(ast.NodeVisitor):
                     f"switches to {what} depending on the database URL",
                 )
                 return
+
+    def _route_rule(self, fn: ast.AST, decorator: ast.expr) -> None:
+        """FP502: `@router.<method>("/path", ...)` without `dependencies=requires(...)` or
+        `signed_by(...)` (the open health and metrics paths excepted)."""
+        if not (
+            isinstance(decorator, ast.Call)
+            and isinstance(decorator.func, ast.Attribute)
+            and decorator.func.attr in ROUTE_METHODS
+            and decorator.args
+        ):
+            return
+        path = _const_str(decorator.args[0])
+        if path is None or not path.startswith("/") or path in OPEN_ROUTE_PATHS:
+            return
+        for kw in decorator.keywords:
+            if kw.arg == "dependencies" and any(
+                isinstance(sub, ast.Call) and _callee_name(sub.func) in ROUTE_RULES
+                for sub in ast.walk(kw.value)
+            ):
+                return
+        method = decorator.func.attr.upper()
+        self._add("FP502", decorator, f"route {method} {path} has no authentication rule")
 
     def visit_Call(self, node: ast.Call) -> None:
         read = _env_read(node)

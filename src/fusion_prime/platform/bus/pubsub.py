@@ -16,7 +16,7 @@ import binascii
 import contextlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import httpx
@@ -114,17 +114,22 @@ class PushAuthError(Exception):
 
 
 class PushTokenVerifier:
-    """Checks the Google-signed OIDC token Pub/Sub puts on each push request.
+    """Checks a Google-signed OIDC ID token: the one Pub/Sub puts on each push request,
+    and (platform/auth.py) those of other services calling an API in production.
 
     Signature against Google's certificates (fetched from `certs_url`, cached per its
     Cache-Control max-age, refetched once on an unknown key id), issuer, audience, expiry,
-    and the email of the push subscription's service account (verified).
+    and the email of an allowed service account (verified).
     """
 
-    def __init__(self, certs_url: str, audience: str, service_account: str) -> None:
+    def __init__(
+        self, certs_url: str, audience: str, service_account: str | Collection[str]
+    ) -> None:
         self.certs_url = certs_url
         self.audience = audience
-        self.service_account = service_account
+        self.accounts = frozenset(
+            [service_account] if isinstance(service_account, str) else service_account
+        )
         self._certs: dict[str, str] = {}
         self._expires = 0.0
         self._lock = asyncio.Lock()
@@ -173,8 +178,8 @@ class PushTokenVerifier:
         assert claims is not None
         if claims.get("iss") not in GOOGLE_ISSUERS:
             raise PushAuthError(401, "token not issued by Google")
-        if claims.get("email") != self.service_account or not claims.get("email_verified"):
-            raise PushAuthError(403, "token is not from the push service account")
+        if claims.get("email") not in self.accounts or not claims.get("email_verified"):
+            raise PushAuthError(403, "token is not from an allowed service account")
         return claims
 
 

@@ -1,4 +1,4 @@
-"""notes table and platform tables
+"""notes table, platform tables and the API keys
 
 Revision ID: 0001
 Revises:
@@ -7,7 +7,7 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
-from fusion_prime.platform.schema import create_platform_tables
+from fusion_prime.platform.schema import create_auth_tables, create_platform_tables
 
 revision = "0001"
 down_revision = None
@@ -17,6 +17,7 @@ depends_on = None
 
 def upgrade() -> None:
     create_platform_tables()
+    create_auth_tables()
     op.create_table(
         "notes",
         sa.Column("id", sa.BigInteger(), sa.Identity(), primary_key=True),
