@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from fusion_prime.platform.outbound import ClientPool
 from fusion_prime.platform.targets import (
     TargetPolicy,
     UnsafeTargetError,
@@ -112,6 +113,38 @@ async def test_dns_rebinding_is_caught_when_connecting() -> None:
             with pytest.raises(UnsafeTargetError, match="loopback"):
                 await client.post(url, content=b"{}")
         assert target["hits"] == 0
+
+
+async def test_the_alert_client_pool_checks_every_connection() -> None:
+    """The alerts' aiohttp pool: a literal loopback address, a name rebound to loopback,
+    and a redirect are refused or not followed; a checked public-looking name that the
+    development allowance lets through reaches the receiver."""
+    with counting_server() as target:
+        port = target["url"].split(":")[2].split("/")[0]
+        answers = iter([["93.184.216.34"], ["127.0.0.1"]])
+
+        async def resolve(host: str, p: int) -> list[str]:
+            return next(answers)
+
+        policy = TargetPolicy(allow_http=True, resolve=resolve)
+        url = f"http://rebind.example:{port}/in"
+        await check_target(url, policy)  # registration: fine
+        async with ClientPool(4, 5, policy=policy) as pool:
+            rebound = await pool.post(url, timeout=5, content=b"{}")
+            literal = await pool.post(target["url"], timeout=5, content=b"{}")
+        assert rebound.status_code is None
+        assert "loopback" in (rebound.error or "")
+        assert literal.status_code is None
+        assert "loopback" in (literal.error or "")
+        assert target["hits"] == 0
+        allowed = TargetPolicy(allow_http=True, allow_private=True)
+        async with ClientPool(4, 5, policy=allowed) as pool:
+            with counting_server(307, location=target["url"]) as redirecting:
+                moved = await pool.post(redirecting["url"], timeout=5, content=b"{}")
+            ok = await pool.post(target["url"], timeout=5, content=b"{}")
+        assert moved.status_code == 307
+        assert ok.status_code == 200
+        assert target["hits"] == 1  # the redirect was not followed
 
 
 async def test_redirects_are_not_followed() -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -104,6 +105,12 @@ async def post(
     )
 
 
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".").lower()
+    return host, parts.port or (443 if parts.scheme == "https" else 80)
+
+
 def _is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -168,9 +175,10 @@ class ClientPool:
         started = time.perf_counter()
         try:
             if self.policy is not None:
-                host, port = check_url_shape(url, self.policy)
+                host, port = _host_port(url)
                 if _is_ip_literal(host):  # aiohttp connects to a literal without resolving
                     await checked_addresses(host, port, self.policy)
+                check_url_shape(url, self.policy)
             async with self._client().post(
                 url,
                 data=content if content is not None else data,
