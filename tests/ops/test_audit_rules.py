@@ -696,3 +696,28 @@ def test_fp502_route_without_auth_rule(audit_tree: AuditTree) -> None:
         "route DELETE /items/{item_id} has no authentication rule",
     ]
     assert [f.line for f in findings] == [15, 18]
+
+
+def test_fp502_accepts_an_identity_parameter_and_a_declared_public_route(
+    audit_tree: AuditTree,
+) -> None:
+    code = """
+    from fastapi import FastAPI
+    from fusion_prime.platform.auth import Caller, public_route
+
+    app = FastAPI()
+
+    @app.get("/me")
+    async def me(caller: Caller) -> dict: ...
+
+    @app.get("/page")
+    async def page(request, user: CurrentUser) -> dict: ...
+
+    @app.get("/login", dependencies=public_route("the sign-in page"))
+    async def login() -> dict: ...
+
+    @app.get("/open")
+    async def open_page(request, user: str) -> dict: ...
+    """
+    findings = audit_tree({"services/console/app.py": code})
+    assert [f.message for f in findings] == ["route GET /open has no authentication rule"]

@@ -238,7 +238,7 @@ async def test_a_consumer_failing_for_one_event_type_dead_letters_it_and_replay_
         assert done.returncode == 0, done.stdout + done.stderr
         async with PostgresBroker(sys_.bus, pool_size=1) as broker:
             for d in dead[1:]:
-                await broker.replay(d["id"])
+                await broker.replay(d["id"], by="reliability test")
         got = await settle(sys_, stream, timeout=120)
         recover = time.monotonic() - started
     record(

@@ -22,6 +22,7 @@ from fusion_prime.console import formatting
 from fusion_prime.console.auth import CSRF_FIELD, Sessions, SignInError, User
 from fusion_prime.console.clients import Answer, ServiceClients
 from fusion_prime.console.settings import SERVICES, ConsoleSettings
+from fusion_prime.platform.auth import public_route
 
 HERE = Path(__file__).parent
 ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
@@ -122,16 +123,18 @@ def create_app(
         """The console has no database: ready once it serves (the pages say what is down)."""
         return {"status": "ok", "service": "console", "database": None}
 
-    @app.get("/vendor/plotly.min.js")
+    @app.get("/vendor/plotly.min.js", dependencies=public_route("the chart library"))
     async def plotly_js() -> FileResponse:
         return FileResponse(_plotly_js(), media_type="text/javascript")
 
     # -- sign-in ------------------------------------------------------------------------
-    @app.get("/login", response_class=HTMLResponse)
+    @app.get("/login", response_class=HTMLResponse, dependencies=public_route("the sign-in page"))
     async def login_form(request: Request, next: str = "/") -> HTMLResponse:
         return await render(request, "login.html", None, next=_safe_next(next), error=None)
 
-    @app.post("/login", response_class=HTMLResponse)
+    @app.post(
+        "/login", response_class=HTMLResponse, dependencies=public_route("sign-in (CSRF checked)")
+    )
     async def login(
         request: Request,
         api_key: Annotated[str, Form(max_length=500)],
@@ -153,7 +156,7 @@ def create_app(
         sessions.sign_in(response, api_key.strip())
         return response
 
-    @app.post("/logout")
+    @app.post("/logout", dependencies=public_route("sign-out (CSRF checked)"))
     async def logout(
         request: Request, csrf_token: Annotated[str | None, Form()] = None
     ) -> Response:

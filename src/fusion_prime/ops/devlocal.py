@@ -34,7 +34,10 @@ from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from fusion_prime.platform.auth import public_route
 from fusion_prime.platform.errors import InvalidError, NotFoundError, install_error_handlers
+
+DEV_ONLY = "development stand-in on 127.0.0.1 (refused in production)"
 
 SYMBOL_RE = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,79}$"
 Symbol = Annotated[str, Query(pattern=SYMBOL_RE)]
@@ -127,6 +130,8 @@ def create_app(prices: PriceBook, inbox: Inbox) -> FastAPI:
     app = FastAPI(title="Fusion Prime local development stand-ins")
     install_error_handlers(app)
     router = APIRouter()
+    # stand-ins for the public price APIs and the development mail inbox: open like the
+    # APIs they imitate, on 127.0.0.1 only, never in production (see main)
 
     def _known(symbol: str) -> dict[str, str]:
         entry = prices.get(symbol)
@@ -138,18 +143,18 @@ def create_app(prices: PriceBook, inbox: Inbox) -> FastAPI:
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/prices")
+    @router.get("/prices", dependencies=public_route(DEV_ONLY))
     async def list_prices() -> dict[str, Any]:
         return {"prices": prices.prices}
 
-    @router.put("/prices/{symbol}")
+    @router.put("/prices/{symbol}", dependencies=public_route(DEV_ONLY))
     async def put_price(symbol: str, body: PriceIn) -> dict[str, Any]:
         if not re.fullmatch(SYMBOL_RE, symbol):
             raise InvalidError("symbol has characters a source symbol never has", field="symbol")
         return {"symbol": symbol, **prices.set(symbol, _decimal(body.price))}
 
     # the four public ticker APIs, as the oracle's adapters read them
-    @router.get("/products/{symbol}/ticker")
+    @router.get("/products/{symbol}/ticker", dependencies=public_route(DEV_ONLY))
     async def coinbase(symbol: str) -> JSONResponse:
         entry = prices.get(symbol)
         if entry is None:
@@ -159,21 +164,21 @@ def create_app(prices: PriceBook, inbox: Inbox) -> FastAPI:
         now = datetime.now(UTC).isoformat()
         return JSONResponse({"price": p, "bid": p, "ask": p, "time": now})
 
-    @router.get("/0/public/Ticker")
+    @router.get("/0/public/Ticker", dependencies=public_route(DEV_ONLY))
     async def kraken(pair: Symbol) -> dict[str, Any]:
         entry = prices.get(pair)
         if entry is None:
             return {"error": [f"EQuery:Unknown asset pair {pair}"], "result": {}}
         return {"error": [], "result": {pair: {"c": [entry["price"], "1.0"]}}}
 
-    @router.get("/api/v3/ticker/price")
+    @router.get("/api/v3/ticker/price", dependencies=public_route(DEV_ONLY))
     async def binance(symbol: Symbol) -> JSONResponse:
         entry = prices.get(symbol)
         if entry is None:
             return JSONResponse({"code": -1121, "msg": "Invalid symbol."}, status_code=400)
         return JSONResponse({"symbol": symbol, "price": entry["price"]})
 
-    @router.get("/api/v3/simple/price")
+    @router.get("/api/v3/simple/price", dependencies=public_route(DEV_ONLY))
     async def coingecko(ids: Symbol, vs_currencies: str = "usd") -> dict[str, Any]:
         entry = prices.get(ids)
         if entry is None or vs_currencies != "usd":
@@ -181,7 +186,7 @@ def create_app(prices: PriceBook, inbox: Inbox) -> FastAPI:
         now = int(datetime.now(UTC).timestamp())
         return {ids: {"usd": entry["price"], "last_updated_at": now}}
 
-    @router.get("/mail/messages")
+    @router.get("/mail/messages", dependencies=public_route(DEV_ONLY))
     async def mail(
         to: Annotated[str | None, Query(max_length=320)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_MESSAGES)] = 100,

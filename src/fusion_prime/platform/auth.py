@@ -579,6 +579,16 @@ def signed_by(scheme: str) -> list[Any]:
     return [Depends(SignedRule(scheme))]
 
 
+def public_route(reason: str) -> list[Any]:
+    """`dependencies=public_route("why")`: a route that is open on purpose (a sign-in page,
+    a development stand-in for a public API). It adds no check; it makes the choice
+    explicit and reviewable, and `fusion-prime audit` (FP502) accepts only a route that
+    has a rule, an identity parameter or this declaration."""
+    if not reason.strip():
+        raise ValueError("a public route needs the reason it is public")
+    return []
+
+
 def _rules_in(dependant: Dependant) -> list[Rule]:
     found: list[Rule] = []
     for dep in dependant.dependencies:

@@ -192,6 +192,10 @@ async def test_poison_message_is_dead_lettered_others_flow_and_replay_applies_on
             )
             assert again.exit_code == 1
             assert "already replayed" in again.output
+            by = await fetchval(
+                bus_url, "SELECT replayed_by FROM bus_dead_letters WHERE id = $1", dead[0]["id"]
+            )
+            assert by.startswith("cli:")  # the command line records the OS user
             await asyncio.sleep(0.3)
         finally:
             task.cancel()

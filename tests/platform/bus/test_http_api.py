@@ -86,10 +86,14 @@ async def test_subscriptions_dead_letters_and_replay(
             )
             is None
         )
-        operator = auth_headers(await add_key(settlement_db, "operator"))
+        operator_key = await add_key(settlement_db, "operator")
+        operator_id = operator_key.split("_")[1]
+        operator = auth_headers(operator_key)
         replayed = await settlement.post(f"/bus/dead-letters/{dead_id}/replay", headers=operator)
         assert replayed.status_code == 200, replayed.text
         assert replayed.json()["replayed_at"] is not None
+        # the replay is recorded as the operator key's identity, not as anything the client says
+        assert replayed.json()["replayed_by"].endswith(f"[{operator_id}]")
         again = await settlement.post(f"/bus/dead-letters/{dead_id}/replay")
         assert again.status_code == 409
         assert "already replayed" in again.json()["detail"]
@@ -104,8 +108,11 @@ async def test_subscriptions_dead_letters_and_replay(
         }
         assert (after[SIGNER]["depth"], after[SIGNER]["dead_letters"]) == (1, 0)
         assert after[SIGNER]["oldest_age_seconds"] is not None
-    row = await fetch(bus_url, "SELECT replayed_at FROM bus_dead_letters WHERE id = $1", dead_id)
+    row = await fetch(
+        bus_url, "SELECT replayed_at, replayed_by FROM bus_dead_letters WHERE id = $1", dead_id
+    )
     assert row[0]["replayed_at"] is not None
+    assert row[0]["replayed_by"].endswith(f"[{operator_id}]")
     queued = await fetchval(
         bus_url,
         "SELECT count(*) FROM bus_messages WHERE subscription = $1 AND acked_at IS NULL "

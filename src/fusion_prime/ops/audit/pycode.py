@@ -72,7 +72,10 @@ AUTH_NAMES = frozenset(
 
 # FP502: route decorators, the calls that give a route its rule, and the open paths
 ROUTE_METHODS = frozenset({"get", "post", "put", "patch", "delete", "head", "options"})
-ROUTE_RULES = frozenset({"requires", "signed_by", "RoleRule", "SignedRule"})
+ROUTE_RULES = frozenset({"requires", "signed_by", "public_route", "RoleRule", "SignedRule"})
+# a route parameter of these types is an identity dependency (platform.auth.Caller, the
+# console's signed-in user): the route cannot run without a checked caller
+IDENTITY_PARAMETERS = frozenset({"Caller", "CurrentUser"})
 OPEN_ROUTE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 
 
@@ -379,6 +382,11 @@ class _Visitor(ast.NodeVisitor):
             return
         path = _const_str(decorator.args[0])
         if path is None or not path.startswith("/") or path in OPEN_ROUTE_PATHS:
+            return
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) and any(
+            isinstance(a.annotation, ast.Name) and a.annotation.id in IDENTITY_PARAMETERS
+            for a in (*fn.args.args, *fn.args.kwonlyargs)
+        ):
             return
         for kw in decorator.keywords:
             if kw.arg == "dependencies" and any(

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
-from fusion_prime.platform.auth import requires
+from fusion_prime.platform.auth import Caller, requires
 from fusion_prime.platform.bus.postgres import DeadLetter, PostgresBroker
 from fusion_prime.platform.bus.registry import operated_by
 from fusion_prime.platform.errors import ConflictError, DomainError, NotFoundError
@@ -58,6 +58,7 @@ def _dead_letter_json(d: DeadLetter) -> dict[str, Any]:
         "error": d.error,
         "dead_at": _iso(d.dead_at),
         "replayed_at": _iso(d.replayed_at),
+        "replayed_by": d.replayed_by,
     }
 
 
@@ -108,7 +109,7 @@ async def dead_letters(
 
 @router.post("/bus/dead-letters/{dead_letter_id}/replay", dependencies=requires("operator"))
 async def replay(
-    dead_letter_id: Annotated[int, Path(ge=1, le=2**63 - 1)], request: Request
+    dead_letter_id: Annotated[int, Path(ge=1, le=2**63 - 1)], request: Request, caller: Caller
 ) -> dict[str, Any]:
     """Queue the dead letter again with fresh attempts (once; a second replay is a 409)."""
     broker = await _broker(request)
@@ -116,7 +117,7 @@ async def replay(
     if found is None or found.subscription not in _owned(request):
         raise NotFoundError(f"no dead letter {dead_letter_id} on this service's subscriptions")
     try:
-        replayed = await broker.replay(dead_letter_id)
+        replayed = await broker.replay(dead_letter_id, by=caller.actor)
     except KeyError as exc:
         raise NotFoundError(str(exc.args[0])) from None
     except ValueError as exc:

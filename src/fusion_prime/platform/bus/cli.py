@@ -6,7 +6,9 @@ Commands read FP_BUS / FP_BUS_URL / GCP_PROJECT from the environment like a serv
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -144,6 +146,12 @@ def dead_letters(
     asyncio.run(_go())
 
 
+def _cli_actor() -> str:
+    """Who replays from the command line: it reaches the bus database directly, with no
+    API key, so the record names the operating-system user and host."""
+    return f"cli:{getpass.getuser()}@{socket.gethostname()}"
+
+
 @app.command()
 def replay(dead_letter_id: Annotated[int, typer.Argument(help="id from `dead-letters`")]) -> None:
     """Queue one dead letter again (fresh attempts) for its subscription."""
@@ -151,7 +159,7 @@ def replay(dead_letter_id: Annotated[int, typer.Argument(help="id from `dead-let
 
     async def _go() -> None:
         async with PostgresBroker(url, pool_size=1) as broker:
-            d = await broker.replay(dead_letter_id)
+            d = await broker.replay(dead_letter_id, by=_cli_actor())
         console.print(f"dead letter {d.id} (event {d.event_id}) re-queued for {d.subscription}")
 
     try:

@@ -77,6 +77,7 @@ class DeadLetter:
     error: str
     dead_at: datetime
     replayed_at: datetime | None
+    replayed_by: str | None = None
 
 
 _PUBLISH = """
@@ -328,7 +329,7 @@ class PostgresBroker:
     ) -> list[DeadLetter]:
         rows = await self.pool.fetch(
             "SELECT id, subscription, event_id, topic, subject, event_type, attempts, error, "
-            "dead_at, replayed_at FROM bus_dead_letters "
+            "dead_at, replayed_at, replayed_by FROM bus_dead_letters "
             "WHERE ($1::text IS NULL OR subscription = $1) AND ($2 OR replayed_at IS NULL) "
             "ORDER BY id LIMIT $3",
             subscription,
@@ -340,13 +341,14 @@ class PostgresBroker:
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         row = await self.pool.fetchrow(
             "SELECT id, subscription, event_id, topic, subject, event_type, attempts, error, "
-            "dead_at, replayed_at FROM bus_dead_letters WHERE id = $1",
+            "dead_at, replayed_at, replayed_by FROM bus_dead_letters WHERE id = $1",
             dead_letter_id,
         )
         return DeadLetter(**dict(row)) if row is not None else None
 
-    async def replay(self, dead_letter_id: int) -> DeadLetter:
-        """Queue a dead letter again with fresh attempts; raises KeyError/ValueError."""
+    async def replay(self, dead_letter_id: int, *, by: str) -> DeadLetter:
+        """Queue a dead letter again with fresh attempts, recording who asked (`by`);
+        raises KeyError/ValueError."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "SELECT * FROM bus_dead_letters WHERE id = $1 FOR UPDATE", dead_letter_id
@@ -375,9 +377,10 @@ class PostgresBroker:
                 row["envelope"],
             )
             replayed = await conn.fetchval(
-                "UPDATE bus_dead_letters SET replayed_at = now() WHERE id = $1 "
+                "UPDATE bus_dead_letters SET replayed_at = now(), replayed_by = $2 WHERE id = $1 "
                 "RETURNING replayed_at",
                 dead_letter_id,
+                by,
             )
             await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, row["topic"])
         return DeadLetter(
@@ -391,6 +394,7 @@ class PostgresBroker:
             error=row["error"],
             dead_at=row["dead_at"],
             replayed_at=replayed,
+            replayed_by=by,
         )
 
     async def cleanup(self, retention: float) -> int:
