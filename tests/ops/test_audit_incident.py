@@ -32,6 +32,8 @@ REPORT_PROBLEMS = {
     ("FP103", f"{S}/compliance/cloudbuild.yaml"),
     ("FP501", f"{S}/compliance/cloudbuild.yaml"),
     ("FP201", f"{S}/compliance/app/dependencies.py"),
+    # ... and its routes answer anyone (the fix adds an app-wide API key dependency)
+    ("FP502", f"{S}/compliance/app/main.py"),
     # Risk: os.getenv("DATABASE_URL", "") and MockRiskCalculator
     ("FP101", f"{S}/risk-engine/cloudbuild.yaml"),
     ("FP103", f"{S}/risk-engine/cloudbuild.yaml"),

@@ -721,3 +721,20 @@ def test_fp502_accepts_an_identity_parameter_and_a_declared_public_route(
     """
     findings = audit_tree({"services/console/app.py": code})
     assert [f.message for f in findings] == ["route GET /open has no authentication rule"]
+
+
+def test_fp502_accepts_an_app_wide_dependency(audit_tree: AuditTree) -> None:
+    code = """
+    from fastapi import APIRouter, Depends, FastAPI
+
+    app = FastAPI(dependencies=[Depends(require_api_key)])
+    bare = APIRouter()
+
+    @app.post("/kyc/check")
+    async def check() -> dict: ...
+
+    @bare.post("/kyc/approve")
+    async def approve() -> dict: ...
+    """
+    findings = audit_tree({"services/kyc/main.py": code})
+    assert [f.message for f in findings] == ["route POST /kyc/approve has no authentication rule"]

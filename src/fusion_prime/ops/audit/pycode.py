@@ -222,12 +222,32 @@ def _fallback_in(nodes: list[ast.stmt] | ast.AST) -> tuple[ast.AST, str] | None:
     return None
 
 
+def _guarded_apps(module: ast.Module) -> set[str]:
+    """Names bound to `FastAPI(dependencies=[Depends(...)])` or `APIRouter(...)` with a
+    dependency: every route on them passes that dependency first (FP502)."""
+    names: set[str] = set()
+    for stmt in module.body:
+        if not (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Call)):
+            continue
+        if _callee_name(stmt.value.func) not in ("FastAPI", "APIRouter"):
+            continue
+        for kw in stmt.value.keywords:
+            if kw.arg == "dependencies" and any(
+                isinstance(sub, ast.Call)
+                and _callee_name(sub.func) in ROUTE_RULES | {"Depends", "Security"}
+                for sub in ast.walk(kw.value)
+            ):
+                names.update(t.id for t in stmt.targets if isinstance(t, ast.Name))
+    return names
+
+
 class _Visitor(ast.NodeVisitor):
     def __init__(self, facts: PyFacts, *, test_file: bool) -> None:
         self.facts = facts
         self.test_file = test_file
         self.tainted: set[str] = set()
         self.docstrings: set[int] = set()
+        self.guarded_apps: set[str] = set()
 
     # -- helpers -------------------------------------------------------------------
 
@@ -247,6 +267,7 @@ class _Visitor(ast.NodeVisitor):
 
     def visit_Module(self, node: ast.Module) -> None:
         self._note_docstring(node)
+        self.guarded_apps = _guarded_apps(node)
         self.generic_visit(node)
 
     def _note_docstring(self, node: ast.AST) -> None:
@@ -383,6 +404,9 @@ class _Visitor(ast.NodeVisitor):
         path = _const_str(decorator.args[0])
         if path is None or not path.startswith("/") or path in OPEN_ROUTE_PATHS:
             return
+        owner = decorator.func.value
+        if isinstance(owner, ast.Name) and owner.id in self.guarded_apps:
+            return  # the app or router checks every route it serves
         if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) and any(
             isinstance(a.annotation, ast.Name) and a.annotation.id in IDENTITY_PARAMETERS
             for a in (*fn.args.args, *fn.args.kwonlyargs)
