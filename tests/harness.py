@@ -423,8 +423,21 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+# the suite's database settings: a process under test gets its own, never these
+# (TEST_DATABASE_URL is the harness's server, not the system's)
+SUITE_DATABASE_VARIABLES = frozenset({"DATABASE_URL", "FP_BUS_URL", "TEST_DATABASE_URL"})
+
+
+def local_system_env(data_dir: Path) -> dict[str, str]:
+    """The environment of `fusion-prime up` and CLI runs on a local system in tests: the
+    suite's database settings removed (`up` runs its own embedded server)."""
+    env = {k: v for k, v in os.environ.items() if k not in SUITE_DATABASE_VARIABLES}
+    env["FP_DATA_DIR"] = str(data_dir)
+    return env
+
+
 def _env(database_url: str | None, extra: dict[str, str] | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "FP_BUS_URL"}}
+    env = {k: v for k, v in os.environ.items() if k not in SUITE_DATABASE_VARIABLES}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).strip(
         os.pathsep
     )

@@ -7,7 +7,6 @@ expensive part), in a throw-away data directory, and stopped (Ctrl-C) afterwards
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 
 from fusion_prime.platform.embedded import EmbeddedPostgres
 from tests.evm import ensure_tools
-from tests.harness import REPO_ROOT
+from tests.harness import REPO_ROOT, local_system_env
 from tests.ops.test_launcher import _up
 
 
@@ -47,17 +46,11 @@ class LocalSystem:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "FP_BUS_URL"}}
-    env["FP_DATA_DIR"] = str(data_dir)
-    return env
-
-
 def cli(system: LocalSystem, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fusion_prime.cli", *args],
         cwd=REPO_ROOT,
-        env=_env(system.data_dir),
+        env=local_system_env(system.data_dir),
         capture_output=True,
         text=True,
         timeout=timeout,

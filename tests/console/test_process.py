@@ -9,7 +9,6 @@ import sys
 
 import httpx
 import psutil
-import pytest
 
 from fusion_prime.platform.embedded import EmbeddedPostgres, free_port
 from tests.console.conftest import LocalSystem
@@ -57,10 +56,6 @@ def _console_process(system: LocalSystem) -> psutil.Process:
     raise AssertionError(f"no process listens on the console port {port}")
 
 
-@pytest.mark.skipif(
-    bool(os.environ.get("TEST_DATABASE_URL")),
-    reason="failed on the shared PostgreSQL 15 server (CI pass 2, 2026-12-03): issue notes",
-)
 async def test_console_process_has_no_database_and_never_connects_to_one(
     local_system: LocalSystem,
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import stat
@@ -17,16 +16,14 @@ import httpx
 from fusion_prime.platform.embedded import EmbeddedPostgres
 from fusion_prime.services import service_names
 from tests.evm import ensure_tools
-from tests.harness import REPO_ROOT, auth_headers, fetchval
+from tests.harness import REPO_ROOT, auth_headers, fetchval, local_system_env
 
 
 def _up(data_dir: Path) -> tuple[subprocess.Popen[str], list[str]]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "FP_BUS_URL"}}
-    env["FP_DATA_DIR"] = str(data_dir)
     proc = subprocess.Popen(
         [sys.executable, "-m", "fusion_prime.cli", "up"],
         cwd=REPO_ROOT,
-        env=env,
+        env=local_system_env(data_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -53,12 +50,10 @@ def _admin(data_dir: Path) -> dict[str, str]:
 
 def _demo_escrow(data_dir: Path, settlement: str) -> str:
     """`fusion-prime settlement demo-escrow` on up's chain; the escrow once settlement has it."""
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "FP_BUS_URL"}}
-    env["FP_DATA_DIR"] = str(data_dir)
     done = subprocess.run(
         [sys.executable, "-m", "fusion_prime.cli", "settlement", "demo-escrow"],
         cwd=REPO_ROOT,
-        env=env,
+        env=local_system_env(data_dir),
         capture_output=True,
         text=True,
         timeout=120,

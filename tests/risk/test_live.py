@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import uuid
 import zlib
@@ -171,10 +170,6 @@ async def test_book_follows_positions_prices_and_parameters(risk: Risk) -> None:
     }
 
 
-@pytest.mark.skipif(
-    bool(os.environ.get("TEST_DATABASE_URL")),
-    reason="failed on the shared PostgreSQL 15 server (CI pass 2, 2026-12-03): issue notes",
-)
 @pytest.mark.parametrize("risk", ["memory"], indirect=True)
 async def test_a_rolled_back_pass_rebuilds_the_book(risk: Risk) -> None:
     t = datetime.now(UTC)
@@ -228,10 +223,6 @@ async def _publish(bus: str, *envelopes: Envelope) -> None:
         )
 
 
-@pytest.mark.skipif(
-    bool(os.environ.get("TEST_DATABASE_URL")),
-    reason="failed on the shared PostgreSQL 15 server (CI pass 2, 2026-12-03): issue notes",
-)
 async def test_book_matches_the_tables_after_random_work_and_kill9_restarts(
     make_database: Callable[..., Awaitable[str]], bus_url: str, log_dir: Path
 ) -> None:

@@ -313,8 +313,9 @@ class LiveBook:
         raw = await _copy_out(
             apg,
             "SELECT a.i, (coalesce(array_position($1::text[], p.asset), 0) - 1)::int4, "
-            "(p.collateral * power(10::numeric, -p.decimals))::float8, "
-            "(p.debt * power(10::numeric, -p.decimals))::float8 FROM positions p "
+            # '1e-N', not power(10::numeric, -N): that is 0 for N = 18 on PostgreSQL 15
+            "(p.collateral * CAST('1e-' || p.decimals AS numeric))::float8, "
+            "(p.debt * CAST('1e-' || p.decimals AS numeric))::float8 FROM positions p "
             "JOIN (SELECT id, (row_number() OVER (ORDER BY id) - 1)::int4 AS i FROM accounts) a "
             "ON a.id = p.account_id ORDER BY 2, 1",
             self.assets,

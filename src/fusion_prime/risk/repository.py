@@ -375,13 +375,14 @@ WITH params AS (
   FROM risk_parameters ORDER BY asset, version DESC
 ), cfg AS (SELECT * FROM risk_config ORDER BY version DESC LIMIT 1),
 assetk AS (  -- per asset, exact: USD per base unit (x threshold); positions use its decimals
+  -- ('1e-N' is exact on every server; power(10::numeric, -18) is 0 on PostgreSQL 15)
   SELECT pa.asset,
     pr.price IS NULL
       OR pr.source_time < CAST(:now AS timestamptz) - make_interval(secs => pa.age)
       OR pr.source_time > CAST(:now AS timestamptz)
          + make_interval(secs => cfg.max_future_skew_seconds) AS bad,
-    coalesce(pr.price * pa.lt * power(10::numeric, -pa.decimals), 0) AS kw,
-    coalesce(pr.price * power(10::numeric, -pa.decimals), 0) AS kd
+    coalesce(pr.price * pa.lt * CAST('1e-' || pa.decimals AS numeric), 0) AS kw,
+    coalesce(pr.price * CAST('1e-' || pa.decimals AS numeric), 0) AS kd
   FROM params pa CROSS JOIN cfg LEFT JOIN prices pr USING (asset)
 ),
 target AS ({target}),
