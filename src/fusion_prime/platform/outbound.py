@@ -7,14 +7,12 @@ requests and read Retry-After the same way.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -23,8 +21,7 @@ from fusion_prime.platform.signing import SIGNATURE_HEADER, sign_header
 from fusion_prime.platform.targets import (
     GuardedResolver,
     TargetPolicy,
-    check_url_shape,
-    checked_addresses,
+    check_before_connecting,
 )
 
 
@@ -85,38 +82,41 @@ async def post(
             timeout=timeout,
         )
     except Exception as exc:  # every failure is an attempt to record, never a crash
-        duration = int((time.perf_counter() - started) * 1000)
-        return HttpOutcome(None, f"{type(exc).__name__}: {exc}"[:500], duration)
+        return _failed(exc, started)
+    return _answered(
+        started,
+        response.status_code,
+        response.headers.get("content-type", ""),
+        response.headers.get("retry-after"),
+        response.text,
+    )
+
+
+def _failed(exc: Exception, started: float) -> HttpOutcome:
     duration = int((time.perf_counter() - started) * 1000)
-    status = response.status_code
+    return HttpOutcome(None, f"{type(exc).__name__}: {exc}"[:500], duration)
+
+
+def _answered(
+    started: float, status: int, content_type: str, retry_after: str | None, text: str
+) -> HttpOutcome:
+    """An answer as an outcome: 2xx or `HTTP <status>`, Retry-After, the start of the
+    body, and the body parsed when it says it is JSON."""
+    duration = int((time.perf_counter() - started) * 1000)
     parsed: Any = None
-    if "json" in response.headers.get("content-type", ""):
+    if "json" in content_type:
         try:
-            parsed = response.json()
+            parsed = json.loads(text)
         except ValueError:
             parsed = None
     return HttpOutcome(
         status,
         None if 200 <= status < 300 else f"HTTP {status}",
         duration,
-        retry_after_seconds(response.headers.get("retry-after")),
-        response.text[:500],
+        retry_after_seconds(retry_after),
+        text[:500],
         parsed,
     )
-
-
-def _host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    host = (parts.hostname or "").rstrip(".").lower()
-    return host, parts.port or (443 if parts.scheme == "https" else 80)
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 class ClientPool:
@@ -175,10 +175,7 @@ class ClientPool:
         started = time.perf_counter()
         try:
             if self.policy is not None:
-                host, port = _host_port(url)
-                if _is_ip_literal(host):  # aiohttp connects to a literal without resolving
-                    await checked_addresses(host, port, self.policy)
-                check_url_shape(url, self.policy)
+                await check_before_connecting(url, self.policy)
             async with self._client().post(
                 url,
                 data=content if content is not None else data,
@@ -191,24 +188,8 @@ class ClientPool:
                 content_type = response.headers.get("content-type", "")
                 retry_after = response.headers.get("retry-after")
         except Exception as exc:  # every failure is an attempt to record, never a crash
-            duration = int((time.perf_counter() - started) * 1000)
-            return HttpOutcome(None, f"{type(exc).__name__}: {exc}"[:500], duration)
-        duration = int((time.perf_counter() - started) * 1000)
-        text = raw.decode("utf-8", "replace")
-        parsed: Any = None
-        if "json" in content_type:
-            try:
-                parsed = json.loads(text)
-            except ValueError:
-                parsed = None
-        return HttpOutcome(
-            status,
-            None if 200 <= status < 300 else f"HTTP {status}",
-            duration,
-            retry_after_seconds(retry_after),
-            text[:500],
-            parsed,
-        )
+            return _failed(exc, started)
+        return _answered(started, status, content_type, retry_after, raw.decode("utf-8", "replace"))
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -133,6 +133,23 @@ async def check_target(url: str, policy: TargetPolicy) -> None:
     await checked_addresses(host, port, policy)
 
 
+async def check_before_connecting(url: str, policy: TargetPolicy) -> None:
+    """The delivery check of a client that connects to an address literal without asking
+    its resolver (aiohttp with `GuardedResolver`): a literal address is checked here,
+    first, so a stored URL naming 127.0.0.1 is refused as loopback; then the URL's shape
+    (https outside development, no credentials). A host name's addresses are checked by
+    the resolver on every new connection."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".").lower()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        await checked_addresses(host, parts.port or 0, policy)
+    check_url_shape(url, policy)
+
+
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
     """Resolves and checks at connection time, then connects to the checked address."""
 
