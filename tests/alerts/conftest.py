@@ -50,6 +50,7 @@ def margin_event(
     to_tier: str = "warning",
     factor: str | None = "1.2",
     prices: dict[str, str] | None = None,
+    evaluated_at: str = "2026-01-01T12:00:00+00:00",
 ) -> Envelope:
     """An `alerts.margin.v1` envelope shaped exactly like the risk engine's (build_event)."""
     return Envelope(
@@ -72,7 +73,7 @@ def margin_event(
             "prices": prices if prices is not None else {"ETH": "3000", "USDC": "1"},
             "missing_prices": [],
             "stale_prices": [],
-            "evaluated_at": "2026-01-01T12:00:00+00:00",
+            "evaluated_at": evaluated_at,
         },
     )
 

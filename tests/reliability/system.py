@@ -28,6 +28,7 @@ from fusion_prime.platform.bus.envelope import Envelope
 from fusion_prime.platform.bus.postgres import OutgoingEvent, PostgresBroker
 from fusion_prime.platform.embedded import EmbeddedPostgres
 from fusion_prime.services import load_spec
+from tests.alerts.conftest import margin_event
 from tests.e2e.conftest import BUS_ENV, prepare_bus
 from tests.harness import (
     BUS_MIGRATIONS_DIR,
@@ -117,30 +118,11 @@ def make_stream(chain: int, ticks: int, margin: int) -> Stream:
 
 
 def _margin_event(account: str, i: int) -> Envelope:
-    """An alerts.margin.v1 envelope shaped like the risk engine's."""
+    """An alerts.margin.v1 envelope shaped like the risk engine's, tiers cycling."""
     tiers = ("healthy", "warning", "margin_call")
-    return Envelope(
-        type="margin.tier_changed",
-        source="risk",
-        subject=account,
-        data={
-            "account_id": account,
-            "from_tier": tiers[i % 3],
-            "to_tier": tiers[(i + 1) % 3],
-            "status": tiers[(i + 1) % 3],
-            "factor": "1.2",
-            "collateral_value": "3000",
-            "weighted_collateral": "2400",
-            "debt_value": "2000",
-            "borrow_capacity": "250",
-            "price_drop_to_liquidation": "0.1666",
-            "max_repay_value": "0",
-            "seizures": [],
-            "prices": {"ETH": "3000", "USDC": "1"},
-            "missing_prices": [],
-            "stale_prices": [],
-            "evaluated_at": (datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=i)).isoformat(),
-        },
+    at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=i)
+    return margin_event(
+        account, from_tier=tiers[i % 3], to_tier=tiers[(i + 1) % 3], evaluated_at=at.isoformat()
     )
 
 
@@ -345,25 +327,38 @@ async def settle(
 
 @dataclass
 class Probe:
-    """Readiness and liveness answers of services, polled while a fault is on."""
+    """Readiness and liveness answers of services, polled while a fault is on.
+
+    It takes one more round after `stop` is set, so the last answer recorded per service
+    is one given after whatever the test waited for (never a sample from just before)."""
 
     statuses: dict[str, list[int]] = field(default_factory=dict)
+    last_error: dict[str, str] = field(default_factory=dict)
     live_failures: int = 0
 
     async def poll(self, urls: dict[str, str], stop: asyncio.Event) -> None:
         async with httpx.AsyncClient(timeout=10) as http:
-            while not stop.is_set():
+            while True:
+                last_round = stop.is_set()
                 for name, base in urls.items():
-                    try:
-                        r = await http.get(f"{base}/health/ready")
-                        self.statuses.setdefault(name, []).append(r.status_code)
-                        if (await http.get(f"{base}/health/live")).status_code != 200:
-                            self.live_failures += 1
-                    except httpx.HTTPError:
-                        self.statuses.setdefault(name, []).append(0)
-                        self.live_failures += 1
+                    await self._probe(http, name, base)
+                if last_round:
+                    return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.2)
+
+    async def _probe(self, http: httpx.AsyncClient, name: str, base: str) -> None:
+        try:
+            r = await http.get(f"{base}/health/ready")
+            self.statuses.setdefault(name, []).append(r.status_code)
+            if r.status_code != 200:
+                self.last_error[name] = r.text[:300]
+            if (await http.get(f"{base}/health/live")).status_code != 200:
+                self.live_failures += 1
+        except httpx.HTTPError as exc:
+            self.statuses.setdefault(name, []).append(0)
+            self.last_error[name] = f"{type(exc).__name__}: {exc}"
+            self.live_failures += 1
 
 
 async def wait_ready(urls: dict[str, str], timeout: float) -> float:

@@ -89,7 +89,9 @@ async def test_service_database_server_stopped_and_restarted_during_the_stream(
     assert alive, "a service process exited during the outage"
     for name, seen in probe.statuses.items():
         assert 503 in seen, f"{name} never answered 503 while its database was down: {seen}"
-        assert seen[-1] == 200, f"{name} did not come back: {seen[-10:]}"
+        assert seen[-1] == 200, (
+            f"{name} did not come back: {seen[-10:]}, last error {probe.last_error.get(name)}"
+        )
     assert probe.live_failures == 0
     assert got.dead_letters == 0, got
     assert got.exact, got

@@ -149,7 +149,11 @@ def dead_letters(
 def _cli_actor() -> str:
     """Who replays from the command line: it reaches the bus database directly, with no
     API key, so the record names the operating-system user and host."""
-    return f"cli:{getpass.getuser()}@{socket.gethostname()}"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a name
+        user = f"uid {os.getuid()}"
+    return f"cli:{user}@{socket.gethostname()}"
 
 
 @app.command()
