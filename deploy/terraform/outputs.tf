@@ -12,3 +12,8 @@ output "database_secrets" {
   description = "Secret Manager secret holding each service's DATABASE_URL."
   value       = { for slug, s in google_secret_manager_secret.db_url : slug => s.secret_id }
 }
+
+output "console_url" {
+  description = "Cloud Run URL of the operator console (open it through `gcloud run services proxy console`)."
+  value       = one(google_cloud_run_v2_service.console[*].uri)
+}

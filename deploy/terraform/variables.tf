@@ -93,3 +93,19 @@ variable "topics" {
     }))
   }))
 }
+
+variable "console" {
+  description = "The operator console (no database): its runtime account id, its generated secrets and the secrets the operator provides (env name -> secret id), and the env name of each service URL it reads (env name -> service)."
+  type = object({
+    account_id       = string
+    secrets          = map(string)
+    provided_secrets = map(string)
+    service_urls     = map(string)
+  })
+}
+
+variable "console_invokers" {
+  description = "IAM members allowed to open the console (roles/run.invoker on it), e.g. [\"group:treasury-ops@example.com\"]; they reach it with `gcloud run services proxy console` (docs/deploy.md)."
+  type        = list(string)
+  default     = []
+}

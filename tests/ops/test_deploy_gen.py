@@ -13,8 +13,10 @@ import yaml
 from typer.testing import CliRunner
 
 from fusion_prime.cli import app
+from fusion_prime.console.settings import ConsoleSettings
 from fusion_prime.ops.audit.engine import run_audit
 from fusion_prime.ops.deploy_gen import (
+    CONSOLE,
     KNOWN_DB_SLUGS,
     PUSH_PATH,
     TFVARS_NAME,
@@ -40,6 +42,7 @@ def test_write_files_rewrites_what_is_stale_and_removes_leftovers(tmp_path: Path
     assert write_files(tmp_path, services) == [
         "cloudbuild/settlement.yaml",
         "cloudbuild/risk.yaml",
+        "cloudbuild/console.yaml",
         f"terraform/{TFVARS_NAME}",
     ]
     assert stale_files(tmp_path, services) == []
@@ -254,6 +257,7 @@ def test_generate_command_writes_checks_and_removes(tmp_path: Path) -> None:
     assert runner.invoke(app, [*check[:-2], "--service", "risk"]).exit_code == 1
     out = runner.invoke(app, ["deploy", "generate", "--dir", d, "--service", "risk"])
     assert not (tmp_path / "cloudbuild" / "settlement.yaml").exists()  # no longer listed
+    assert (tmp_path / "cloudbuild" / "console.yaml").is_file()  # always beside them
     assert runner.invoke(app, ["deploy", "generate", "--service", "nope"]).exit_code == 2
 
 
@@ -334,3 +338,76 @@ def test_terraform_required_secrets_are_generated_and_private() -> None:
     assert len(value) == password["length"]
     SettlementSettings.model_validate({"SETTLEMENT_WEBHOOK_KEY": value})
     ComplianceSettings.model_validate({"KYC_WEBHOOK_SECRET": value})
+
+
+def test_console_is_deployed_without_a_database(tmp_path: Path) -> None:
+    """The console's Cloud Build file: no migration job, no DATABASE_URL, no Cloud SQL;
+    its keys from Secret Manager, every service's URL and secure cookies as plain settings
+    that ConsoleSettings reads and accepts in production."""
+    services = shipped_services()
+    write_files(tmp_path, services)
+    doc = yaml.safe_load((tmp_path / "cloudbuild" / "console.yaml").read_text())
+    assert [s["id"] for s in doc["steps"]] == ["build", "push", "deploy", "check", "promote"]
+    deploy = _step(doc, "deploy")["args"]
+    assert deploy[:3] == ["run", "deploy", "console"]
+    assert "--args=serve,console,--host,0.0.0.0,--port,8080" in deploy
+    assert not any("cloudsql" in a for a in deploy)
+    assert "--no-allow-unauthenticated" in deploy
+    assert "--allow-unauthenticated" not in deploy
+    assert "--service-account=fp-console-run@$PROJECT_ID.iam.gserviceaccount.com" in deploy
+    secrets_given = _flag(deploy, "--set-secrets")
+    assert secrets_given == {
+        "CONSOLE_SESSION_KEY": "fp-console-console-session-key:latest",
+        "CONSOLE_API_KEY": "fp-console-console-api-key:latest",
+    }
+    env = _flag(deploy, "--set-env-vars")
+    assert "DATABASE_URL" not in env
+    assert not set(env) & set(secrets_given)
+    assert env["FP_ENV"] == "production"
+    assert env["CONSOLE_COOKIE_SECURE"] == "true"
+    for svc in services:
+        assert env[f"CONSOLE_{svc.name.upper()}_URL"] == (
+            f"https://{svc.name}-$PROJECT_NUMBER.${{_REGION}}.run.app"
+        )
+    assert _step(doc, "promote")["waitFor"] == ["check"]
+    assert '"$$tagged/health/ready"' in _step(doc, "check")["args"][1]
+
+    # every name is a ConsoleSettings field, and the production settings validate
+    aliases = {f.alias for f in ConsoleSettings.model_fields.values()}
+    assert set(env) | set(secrets_given) <= aliases
+    values = {
+        k: v.replace("$PROJECT_NUMBER", "1").replace("${_REGION}", "r") for k, v in env.items()
+    }
+    values.update({name: secrets.token_urlsafe(48) for name in secrets_given})
+    settings = ConsoleSettings.model_validate(values)
+    assert settings.cookie_secure is True
+    assert settings.base_urls()["risk"] == "https://risk-1.r.run.app"
+
+    tfvars = json.loads((tmp_path / "terraform" / TFVARS_NAME).read_text())
+    assert tfvars["console"] == {
+        "account_id": "fp-console-run",
+        "secrets": {"CONSOLE_SESSION_KEY": "fp-console-console-session-key"},
+        "provided_secrets": {"CONSOLE_API_KEY": "fp-console-console-api-key"},
+        "service_urls": {f"CONSOLE_{s.name.upper()}_URL": s.name for s in services},
+    }
+    assert "console" not in tfvars["services"]  # no database, no Cloud SQL grant
+    assert CONSOLE.secret_for("CONSOLE_API_KEY") == "fp-console-console-api-key"
+
+
+def test_terraform_console_service_has_no_database() -> None:
+    res = _resources("console.tf")
+    run = res[("google_cloud_run_v2_service", "console")]
+    text = (REPO_ROOT / "deploy/terraform/console.tf").read_text()
+    assert "cloud_sql_instance" not in text
+    assert "DATABASE_URL" not in text
+    assert '"allUsers"' not in text
+    assert run["template"][0]["service_account"] == "${google_service_account.console.email}"
+    password = res[("random_password", "console")]
+    assert password["length"] >= 32  # ConsoleSettings.session_key's minimum
+    # the session key gets a generated version, the viewer key only its secret
+    version = res[("google_secret_manager_secret_version", "console")]
+    assert version["for_each"] == "${var.console.secrets}"
+    access = res[("google_secret_manager_secret_iam_member", "console")]
+    assert access["member"] == "${google_service_account.console.member}"
+    reads = res[("google_cloud_run_v2_service_iam_member", "console_reads")]
+    assert reads["role"] == '"roles/run.invoker"'
