@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import secrets
@@ -15,9 +16,12 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+import psutil
 from rich.console import Console
 from rich.table import Table
 
+from fusion_prime.ops import forked
+from fusion_prime.ops.forked import ForkedProcess
 from fusion_prime.ops.localhelpers import LocalExtras
 from fusion_prime.platform import auth
 from fusion_prime.platform.admin import ensure_database
@@ -32,12 +36,40 @@ CONSOLE_KEY_FILE = "console.key"  # the console's own (viewer) key for reading t
 READY_TIMEOUT = 90.0
 
 
+def _process_age() -> float:
+    """Seconds since this process started, so the command line's own imports count too.
+    On Linux from /proc (both times since boot, to the clock tick); elsewhere psutil's
+    creation time (whose boot time is rounded to the second)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        since_boot = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, since_boot - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return max(0.0, time.time() - psutil.Process().create_time())
+
+
+class Phases:
+    """Where the start-up time goes: seconds per step, printed after the ready line."""
+
+    def __init__(self, started: float) -> None:
+        self.last = started
+        self.steps: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.steps.append((name, now - self.last))
+        self.last = now
+
+    def line(self) -> str:
+        return ", ".join(f"{name} {seconds:.2f}" for name, seconds in self.steps)
+
+
 @dataclass
 class Child:
     spec: ServiceSpec
     port: int
     url: str
-    process: subprocess.Popen[bytes]
+    process: ForkedProcess
     log_path: Path
 
 
@@ -118,7 +150,7 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # keep URLs whole when the output is a file or pipe
-    started = time.monotonic()
+    started = time.monotonic() - _process_age()
     data_dir = (data_dir or data_dir_from_env()).resolve()
     server = EmbeddedPostgres(data_dir)
     fresh = not server.initialised()
@@ -126,20 +158,32 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
         f"[bold]Fusion Prime[/bold]: {'initialising' if fresh else 'starting'} embedded "
         f"PostgreSQL in {data_dir}"
     )
-    admin_url = server.start()
+    phases = Phases(started)
+    phases.mark("command line")
+    # PostgreSQL starts (pg_ctl, initdb on a fresh data dir) while this process imports
+    # the code every child runs; the thread is joined before the first fork
+    start = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    admin_url_future = start.submit(server.start)
+    forked.preload()
+    phases.mark("imports")
+    admin_url = admin_url_future.result()
+    start.shutdown(wait=True)
+    phases.mark("postgresql")
     specs = all_specs()
 
-    async def _create() -> None:
-        for name in [BUS_DATABASE, *(s.database_name for s in specs)]:
-            await ensure_database(admin_url, name)
-
-    asyncio.run(_create())
     bus_url = server.url(BUS_DATABASE)
-    local = _local_secrets(data_dir, {name for s in specs for name in s.required_secrets})
     # services only check the bus schema; it is migrated once here, before any starts
     from fusion_prime.platform.bus.postgres import migrate_bus
 
-    asyncio.run(migrate_bus(bus_url))
+    async def _databases() -> None:
+        names = [BUS_DATABASE, *(s.database_name for s in specs)]
+        await asyncio.gather(*(ensure_database(admin_url, name) for name in names))
+        phases.mark("databases")
+        await migrate_bus(bus_url)
+        phases.mark("bus schema")
+
+    asyncio.run(_databases())
+    local = _local_secrets(data_dir, {name for s in specs for name in s.required_secrets})
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
     # a local EVM node (anvil, when tools/evm installed it) for settlement's relayer,
@@ -147,6 +191,7 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     from fusion_prime.ops.localchain import start_local_chain
 
     chain = None if os.environ.get("ETH_RPC_URL") else start_local_chain(data_dir)
+    phases.mark("chain")
     extras = LocalExtras.choose(host)  # dev-local (SMTP, local prices) and the console
     extras.start_dev_local(data_dir, logs)
 
@@ -165,27 +210,16 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
             **(chain.env() if chain is not None and spec.name == "settlement" else {}),
         }
         log_path = logs / f"{spec.name}.log"
-        with open(log_path, "ab") as log_fh:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fusion_prime.cli",
-                    "serve",
-                    spec.name,
-                    "--host",
-                    host,
-                    "--port",
-                    str(port),
-                    "--migrate",
-                ],
-                env=env,
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        args = ["serve", spec.name, "--host", host, "--port", str(port), "--migrate"]
+        proc = forked.spawn(args, env, log_path)
         children.append(Child(spec, port, db_url, proc, log_path))
-
+    # the console needs no service to start (it reads them per request): with the services
+    admin_key, admin_created = _admin_key(data_dir)
+    console_key = _admin_key(data_dir, CONSOLE_KEY_FILE)[0]
+    service_urls = {c.spec.name: f"http://127.0.0.1:{c.port}" for c in children}
+    session_key = _local_secrets(data_dir, {"CONSOLE_SESSION_KEY"})["CONSOLE_SESSION_KEY"]
+    extras.start_console(service_urls, session_key, console_key, logs)
+    phases.mark("spawn")
     stop_requested = False
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -196,8 +230,7 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     signal.signal(signal.SIGTERM, _on_signal)
 
     status = _wait_ready(children)
-    admin_key, admin_created = _admin_key(data_dir)
-    console_key = _admin_key(data_dir, CONSOLE_KEY_FILE)[0]
+    phases.mark("services ready")
     ready = {c.spec.name: c.url for c in children if status[c.spec.name] == "ready"}
     if ready:  # every service migrated its api_keys table by now
         from fusion_prime.platform.auth_cli import provision
@@ -209,10 +242,9 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
         for key, name, role in keys:
             provision(ready, auth.key_from_token(key), name=name, role=role,
                       created_by="fusion-prime up")  # fmt: skip
-    service_urls = {c.spec.name: f"http://127.0.0.1:{c.port}" for c in children}
-    session_key = _local_secrets(data_dir, {"CONSOLE_SESSION_KEY"})["CONSOLE_SESSION_KEY"]
-    extras.start_console(service_urls, session_key, console_key, logs)
+    phases.mark("keys")
     status |= extras.wait_ready(READY_TIMEOUT)
+    phases.mark("console")
     extras.record(data_dir, service_urls)
     table = Table(title="Fusion Prime (local)")
     for col in ("service", "url", "database", "status", "log"):
@@ -265,6 +297,7 @@ def run_local_stack(*, data_dir: Path | None, host: str = "127.0.0.1") -> int:
     console.print(
         f"ready in {time.monotonic() - started:.2f} s, data in {data_dir}; press Ctrl-C to stop"
     )
+    console.print(f"start-up (s): {phases.line()}", markup=False)
     sys.stdout.flush()
     try:
         while not stop_requested:

@@ -11,13 +11,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from fusion_prime.ops.forked import ForkedProcess, spawn
 from fusion_prime.platform.embedded import free_port, port_free
 
 CONSOLE_PORT = 8100
@@ -35,7 +35,7 @@ def _port(preferred: int) -> int:
 class Helper:
     name: str
     port: int
-    process: subprocess.Popen[bytes]
+    process: ForkedProcess
     log_path: Path
     note: str
 
@@ -56,16 +56,9 @@ class Helper:
 
 def _spawn(
     name: str, args: list[str], env: dict[str, str], logs: Path
-) -> tuple[subprocess.Popen[bytes], Path]:
+) -> tuple[ForkedProcess, Path]:
     log_path = logs / f"{name}.log"
-    with open(log_path, "ab") as log_fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fusion_prime.cli", *args],
-            env={k: v for k, v in env.items() if k != "DATABASE_URL"},
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn(args, {k: v for k, v in env.items() if k != "DATABASE_URL"}, log_path)
     return proc, log_path
 
 
