@@ -35,11 +35,14 @@ def _ctx() -> multiprocessing.context.ForkContext:
 
 
 def _child_main(args: list[str], env: dict[str, str], log_path: str) -> None:
-    """In the forked child: a session of its own, the log as stdout/stderr, the given
-    environment only, then the `fusion-prime` command line."""
+    """In the forked child: a session of its own, no descriptor of the launcher's but
+    the log as stdout/stderr, the given environment only, then the `fusion-prime`
+    command line."""
     os.setsid()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # nothing of the launcher's (its other children's pipes, files, sockets) stays open
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
     sys.stdout.flush()
