@@ -11,10 +11,15 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@test -x $(BIN)/python || $(PYTHON) -m venv --without-pip $(VENV)
+	@# uv into the venv with the interpreter's own pip (seconds; a pip inside the venv
+	@# costs ~10 s more); ensurepip only where that pip cannot target another Python
+	@($(BIN)/uv --version 2>/dev/null | grep -q '^uv $(UV_VERSION) ') || \
+	  $(PYTHON) -m pip --python $(BIN)/python install --quiet --disable-pip-version-check uv==$(UV_VERSION) || \
+	  ($(BIN)/python -m ensurepip --default-pip >/dev/null && \
+	   $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION))
+	@# the lock is complete (uv pip compile), so one install without resolving again
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -r requirements.lock -e .
 	@touch $(STAMP)
 
 up: $(STAMP)
