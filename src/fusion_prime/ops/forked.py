@@ -23,6 +23,7 @@ import sys
 import threading
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Protocol
 
 
 def preload() -> None:
@@ -58,6 +59,19 @@ def _child_main(args: list[str], env: dict[str, str], log_path: str) -> None:
 
     sys.argv = ["fusion-prime", *args]
     app(args=args, prog_name="fusion-prime")  # exits through SystemExit with its code
+
+
+class ChildProcess(Protocol):
+    """What the launcher uses of a child: subprocess.Popen's names."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
 
 
 class ForkedProcess:
@@ -97,8 +111,20 @@ class ForkedProcess:
         return code
 
 
-def spawn(args: list[str], env: dict[str, str], log_path: Path) -> ForkedProcess:
-    """Fork `fusion-prime ARGS` with exactly `env`, writing to `log_path`."""
+def spawn(args: list[str], env: dict[str, str], log_path: Path) -> ChildProcess:
+    """Fork `fusion-prime ARGS` with exactly `env`, writing to `log_path`. Where forking
+    a process that has imported native libraries is not safe (macOS: system frameworks;
+    Windows: no fork), a new interpreter runs the same command line instead."""
+    if sys.platform != "linux":
+        with open(log_path, "ab") as log_fh:
+            return subprocess.Popen(
+                [sys.executable, "-m", "fusion_prime.cli", *args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
     if threading.active_count() != 1:
         raise RuntimeError("fork with other threads running: a child could inherit their locks")
     process = _ctx().Process(

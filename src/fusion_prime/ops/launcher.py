@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fusion_prime.ops import forked
-from fusion_prime.ops.forked import ForkedProcess
+from fusion_prime.ops.forked import ChildProcess
 from fusion_prime.ops.localhelpers import LocalExtras
 from fusion_prime.platform import auth
 from fusion_prime.platform.admin import ensure_database
@@ -69,7 +69,7 @@ class Child:
     spec: ServiceSpec
     port: int
     url: str
-    process: ForkedProcess
+    process: ChildProcess
     log_path: Path
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from fusion_prime.ops.forked import ForkedProcess, spawn
+from fusion_prime.ops.forked import ChildProcess, spawn
 from fusion_prime.platform.embedded import free_port, port_free
 
 CONSOLE_PORT = 8100
@@ -35,7 +35,7 @@ def _port(preferred: int) -> int:
 class Helper:
     name: str
     port: int
-    process: ForkedProcess
+    process: ChildProcess
     log_path: Path
     note: str
 
@@ -56,7 +56,7 @@ class Helper:
 
 def _spawn(
     name: str, args: list[str], env: dict[str, str], logs: Path
-) -> tuple[ForkedProcess, Path]:
+) -> tuple[ChildProcess, Path]:
     log_path = logs / f"{name}.log"
     proc = spawn(args, {k: v for k, v in env.items() if k != "DATABASE_URL"}, log_path)
     return proc, log_path
