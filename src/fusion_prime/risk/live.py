@@ -201,6 +201,7 @@ class LiveBook:
         self.stale = True
         self.loaded_at: datetime | None = None
         self.load_seconds: float | None = None
+        self.load_steps: dict[str, float] = {}  # seconds per step of the last load
         self.last: PassStats | None = None
         self.last_tick: PassStats | None = None
         self.rebuilds = 0
@@ -392,13 +393,14 @@ class LiveBook:
         self.rebuilds += 1
         self.loaded_at = datetime.now(UTC)
         self.load_seconds = time.perf_counter() - started
+        self.load_steps = {k: round(v, 3) for k, v in steps.items()}
         log.info(
             "book loaded",
             accounts=self.n,
             positions=sum(len(h.acc) for h in self.holders),
             seconds=round(self.load_seconds, 3),
             mb=round(self.nbytes() / 2**20, 1),
-            steps={k: round(v, 3) for k, v in steps.items()},
+            steps=self.load_steps,
         )
 
     def _set_params(self, params: dict[str, RiskParams]) -> list[int]:
@@ -802,6 +804,7 @@ class LiveBook:
             "assets": len(self.assets),
             "memory_bytes": self.nbytes(),
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
+            "load_steps": self.load_steps,
             "loaded_at": self.loaded_at.isoformat() if self.loaded_at else None,
             "rebuilds": self.rebuilds,
             "instance": self.instance,
