@@ -358,11 +358,7 @@ async def states_of(session: AsyncSession, ids: Sequence[str]) -> dict[str, Stat
         "FROM account_state WHERE account_id = ANY($1::text[])",
         list(ids),
     )
-    tier = {t.value: t for t in Tier}
-    return {
-        a: State(tier[s] if s is not None else None, tier[k] if k is not None else None, e, n)
-        for a, s, k, e, n in rows
-    }
+    return {a: State(_tier(s), _tier(k), e, n) for a, s, k, e, n in rows}
 
 
 # The set-based filter of the live path: the database computes every candidate account's
