@@ -168,6 +168,7 @@ async def run_mode(
                 await asyncio.sleep(0.1)
             out["startup_s"] = time.perf_counter() - started
             out["load_s"] = book_stats.get("load_seconds")
+            out["load_steps"] = book_stats.get("load_steps")
             assert proc.process is not None
             ps = psutil.Process(proc.process.pid)
             conn = await asyncpg.connect(asyncpg_dsn(url))

@@ -97,9 +97,9 @@ def _binary_copy(raw: bytes, fields: Sequence[tuple[str, str]]) -> npt.NDArray[A
     return np.frombuffer(body, dtype=np.dtype(layout))
 
 
-async def _copy_out(apg: Any, query: str, *args: Any) -> bytes:
+async def _copy_out(apg: Any, query: str, *args: Any, fmt: str = "binary") -> bytes:
     buf = io.BytesIO()
-    await apg.copy_from_query(query, *args, output=buf, format="binary")
+    await apg.copy_from_query(query, *args, output=buf, format=fmt)
     return buf.getvalue()
 
 
@@ -201,6 +201,7 @@ class LiveBook:
         self.stale = True
         self.loaded_at: datetime | None = None
         self.load_seconds: float | None = None
+        self.load_steps: dict[str, float] = {}  # seconds per step of the last load
         self.last: PassStats | None = None
         self.last_tick: PassStats | None = None
         self.rebuilds = 0
@@ -302,14 +303,31 @@ class LiveBook:
         self.last_seq = int(await apg.fetchval("SELECT coalesce(max(seq), 0) FROM book_changes"))
         self.config_version, self.config = await repo.get_config(session)
         self._set_params(await repo.current_params(session))
-        # indices follow the database's own order of ids (same statement snapshot rules:
-        # writers of accounts hold the evaluation lock, which this pass holds too)
-        self.ids = [r[0] for r in await apg.fetch("SELECT id FROM accounts ORDER BY id")]
-        self.index = {a: i for i, a in enumerate(self.ids)}
+        # one transaction-scoped allowance: the join over every position and the numbering
+        # of the accounts stay in memory (the default 4 MB spilled them to disk)
+        await apg.execute("SET LOCAL work_mem = '256MB'")
+        steps: dict[str, float] = {}
+        t = time.perf_counter()
+        # indices follow the database's own order of ids (every statement below orders or
+        # numbers by it; writers of accounts hold the evaluation lock, which this pass holds
+        # too). Ids as one text COPY: an account id is [A-Za-z0-9_.:-] (never escaped)
+        raw = await _copy_out(apg, "SELECT id FROM accounts ORDER BY id", fmt="text")
+        if b"\\" in raw:  # an id COPY had to escape (not one the API admits): row by row
+            self.ids = [r[0] for r in await apg.fetch("SELECT id FROM accounts ORDER BY id")]
+        else:
+            self.ids = raw.decode().split("\n")[:-1]
+        del raw
+        self.index = dict(zip(self.ids, range(len(self.ids)), strict=True))
         self.n = len(self.ids)
         self._alloc(self.n)
-        self.part[: self.n] = [partition_of(a, self.partitions) for a in self.ids]
+        crc = zlib.crc32
+        parts = self.partitions
+        self.part[: self.n] = np.fromiter(
+            (crc(a.encode()) % parts for a in self.ids), dtype=np.int16, count=self.n
+        )
+        steps["accounts"] = time.perf_counter() - t
         log.info("book loading", step="accounts", accounts=self.n)
+        t = time.perf_counter()
         raw = await _copy_out(
             apg,
             "SELECT a.i, (coalesce(array_position($1::text[], p.asset), 0) - 1)::int4, "
@@ -317,17 +335,24 @@ class LiveBook:
             "(p.collateral * CAST('1e-' || p.decimals AS numeric))::float8, "
             "(p.debt * CAST('1e-' || p.decimals AS numeric))::float8 FROM positions p "
             "JOIN (SELECT id, (row_number() OVER (ORDER BY id) - 1)::int4 AS i FROM accounts) a "
-            "ON a.id = p.account_id ORDER BY 2, 1",
+            "ON a.id = p.account_id",
             self.assets,
         )
         rows = _binary_copy(raw, [("acc", ">i4"), ("asset", ">i4"), ("c", ">f8"), ("d", ">f8")])
-        acc = rows["acc"].astype(np.int32)
-        asset = rows["asset"].astype(np.int32)
-        coll = rows["c"].astype(np.float64)
-        debt = rows["d"].astype(np.float64)
+        del raw
+        # by asset, then account: sorted here (numpy) rather than by the server
+        order = np.lexsort((rows["acc"], rows["asset"]))
+        acc = rows["acc"][order].astype(np.int32)
+        asset = rows["asset"][order].astype(np.int32)
+        coll = rows["c"][order].astype(np.float64)
+        debt = rows["d"][order].astype(np.float64)
+        npositions = len(rows)
+        del rows, order
         if (asset < 0).any():
             raise RuntimeError("a position's asset has no risk parameters")
-        log.info("book loading", step="positions", positions=len(rows))
+        steps["positions"] = time.perf_counter() - t
+        log.info("book loading", step="positions", positions=npositions)
+        t = time.perf_counter()
         ptr = np.searchsorted(asset, np.arange(len(self.assets) + 1))
         for a in range(len(self.assets)):
             s, e = int(ptr[a]), int(ptr[a + 1])
@@ -338,41 +363,44 @@ class LiveBook:
                 np.ones(e - s, bool),
             )
         self.npos[: self.n] = np.bincount(acc, minlength=self.n).astype(np.int16)
-        del rows, acc, asset, coll, debt
+        del acc, asset, coll, debt
+        # one row per account, in the ids' order (no numbering needed): the stored state
         raw = await _copy_out(
             apg,
-            "SELECT a.i, CASE s.status WHEN 'healthy' THEN 0 WHEN 'warning' THEN 1 "
+            "SELECT CASE s.status WHEN 'healthy' THEN 0 WHEN 'warning' THEN 1 "
             "WHEN 'margin_call' THEN 2 WHEN 'liquidation' THEN 3 WHEN 'unknown_price' THEN 4 "
             "ELSE -1 END::int2, CASE s.known_tier WHEN 'healthy' THEN 0 WHEN 'warning' THEN 1 "
             "WHEN 'margin_call' THEN 2 WHEN 'liquidation' THEN 3 ELSE -1 END::int2, "
             "coalesce((extract(epoch FROM s.last_event_at) * 1000000)::int8, $1), "
             "coalesce((extract(epoch FROM s.last_snapshot_at) * 1000000)::int8, $1) "
-            "FROM account_state s JOIN (SELECT id, (row_number() OVER (ORDER BY id) - 1)::int4 "
-            "AS i FROM accounts) a ON a.id = s.account_id",
+            "FROM accounts a LEFT JOIN account_state s ON s.account_id = a.id ORDER BY a.id",
             int(NO_TIME),
         )
-        st = _binary_copy(
-            raw,
-            [("i", ">i4"), ("s", ">i2"), ("k", ">i2"), ("e", ">i8"), ("n", ">i8")],
-        )
-        i = st["i"].astype(np.int64)
-        self.status[i] = st["s"]
-        self.known[i] = st["k"]
-        self.last_event[i] = st["e"]
-        self.last_snap[i] = st["n"]
-        log.info("book loading", step="states", states=len(st))
-        del st, i
+        st = _binary_copy(raw, [("s", ">i2"), ("k", ">i2"), ("e", ">i8"), ("n", ">i8")])
+        del raw
+        if len(st) != self.n:
+            raise RuntimeError("accounts changed while the book was loading")
+        self.status[: self.n] = st["s"]
+        self.known[: self.n] = st["k"]
+        self.last_event[: self.n] = st["e"]
+        self.last_snap[: self.n] = st["n"]
+        nstates = int((st["s"] != NONE).sum())
+        del st
+        steps["states"] = time.perf_counter() - t
+        log.info("book loading", step="states", states=nstates)
         await self._sync_prices(session, full=True)
         self.stale = False
         self.rebuilds += 1
         self.loaded_at = datetime.now(UTC)
         self.load_seconds = time.perf_counter() - started
+        self.load_steps = {k: round(v, 3) for k, v in steps.items()}
         log.info(
             "book loaded",
             accounts=self.n,
             positions=sum(len(h.acc) for h in self.holders),
             seconds=round(self.load_seconds, 3),
             mb=round(self.nbytes() / 2**20, 1),
+            steps=self.load_steps,
         )
 
     def _set_params(self, params: dict[str, RiskParams]) -> list[int]:
@@ -776,6 +804,7 @@ class LiveBook:
             "assets": len(self.assets),
             "memory_bytes": self.nbytes(),
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
+            "load_steps": self.load_steps,
             "loaded_at": self.loaded_at.isoformat() if self.loaded_at else None,
             "rebuilds": self.rebuilds,
             "instance": self.instance,
