@@ -206,6 +206,7 @@ def run_service(
     from fusion_prime.platform.app import create_app
 
     app = create_app(spec, settings, url)
+    app.state.freeze_heap = True  # a real process: see create_app's lifespan
     uvicorn.run(
         app,
         host=host,

@@ -58,6 +58,8 @@ REORGED = "chain.reorged"
 LOCK_CLASS = 0x5E771E
 # logs published per transaction at most (rounded to whole blocks)
 MAX_LOGS_PER_STEP = 5000
+# blocks of the first eth_getLogs of a process; then sized by the log density seen
+FIRST_RANGE = 100
 
 HEAD = Gauge("fp_settlement_relayer_head_block", "Chain head seen by the relayer", ["chain_id"])
 CHECKPOINT = Gauge(
@@ -127,7 +129,12 @@ class Relayer:
         self.max_block_range = max_block_range
         self.reorg_window = reorg_window
         self.poll_interval = poll_interval
+        # span: the widest range the node accepts (halved on a refusal, regrown after good
+        # steps); fit: the range expected to hold about MAX_LOGS_PER_STEP logs, from the
+        # density of the last range (a dense backfill is not read 4x and cut, a sparse
+        # chain widens 4x per step up to the span)
         self.span = max_block_range
+        self.fit = min(max_block_range, FIRST_RANGE)
         self._good_steps = 0
         self._label = str(chain_id)
         self._topics = event_topics()
@@ -244,7 +251,7 @@ class Relayer:
                 at = await self._touch(head_header)
                 self._gauges(checkpoint.number, head_header, at)
             return StepResult(caught_up=True)
-        to = min(safe, frm + self.span - 1)
+        to = min(safe, frm + min(self.span, self.fit) - 1)
         try:
             raw_logs = await self.rpc.call(
                 "eth_getLogs",
@@ -267,14 +274,18 @@ class Relayer:
         raw_logs = [r for r in raw_logs if not r.get("removed")]
         if len(raw_logs) > MAX_LOGS_PER_STEP:
             # one transaction per at most ~MAX_LOGS_PER_STEP logs (whole blocks), so the
-            # consumer works while the relayer reads on; the next range is as wide as this
+            # consumer works while the relayer reads on (`fit` below sizes the next range)
             raw_logs.sort(key=lambda r: (int(r["blockNumber"], 16), int(r["logIndex"], 16)))
             cut = int(raw_logs[MAX_LOGS_PER_STEP]["blockNumber"], 16)
             first_block = int(raw_logs[0]["blockNumber"], 16)
             to = cut - 1 if cut > first_block else cut
             raw_logs = [r for r in raw_logs if int(r["blockNumber"], 16) <= to]
-            self.span = max(1, to - frm + 1)
-            self._good_steps = 0
+        blocks = to - frm + 1
+        if raw_logs:
+            self.fit = max(1, min(blocks * 4, blocks * MAX_LOGS_PER_STEP // len(raw_logs)))
+        else:
+            self.fit = blocks * 4
+        self.fit = min(self.fit, self.max_block_range)
         window_from = max(frm, safe - self.reorg_window + 1)
         numbers = sorted({to, head} | set(range(window_from, to + 1)))
         fetched = await self._headers(numbers)

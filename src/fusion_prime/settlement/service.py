@@ -425,12 +425,9 @@ def _state_change(
             envelope.id, ESCROWS_TOPIC, state.address, ESCROW_STATE_CHANGED, envelope.to_json()
         )
     )
-    webhook_type = f"escrow.{state.status}"
-    body = json.dumps(
-        {"id": str(envelope.id), "type": webhook_type, "created_at": now.isoformat(), "data": data},
-        separators=(",", ":"),
+    writes.webhooks.append(
+        repository.WebhookEvent(envelope.id, f"escrow.{state.status}", state.address, now, data)
     )
-    writes.webhooks.append(repository.WebhookEvent(envelope.id, webhook_type, state.address, body))
 
 
 # -- commands -----------------------------------------------------------------------------

@@ -144,3 +144,41 @@ async def test_a_row_the_broker_permanently_rejects_is_dead_lettered_and_the_str
     assert await fetchval(db_url, "SELECT attempts FROM outbox WHERE id = $1", huge.id) == 0
     again = await cli("--replay", str(seq))
     assert again.exit_code == 1  # not dead-lettered (any more)
+
+
+async def test_a_backlog_is_relayed_in_growing_batches_in_order_and_a_short_one_resets(
+    make_database: MakeDatabase, bus_url: str
+) -> None:
+    db_url = await make_database("busconsumer", MIGRATIONS)
+    events = make_events(250, subjects=7)
+    await insert_outbox(db_url, events)
+    engine = create_engine(normalise_database_url(db_url, service="t"), pool_size=2)
+    sizes: list[tuple[int | None, int]] = []
+    try:
+        async with broker(bus_url) as b:
+            await b.ensure_subscription(TOPIC, SUBSCRIPTION, 5)
+            relay = Relay("t", engine, PostgresPublisher(b), batch_size=10, max_batch_size=80)
+            once = relay.run_once
+
+            async def recorded(limit: int | None = None) -> int:
+                n = await once(limit)
+                sizes.append((limit, n))
+                return n
+
+            relay.run_once = recorded  # type: ignore[method-assign]
+            task = asyncio.create_task(relay.run())
+            try:
+                for _ in range(400):
+                    if len(sizes) >= 8:
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        await engine.dispose()
+    # 10, 20, 40, 80, 80 = 230 full batches, then 20 rows (short), then back to 10
+    assert sizes[:7] == [(10, 10), (20, 20), (40, 40), (80, 80), (80, 80), (80, 20), (10, 0)]
+    rows = await fetch(bus_url, "SELECT event_id FROM bus_messages ORDER BY id")
+    assert [r["event_id"] for r in rows] == [e.id for e in events]

@@ -25,7 +25,12 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fusion_prime.platform.bus.envelope import Envelope
-from fusion_prime.platform.bus.inbox import BatchHandler, Handler, consume_batch
+from fusion_prime.platform.bus.inbox import (
+    BatchHandler,
+    Handler,
+    consume_batch,
+    is_batch_handler,
+)
 from fusion_prime.platform.bus.postgres import (
     NOTIFY_CHANNEL,
     LeasedMessage,
@@ -137,6 +142,12 @@ class ConsumerLoop:
         self.sessions = sessions
         self.options = options or ConsumerOptions()
         self.handler = consumer.resolved()
+        # a set-based (batch) handler works through a backlog in growing leases (doubling
+        # while they come back full, up to 4x batch_size): its cost per batch is mostly
+        # round trips, which a larger batch amortises. One short lease resets the size.
+        # A per-message handler keeps batch_size (one transaction of N handler calls).
+        grow = 4 if is_batch_handler(self.handler) else 1
+        self.max_batch_size = self.options.batch_size * grow
         self._wake = asyncio.Event()
 
     @property
@@ -151,13 +162,16 @@ class ConsumerLoop:
     async def run(self) -> None:
         await self.setup()
         listener = Listener(self.broker.dsn, NOTIFY_CHANNEL, self._on_notify)
+        size = self.options.batch_size
         try:
             while True:
                 await listener.ensure()
                 self._wake.clear()
-                n = await self.run_once()
-                if n >= self.options.batch_size:
+                n = await self.run_once(size)
+                if n >= size:
+                    size = min(size * 2, self.max_batch_size)
                     continue
+                size = self.options.batch_size
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.options.poll_interval)
                 except TimeoutError:
@@ -170,11 +184,15 @@ class ConsumerLoop:
         if payload in ("", self.consumer.topic):
             self._wake.set()
 
-    async def run_once(self) -> int:
-        """Lease one batch and settle every message in it; returns the batch size."""
+    async def run_once(self, limit: int | None = None) -> int:
+        """Lease one batch (`limit` messages, default batch_size) and settle every message
+        in it; returns the batch size."""
         token = uuid.uuid4()
         batch = await self.broker.lease(
-            self.subscription, self.options.batch_size, self.options.visibility_timeout, token
+            self.subscription,
+            limit or self.options.batch_size,
+            self.options.visibility_timeout,
+            token,
         )
         if not batch:
             return 0
