@@ -5,9 +5,9 @@ recover; plus the load knees when `python -m bench.load` has been run.
 Run: .venv/bin/python -m bench.reliability_report [--soak] [--out PATH]
 
 --soak runs the long sizes (RELIABILITY_SOAK=1): 10,000 chain events, 10,000 price ticks
-and 10,000 margin events through a 30 s PostgreSQL outage, a kill -9 per service and a
-stopped bus, and the 1 million-row sanctions file; the contract fuzzing then uses
-RELIABILITY_EXAMPLES (default 100 under --soak).
+and 10,000 margin events through a 30 s PostgreSQL outage, a kill -9 per service, a
+stopped bus and a full disk, the clock-skew cases, and the 1 million-row sanctions file;
+the contract fuzzing then uses RELIABILITY_EXAMPLES (default 100 under --soak).
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def main() -> int:
     if args.soak:
         env["RELIABILITY_SOAK"] = "1"
         env.setdefault("RELIABILITY_EXAMPLES", "100")
-        selection = ["tests/reliability/test_faults.py", "tests/reliability/test_hostile_input.py"]
+        selection = ["tests/reliability/test_faults.py", "tests/reliability/test_clock_skew.py"]
+        selection += ["tests/reliability/test_hostile_input.py"]
         selection += ["tests/reliability/test_contract_fuzz.py"]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection],

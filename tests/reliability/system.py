@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -220,12 +222,13 @@ async def system(
 
 
 @contextlib.contextmanager
-def private_server(name: str) -> Iterator[EmbeddedPostgres]:
+def private_server(name: str, parent: Path | None = None) -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL server of this test alone, so it may be stopped (never the suite's).
 
-    Its files live under the project data directory, not pytest's shared /tmp folder
-    (other sessions on the machine prune that one)."""
-    data_dir = REPO_ROOT / ".fusion-prime" / "reliability" / f"{name}-{uuid.uuid4().hex[:8]}"
+    Its files live under the project data directory (or `parent`), not pytest's shared
+    /tmp folder (other sessions on the machine prune that one)."""
+    base = parent or REPO_ROOT / ".fusion-prime" / "reliability"
+    data_dir = base / f"{name}-{uuid.uuid4().hex[:8]}"
     server = EmbeddedPostgres(data_dir, settings=SERVER_SETTINGS)
     server.start()
     try:
@@ -233,6 +236,51 @@ def private_server(name: str) -> Iterator[EmbeddedPostgres]:
     finally:
         server.stop(mode="immediate")
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def small_filesystem(name: str, size_mb: int) -> Iterator[Path]:
+    """A tmpfs of `size_mb` MiB mounted for this test under the project data directory
+    (needs root: CI runs as root; elsewhere the case is skipped, saying why)."""
+    import pytest
+
+    path = REPO_ROOT / ".fusion-prime" / "reliability" / f"{name}-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        path.rmdir()
+        pytest.skip(
+            "a full disk needs a small filesystem of its own: mounting a tmpfs is not "
+            f"permitted here ({(done.stderr or done.stdout).strip()[-200:]})"
+        )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def fill(directory: Path) -> Path:
+    """Write a filler file into `directory` until its filesystem has no byte left."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1 << 20, 1 << 16, 1 << 12, 1):
+            chunk = b"\0" * size
+            try:
+                while True:
+                    os.write(fd, chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+    finally:
+        os.close(fd)
+    return filler
 
 
 # -- the check ------------------------------------------------------------------------
@@ -352,7 +400,7 @@ class Probe:
             r = await http.get(f"{base}/health/ready")
             self.statuses.setdefault(name, []).append(r.status_code)
             if r.status_code != 200:
-                self.last_error[name] = r.text[:300]
+                self.last_error[name] = r.text[:2000]
             if (await http.get(f"{base}/health/live")).status_code != 200:
                 self.live_failures += 1
         except httpx.HTTPError as exc:

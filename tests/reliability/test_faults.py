@@ -22,12 +22,14 @@ from tests.reliability.system import (
     Probe,
     System,
     effects,
+    fill,
     make_stream,
     private_server,
     publish,
     record,
     settle,
     sizes,
+    small_filesystem,
     system,
     wait_ready,
 )
@@ -255,4 +257,84 @@ async def test_a_consumer_failing_for_one_event_type_dead_letters_it_and_replay_
             f"{len(dead)} dead-lettered, replayed; other consumers unaffected",
         )
     )
+    assert got.exact, got
+
+
+DISK_MB = 256
+NO_SPACE = ("No space left on device", "DiskFullError")
+
+
+async def test_full_disk_on_the_services_data_directory_refuses_clearly_and_recovers(
+    db_factory: DatabaseFactory, log_dir: Path
+) -> None:
+    """The services' PostgreSQL keeps its data directory (and WAL) on a small tmpfs that
+    a filler file fills mid-stream: the processes stay up and live, readiness is 503 naming
+    the cause (the server's "No space left on device"), no message is dead-lettered (the
+    consumers give batches back, attempts not counted), the producers' events wait in the
+    bus; once the filler is deleted everything flows without a restart, exactly once."""
+    chain, ticks, margin, outage = _stream_sizes()
+    stream = make_stream(chain, ticks, margin)
+    with (
+        small_filesystem("disk", DISK_MB) as mount,
+        private_server("full-pg", parent=mount) as server,
+    ):
+        own = DatabaseFactory(server.url())
+        async with system(own, db_factory, log_dir) as sys_:
+            out = stream.outgoing()
+            first, rest = out[: len(out) // 3], out[len(out) // 3 :]
+            await publish(sys_.bus, first)
+            urls = {n: sys_.url(n) for n in sys_.procs}
+            stop = asyncio.Event()
+            probe = Probe()
+            filler = await asyncio.to_thread(fill, mount)
+            filled_mb = filler.stat().st_size / 2**20
+            poller = asyncio.create_task(probe.poll(urls, stop))
+            producer = asyncio.create_task(publish(sys_.bus, rest))
+
+            async def refused_everywhere() -> bool:
+                return all(any(m in probe.last_error.get(n, "") for m in NO_SPACE) for n in urls)
+
+            deadline = time.monotonic() + 120
+            while not await refused_everywhere() and time.monotonic() < deadline:
+                await asyncio.sleep(0.3)
+            refused = dict(probe.last_error)
+            await asyncio.sleep(outage)  # full for a while longer, the stream still coming
+            try:  # a new connection needs to write too: the count may be refused as well
+                counted = await effects(sys_, stream)
+                during = f"{counted.effects_out}/{counted.events_in}"
+            except Exception as exc:
+                during = f"not countable ({type(exc).__name__}: {exc})"[:120]
+            alive_full = _all_alive(sys_)
+            filler.unlink()
+            freed = time.monotonic()
+            await wait_ready(urls, timeout=120)
+            stop.set()
+            await poller
+            await producer
+            got = await settle(sys_, stream, timeout=300)
+            recover = time.monotonic() - freed
+            alive = _all_alive(sys_)
+    record(
+        CaseRow(
+            "disk-full",
+            f"services' PostgreSQL data directory (and WAL) on a {DISK_MB} MiB tmpfs, filled "
+            f"(filler {filled_mb:.0f} MiB) for {outage:g} s+ mid-stream, then freed",
+            got.events_in,
+            got.effects_out,
+            got.lost,
+            got.duplicated,
+            round(recover, 1),
+            f"applied while full: {during}; readiness 503 "
+            f"naming the cause: {sum(any(m in t for m in NO_SPACE) for t in refused.values())}"
+            f"/{len(urls)} services; dead letters {got.dead_letters}",
+        )
+    )
+    assert alive_full, "a service process exited on the full disk"
+    assert alive, "a service process exited after the full disk"
+    assert probe.live_failures == 0
+    for name in urls:
+        assert any(m in refused.get(name, "") for m in NO_SPACE), (name, refused.get(name))
+        seen = probe.statuses[name]
+        assert seen[-1] == 200, (name, seen[-10:], probe.last_error.get(name))
+    assert got.dead_letters == 0, got
     assert got.exact, got

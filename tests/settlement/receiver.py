@@ -19,6 +19,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     verified: bool
+    at: float = field(default_factory=time.time)  # when it arrived, by this clock
 
 
 @dataclass

@@ -21,6 +21,7 @@ from fusion_prime.compliance import repository, service
 from fusion_prime.compliance.domain import KycStatus
 from fusion_prime.compliance.settings import ComplianceSettings
 from fusion_prime.platform.auth import Caller, requires, signed_by
+from fusion_prime.platform.database import database_now
 from fusion_prime.platform.errors import InvalidError, UnauthorizedError
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.platform.runtime import RuntimeDep, Session
@@ -238,7 +239,9 @@ async def kyc_provider_webhook(
             request.headers.get(SIGNATURE_HEADER),
             raw,
             settings.kyc_webhook_secret.get_secret_value(),
-            now=time.time(),
+            # the database's clock: a compliance process whose own clock is minutes off
+            # would refuse the provider's fresh requests (and accept stale ones)
+            now=(await database_now(session)).timestamp(),
             tolerance=settings.kyc_webhook_tolerance_seconds,
         )
     except SignatureError as exc:

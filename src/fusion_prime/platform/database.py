@@ -220,3 +220,61 @@ async def driver_connection(session: Any) -> Any:
     conn = await session.connection()
     raw = await conn.get_raw_connection()
     return raw.driver_connection
+
+
+async def database_now(session: Any) -> datetime:
+    """The database server's clock (`clock_timestamp()`, read now, not at transaction
+    start). Decisions that several processes must agree on (leases, evaluation times,
+    "is this price from the future") use it: a process whose own clock is off by minutes
+    then still agrees with the others."""
+    value = (await session.execute(text("SELECT clock_timestamp()"))).scalar_one()
+    return value  # type: ignore[no-any-return]
+
+
+# -- storage faults ---------------------------------------------------------------------
+#
+# A full disk (SQLSTATE class 53, insufficient resources) does not stop the server from
+# answering reads, and the heartbeat upsert may still fit in its page: readiness alone
+# would stay 200 while every write of the consumers fails. The consumers note the fault
+# here; readiness answers 503 naming it until a write succeeds again.
+
+
+@dataclass
+class StorageFault:
+    cause: str
+    since: float  # time.monotonic()
+
+
+_storage_fault: StorageFault | None = None
+
+
+def insufficient_resources(exc: BaseException) -> str | None:
+    """The server's message when `exc` (or its cause chain) is SQLSTATE class 53 (disk
+    full, out of memory, too many connections), else None."""
+    import asyncpg
+
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, asyncpg.InsufficientResourcesError):
+            return f"{type(seen).__name__} (SQLSTATE {seen.sqlstate}): {seen}"[:300]
+        seen = seen.__cause__ or seen.__context__ or getattr(seen, "orig", None)
+    return None
+
+
+def note_storage_fault(cause: str) -> None:
+    global _storage_fault
+    if _storage_fault is None:
+        _storage_fault = StorageFault(cause, time.monotonic())
+    else:
+        _storage_fault.cause = cause
+
+
+def clear_storage_fault() -> None:
+    global _storage_fault
+    _storage_fault = None
+
+
+def storage_fault() -> StorageFault | None:
+    return _storage_fault

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fusion_prime.platform.database import server_info, write_heartbeat
+from fusion_prime.platform.database import (
+    insufficient_resources,
+    server_info,
+    storage_fault,
+    write_heartbeat,
+)
 from fusion_prime.platform.migrations import migration_state
 from fusion_prime.platform.observability import DATABASE_ERRORS, DATABASE_UP, get_logger
 from fusion_prime.platform.runtime import get_runtime
@@ -41,6 +47,9 @@ async def ready(request: Request) -> JSONResponse:
         DATABASE_ERRORS.labels(runtime.service).inc()
         log.warning("readiness check failed", error=f"{type(exc).__name__}: {exc}")
         body.update(status="unavailable", error=type(exc).__name__)
+        cause = insufficient_resources(exc)
+        if cause is not None:
+            body["cause"] = cause  # the server's own words (e.g. no space left on device)
         return JSONResponse(body, status_code=503)
     DATABASE_UP.labels(runtime.service).set(1)
     body.update(
@@ -57,6 +66,16 @@ async def ready(request: Request) -> JSONResponse:
         },
     )
     body.update(extra)
+    fault = storage_fault()
+    if fault is not None:
+        # reads and the heartbeat answered, but the service's writes are being refused
+        body.update(
+            status="unavailable",
+            error="storage",
+            cause=fault.cause,
+            since_seconds=round(time.monotonic() - fault.since, 1),
+        )
+        return JSONResponse(body, status_code=503)
     return JSONResponse(body, status_code=200 if state.at_head else 503)
 
 

@@ -56,9 +56,11 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - current)
 
 
-def signed_headers(secret: str, body: bytes) -> dict[str, str]:
-    """The platform's webhook signature header for `body`, timestamped now."""
-    return {SIGNATURE_HEADER: sign_header(secret, int(time.time()), body)}
+def signed_headers(secret: str, body: bytes, *, now: float | None = None) -> dict[str, str]:
+    """The platform's webhook signature header for `body`, timestamped `now` (Unix
+    seconds; this process's clock when not given)."""
+    at = time.time() if now is None else now
+    return {SIGNATURE_HEADER: sign_header(secret, int(at), body)}
 
 
 async def post(

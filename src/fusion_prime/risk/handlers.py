@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fusion_prime.platform.bus.envelope import Envelope
 from fusion_prime.platform.bus.inbox import batch_handler
+from fusion_prime.platform.database import database_now
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.risk import repository as repo
 from fusion_prime.risk.domain import ASSET_RE
@@ -80,7 +81,9 @@ async def handle_prices(session: AsyncSession, envelopes: Sequence[Envelope]) ->
     hold back every later price of the asset while it was retried to the dead letters.
     """
     _, config = await repo.get_config(session)
-    now = datetime.now(UTC)
+    # the database's clock, not this process's: a process minutes behind would refuse
+    # every fresh price as "from the future" (and record it as rejected, for good)
+    now = await database_now(session)
     updates = []
     rejected: list[repo.PriceRejection] = []
     for e in envelopes:

@@ -43,7 +43,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session as SyncSession
 
-from fusion_prime.platform.database import driver_connection
+from fusion_prime.platform.database import database_now, driver_connection
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.risk import repository as repo
 from fusion_prime.risk.domain import (
@@ -662,8 +662,11 @@ class LiveBook:
         await self.begin(session, loading=self.stale and not self.ready.is_set())
         await repo.lock_evaluation(session)
         # the clock is read once the lock is held: passes of several instances then carry
-        # increasing times in commit order (events, states); tests may pass their own time
-        now = at or datetime.now(UTC)
+        # increasing times in commit order (events, states); tests may pass their own time.
+        # It is the database's clock: an instance whose own clock is minutes off would
+        # otherwise write times out of order, see reminders due early and prices from
+        # the future
+        now = at or await database_now(session)
         t0 = time.perf_counter()
         stats = PassStats(trigger=trigger, at=now, started=t0)
         touched: set[int] = set()

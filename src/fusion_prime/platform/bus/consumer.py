@@ -38,6 +38,11 @@ from fusion_prime.platform.bus.postgres import (
     PostgresBroker,
 )
 from fusion_prime.platform.bus.registry import Subscription, Topic
+from fusion_prime.platform.database import (
+    clear_storage_fault,
+    insufficient_resources,
+    note_storage_fault,
+)
 from fusion_prime.platform.observability import get_logger
 
 log = get_logger(__name__)
@@ -222,7 +227,12 @@ class ConsumerLoop:
                     session, self.subscription, [e for _, e in deliverable], self.handler
                 )
         except Exception as exc:
-            if database_unavailable(exc):
+            full = insufficient_resources(exc)
+            if full is not None:
+                # a full disk (or memory, connections) on the service's server: no
+                # message's fault either; readiness says so until a batch commits again
+                note_storage_fault(full)
+            if full is not None or database_unavailable(exc):
                 # not the messages' fault: give them back without spending an attempt (a
                 # 30 s outage used to burn every attempt and dead-letter healthy events)
                 await self.broker.release([m.id for m, _ in deliverable], token)
@@ -245,6 +255,7 @@ class ConsumerLoop:
             )
             await self._isolate(deliverable, token)
             return len(batch)
+        clear_storage_fault()
         await self.broker.ack(
             self.subscription,
             [m.id for m, _ in deliverable],
@@ -269,6 +280,12 @@ class ConsumerLoop:
                     fresh += await consume_batch(session, self.subscription, [env], self.handler)
             except Exception as exc:
                 blocked.add(msg.subject)
+                full = insufficient_resources(exc)
+                if full is not None:
+                    note_storage_fault(full)
+                if full is not None or database_unavailable(exc):
+                    released.append(msg.id)  # the database's state, not this message's
+                    continue
                 await self._failed(msg, token, exc)
                 continue
             done.append(msg.id)
