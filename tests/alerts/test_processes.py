@@ -197,6 +197,13 @@ async def test_full_chain_price_drop_in_risk_reaches_the_smtp_server(
         text = mail.message.get_body(preferencelist=("plain",)).get_content()
         assert "ETH: 2600 USD" in text
         assert "1.04" in text
+
+        # the mail is at the server before the worker records the answer (nothing is
+        # marked sent before the provider answered): wait for that commit
+        async def recorded() -> bool:
+            return bool(await fetchval(alerts_db, "SELECT count(*) FROM delivery_attempts"))
+
+        await _until(recorded, 30, "the delivery attempt recorded")
         (n,) = await fetch(alerts_db, "SELECT status, kind, event_id, channel FROM notifications")
         assert n["status"] == "sent"
         assert n["kind"] == "margin_call"

@@ -31,12 +31,15 @@ import httpx
 import pytest
 
 from fusion_prime.platform.bus.envelope import Envelope
+from fusion_prime.platform.bus.postgres import OutgoingEvent
+from fusion_prime.platform.signing import SIGNATURE_HEADER
+from tests.alerts.conftest import margin_event
 from tests.compliance.conftest import persona_event, sign
 from tests.e2e.conftest import BUS_ENV, drained, prepare_bus
 from tests.harness import DatabaseFactory, ServiceProcess, count_rows, fetch, fetchval
 from tests.reliability.contract import SERVICE_SECRETS
 from tests.reliability.skew import process_clock_offset, skewed_env
-from tests.reliability.system import CaseRow, make_stream, publish, record, system
+from tests.reliability.system import MARGIN, CaseRow, make_stream, publish, record, system
 from tests.risk.conftest import PARAMS, price_event
 from tests.risk.test_live import (
     BASE,
@@ -185,6 +188,89 @@ async def test_compliance_with_a_skewed_clock_judges_provider_signatures_by_the_
     assert answers["4min"].status_code == 200, answers["4min"].text
     assert answers["6min"].status_code == 401, answers["6min"].text
     assert stored == {"evt_skew_true", "evt_skew_4"}
+
+
+@pytest.mark.parametrize("skew", SKEWS)
+async def test_alerts_with_a_skewed_clock_signs_webhooks_a_true_receiver_accepts(
+    db_factory: DatabaseFactory, log_dir: Path, skew: int
+) -> None:
+    """The alerts service signs its customer webhooks as settlement does: by the
+    database's clock, so a true receiver (300 s tolerance) accepts every notification.
+    One account escalating healthy -> warning -> margin_call -> liquidation: each
+    escalation is sent at once (never folded), three signed requests."""
+    account = "skew-desk"
+    ladder = ["healthy", "warning", "margin_call", "liquidation"]
+    at = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    events = [
+        margin_event(
+            account,
+            from_tier=ladder[i],
+            to_tier=ladder[i + 1],
+            evaluated_at=(at + timedelta(seconds=i)).isoformat(),
+        )
+        for i in range(3)
+    ]
+    env = {**skewed_env(skew), "FP_OUTBOUND_ALLOW_PRIVATE": "true"}
+    with receiver() as rx:
+        async with system(
+            db_factory, db_factory, log_dir, services=("alerts",), extra_env=env
+        ) as sys_:
+            proc = sys_.procs["alerts"]
+            offset = await _assert_skewed(proc.base_url, skew)
+            async with proc.async_client(timeout=30) as http:
+                made = await http.post(
+                    "/contacts",
+                    json={
+                        "account_id": account,
+                        "name": "Treasury desk",
+                        "channels": [{"channel": "webhook", "address": rx.url}],
+                    },
+                )
+                assert made.status_code == 201, made.text
+                rx.secret = made.json()["webhook_signing_secret"]
+                prefs = await http.put(
+                    f"/accounts/{account}/preferences",
+                    json={"kinds": ladder[1:], "channels": ["webhook"]},
+                )
+                assert prefs.status_code == 200, prefs.text
+            started = time.monotonic()
+            await publish(
+                sys_.bus,
+                [OutgoingEvent(e.id, MARGIN, e.subject, e.type, e.to_json()) for e in events],
+            )
+            db = sys_.db["alerts"]
+
+            async def settled() -> bool:
+                return await count_rows(db, "notifications", "status <> 'pending'") >= len(events)
+
+            await wait_for(settled, timeout=120, interval=0.3)
+            recover = time.monotonic() - started
+            notes = await fetch(db, "SELECT status FROM notifications")
+            attempts = await fetch(db, "SELECT response_code, outcome FROM delivery_attempts")
+    with rx.lock:
+        requests = list(rx.requests)
+    stamped = [int(r.headers[SIGNATURE_HEADER].split(",")[0][2:]) for r in requests]
+    drift = max(abs(t - r.at) for t, r in zip(stamped, requests, strict=True))
+    refused = sum(not r.verified for r in requests)
+    record(
+        CaseRow(
+            f"clock-skew-alert-webhooks{skew:+d}s",
+            f"alerts process clock {skew:+d} s (libfaketime); receiver true, tolerance 300 s",
+            len(events),
+            len(requests) - refused,
+            len(events) - (len(requests) - refused),
+            0,
+            round(recover, 1),
+            f"process clock measured {offset:+.0f} s; signed t= at most {drift:.1f} s "
+            f"from the receiver's clock; {refused} refused",
+        )
+    )
+    assert [n["status"] for n in notes] == ["sent"] * len(events), notes
+    assert refused == 0
+    assert len(requests) == len(events)
+    assert [dict(a) for a in attempts] == [{"response_code": 200, "outcome": "accepted"}] * 3
+    # signed with the database's clock, not the process's (which is 5 min off)
+    assert drift < 30, drift
 
 
 @pytest.mark.parametrize("skew", SKEWS)

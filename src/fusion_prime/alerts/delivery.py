@@ -38,6 +38,7 @@ from fusion_prime.alerts.settings import AlertsSettings
 from fusion_prime.platform import outbound, secretbox
 from fusion_prime.platform.admin import asyncpg_dsn
 from fusion_prime.platform.bus.postgres import Listener
+from fusion_prime.platform.database import DatabaseClock
 from fusion_prime.platform.errors import InvalidError
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.platform.targets import TargetPolicy
@@ -86,9 +87,12 @@ class Deliverer:
         self.sessions = sessions
         self.settings = settings
         self.fernet = contact_cipher(settings)
+        # webhook signatures are stamped by the database's clock (synced at each claim):
+        # an alerts process whose own clock is minutes off still signs the true time
+        self.clock = DatabaseClock()
         self.senders: dict[Channel, Sender] = {
             Channel.EMAIL: EmailSender(settings),
-            Channel.WEBHOOK: WebhookSender(clients, settings.http_timeout),
+            Channel.WEBHOOK: WebhookSender(clients, settings.http_timeout, self.clock.now),
             Channel.SLACK: SlackSender(clients, settings.http_timeout),
             Channel.SMS: SmsSender(clients, settings),
         }
@@ -228,12 +232,14 @@ async def send_test(
         nid = await service.create_test_notification(
             session, contact, channel, kind, settings.retry_for
         )
-    async with sessions() as session, session.begin():
-        claimed = await repo.claim_one(session, nid, settings.lease_seconds)
-    assert claimed is not None
     policy = TargetPolicy.from_settings(settings)
     async with outbound.ClientPool(1, settings.http_timeout, policy=policy) as clients:
-        await Deliverer(sessions, settings, clients).deliver(claimed)
+        deliverer = Deliverer(sessions, settings, clients)
+        async with sessions() as session, session.begin():
+            claimed = await repo.claim_one(session, nid, settings.lease_seconds)
+            await deliverer.clock.sync(session)
+        assert claimed is not None
+        await deliverer.deliver(claimed)
     return nid
 
 
@@ -309,14 +315,16 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         assert self.deliverer is not None
+        deliverer = self.deliverer
         async with self.sessions() as session, session.begin():
             claimed = await repo.claim_due(
                 session, self.settings.delivery_batch, self.settings.lease_seconds
             )
+            if claimed:
+                await deliverer.clock.sync(session)
         if not claimed:
             return 0
         gate = asyncio.Semaphore(self.settings.delivery_concurrency)
-        deliverer = self.deliverer
 
         async def one(c: repo.Claimed) -> Sent:
             async with gate:

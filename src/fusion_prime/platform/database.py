@@ -231,6 +231,24 @@ async def database_now(session: Any) -> datetime:
     return value  # type: ignore[no-any-return]
 
 
+class DatabaseClock:
+    """Unix seconds by the database server's clock, read with `sync` (cheap: one
+    `clock_timestamp()`) and carried on between reads by this process's monotonic clock.
+    What others check against their own true clocks (webhook signatures' timestamps)
+    is stamped with it, so a process whose clock is minutes off still signs the time."""
+
+    def __init__(self) -> None:
+        self._base = (time.time(), time.monotonic())  # until the first sync
+
+    async def sync(self, session: Any) -> None:
+        at = (await database_now(session)).timestamp()
+        self._base = (at, time.monotonic())
+
+    def now(self) -> float:
+        at, mono = self._base
+        return at + (time.monotonic() - mono)
+
+
 # -- storage faults ---------------------------------------------------------------------
 #
 # A full disk (SQLSTATE class 53, insufficient resources) does not stop the server from

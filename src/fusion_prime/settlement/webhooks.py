@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fusion_prime.platform import outbound, secretbox
-from fusion_prime.platform.database import database_now
+from fusion_prime.platform.database import DatabaseClock
 from fusion_prime.platform.errors import NotFoundError
 from fusion_prime.platform.observability import get_logger
 from fusion_prime.platform.targets import TargetPolicy, guarded_client
@@ -201,8 +200,8 @@ class DeliveryWorker:
         self.schedule = settings.retry_schedule
         self.fernet = settings_cipher(settings)
         self._client: httpx.AsyncClient | None = None  # opened by run()
-        # (database Unix seconds, time.monotonic()) read together at the last claim
-        self._clock: tuple[float, float] = (time.time(), time.monotonic())
+        # signatures' timestamps: the database's clock, read at each claim
+        self.clock = DatabaseClock()
 
     async def run(self) -> None:
         # subscribers' URLs: every connection checked again (DNS rebinding), no redirects
@@ -246,13 +245,8 @@ class DeliveryWorker:
                 # signatures are timestamped by the database's clock (carried on with the
                 # monotonic one): a settlement process whose own clock is minutes off still
                 # signs the true time, and receivers (300 s tolerance) accept it
-                self._clock = ((await database_now(session)).timestamp(), time.monotonic())
+                await self.clock.sync(session)
             return claimed
-
-    def _now(self) -> float:
-        """Unix seconds by the database's clock as read at the last claim."""
-        db, mono = self._clock
-        return db + (time.monotonic() - mono)
 
     async def _send(self, delivery: _Claimed) -> _Outcome:
         assert self._client is not None
@@ -267,7 +261,7 @@ class DeliveryWorker:
             content=body,
             headers={
                 "Content-Type": "application/json",
-                **outbound.signed_headers(secret, body, now=self._now()),
+                **outbound.signed_headers(secret, body, now=self.clock.now()),
                 EVENT_ID_HEADER: str(delivery.event_id),
                 DELIVERY_ID_HEADER: str(delivery.id),
             },

@@ -4,6 +4,7 @@ settlement's. The notification id is the idempotency key: the same on every retr
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from fusion_prime.alerts.channels import Delivery, Result, from_http
 from fusion_prime.platform import outbound
@@ -28,9 +29,12 @@ def body(d: Delivery) -> bytes:
 
 
 class WebhookSender:
-    def __init__(self, clients: outbound.ClientPool, timeout: float) -> None:
+    def __init__(
+        self, clients: outbound.ClientPool, timeout: float, clock: Callable[[], float]
+    ) -> None:
         self.clients = clients
         self.timeout = timeout
+        self.clock = clock  # Unix seconds for the signature (the database's clock)
 
     async def __call__(self, d: Delivery) -> Result:
         content = body(d)
@@ -40,7 +44,7 @@ class WebhookSender:
             EVENT_ID_HEADER: str(d.event_id or ""),
         }
         if d.secret:
-            headers.update(outbound.signed_headers(d.secret, content))
+            headers.update(outbound.signed_headers(d.secret, content, now=self.clock()))
         out = await self.clients.post(
             d.address, content=content, headers=headers, timeout=self.timeout
         )
