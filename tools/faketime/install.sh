@@ -18,25 +18,5 @@ find_lib() {
 if find_lib; then
     exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "tools/faketime: apt-get not found: install libfaketime with this system's package manager" >&2
-    exit 2
-fi
-sudo=""
-if [ "$(id -u)" != "0" ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        sudo="sudo -n"
-    else
-        echo "tools/faketime: installing libfaketime needs root (or password-less sudo)" >&2
-        exit 2
-    fi
-fi
-root="$(cd "$(dirname "$0")/../.." && pwd)"
-mkdir -p "$root/.cache"
-exec 9>"$root/.cache/faketime-install.lock"
-flock 9 2>/dev/null || true
-find_lib && exit 0
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq >&2
-$sudo apt-get install -y -qq --no-install-recommends libfaketime >&2
+bash "$(dirname "$0")/../apt-install.sh" tools/faketime libfaketime
 find_lib
