@@ -198,13 +198,12 @@ async def list_margin_events(
 async def get_stats(session: Session, runtime: RuntimeDep) -> dict[str, Any]:
     """Accounts per status as of their last evaluation, and the book in memory: its size,
     load time, the last tick's evaluation and persistence times."""
-    per = await repo.stats(session)
-    accounts, with_positions = await repo.count_accounts(session)
+    counts = await repo.counts(session)  # kept by triggers: no count over the tables
     book = runtime.state.get("book")
     return {
-        "accounts": accounts,
-        "accounts_with_positions": with_positions,
-        "tiers": {t.value: per.get(t.value, 0) for t in Tier},
+        "accounts": counts.get("accounts", 0),
+        "accounts_with_positions": counts.get("accounts_with_positions", 0),
+        "tiers": {t.value: counts.get(f"tier:{t.value}", 0) for t in Tier},
         "book": book.stats() if book is not None else {"mode": "sql"},
     }
 

@@ -698,23 +698,13 @@ async def events(
     return list(await session.execute(q))
 
 
-async def stats(session: AsyncSession) -> dict[str, int]:
+async def counts(session: AsyncSession) -> dict[str, int]:
+    """The counters the triggers of migration 0006 keep (summed over their slots):
+    `tier:<status>` per status of account_state, `accounts`, `accounts_with_positions`."""
     rows = await session.execute(
-        text("SELECT status, count(*) AS n FROM account_state GROUP BY status")
+        text("SELECT counter, sum(n) AS n FROM risk_counters GROUP BY counter")
     )
-    return {r.status: int(r.n) for r in rows}
-
-
-async def count_accounts(session: AsyncSession) -> tuple[int, int]:
-    row = (
-        await session.execute(
-            text(
-                "SELECT (SELECT count(*) FROM accounts) AS a, "
-                "(SELECT count(DISTINCT account_id) FROM positions) AS p"
-            )
-        )
-    ).one()
-    return int(row.a), int(row.p)
+    return {r.counter: int(r.n) for r in rows}
 
 
 async def state_row(session: AsyncSession, account_id: str) -> Any:
