@@ -81,6 +81,12 @@ resource "google_cloud_run_v2_service" "console" {
         name  = "CONSOLE_COOKIE_SECURE"
         value = "true"
       }
+      # the services are private: a Google ID token per service (audience: its URL) in
+      # X-Serverless-Authorization, from the metadata server (console/idtokens.py)
+      env {
+        name  = "CONSOLE_SERVERLESS_AUTH"
+        value = "true"
+      }
       dynamic "env" {
         for_each = var.console.service_urls
         content {

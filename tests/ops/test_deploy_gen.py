@@ -365,6 +365,7 @@ def test_console_is_deployed_without_a_database(tmp_path: Path) -> None:
     assert not set(env) & set(secrets_given)
     assert env["FP_ENV"] == "production"
     assert env["CONSOLE_COOKIE_SECURE"] == "true"
+    assert env["CONSOLE_SERVERLESS_AUTH"] == "true"  # the services are private on Cloud Run
     for svc in services:
         assert env[f"CONSOLE_{svc.name.upper()}_URL"] == (
             f"https://{svc.name}-$PROJECT_NUMBER.${{_REGION}}.run.app"
@@ -381,6 +382,7 @@ def test_console_is_deployed_without_a_database(tmp_path: Path) -> None:
     values.update({name: secrets.token_urlsafe(48) for name in secrets_given})
     settings = ConsoleSettings.model_validate(values)
     assert settings.cookie_secure is True
+    assert settings.serverless_auth is True
     assert settings.base_urls()["risk"] == "https://risk-1.r.run.app"
 
     tfvars = json.loads((tmp_path / "terraform" / TFVARS_NAME).read_text())
@@ -402,6 +404,8 @@ def test_terraform_console_service_has_no_database() -> None:
     assert "DATABASE_URL" not in text
     assert '"allUsers"' not in text
     assert run["template"][0]["service_account"] == "${google_service_account.console.email}"
+    env = {e["name"].strip('"'): e.get("value") for e in run["template"][0]["containers"][0]["env"]}
+    assert env["CONSOLE_SERVERLESS_AUTH"] == '"true"'  # the Cloud Build file's setting too
     password = res[("random_password", "console")]
     assert password["length"] >= 32  # ConsoleSettings.session_key's minimum
     # the session key gets a generated version, the viewer key only its secret

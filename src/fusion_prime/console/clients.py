@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from fusion_prime.console.settings import ConsoleSettings
+from fusion_prime.console import idtokens
+from fusion_prime.console.settings import SERVICES, ConsoleSettings
 
 T = TypeVar("T")
 
@@ -60,6 +61,8 @@ class ServiceClients:
             transport=transport,
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
         )
+        # only the five services sit behind Cloud Run's IAM (not the dev mail inbox)
+        self._id_tokens = idtokens.IdTokens() if settings.serverless_auth else None
         self.aggregate_ttl = settings.aggregate_ttl
         self._cache: dict[str, tuple[float, datetime, Any]] = {}
         self._refreshing: dict[str, asyncio.Task[None]] = {}
@@ -94,8 +97,12 @@ class ServiceClients:
             self._refreshing[key] = asyncio.create_task(refresh())
         return entry[2], entry[1]
 
-    def _headers(self, key: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key}"} if key else {}
+    async def _headers(self, service: str, base: str, key: str | None) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        if self._id_tokens is not None and service in SERVICES:
+            token = await self._id_tokens.token(base.rstrip("/"))
+            headers[idtokens.HEADER] = f"Bearer {token}"
+        return headers
 
     async def _call(
         self,
@@ -112,12 +119,12 @@ class ServiceClients:
             return Answer(service, path, None, error=f"{service} is not configured")
         clean = {k: v for k, v in (params or {}).items() if v is not None and v != ""}
         try:
+            headers = await self._headers(service, base, key)
+        except idtokens.Error as exc:
+            return Answer(service, path, None, error=f"no ID token for {service} ({exc})")
+        try:
             r = await self.http.request(
-                method,
-                base.rstrip("/") + path,
-                params=clean,
-                json=json,
-                headers=self._headers(key),
+                method, base.rstrip("/") + path, params=clean, json=json, headers=headers
             )
         except httpx.HTTPError as exc:
             return Answer(

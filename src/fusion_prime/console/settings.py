@@ -37,6 +37,9 @@ class ConsoleSettings(BaseSettings):
     # whole-table figures (risk /stats, the day's notifications) are re-read in the
     # background this often; pages show them with their time (0: every request)
     aggregate_ttl: float = Field(default=15.0, alias="CONSOLE_AGGREGATE_TTL", ge=0, le=3600)
+    # Cloud Run: send a Google ID token for each service (audience: its URL) in
+    # X-Serverless-Authorization (console/idtokens.py); deploy_gen.CONSOLE sets it
+    serverless_auth: bool = Field(default=False, alias="CONSOLE_SERVERLESS_AUTH")
     whoami_cache_seconds: float = Field(default=30.0, alias="CONSOLE_WHOAMI_CACHE", ge=0, le=600)
 
     @model_validator(mode="after")

@@ -207,8 +207,13 @@ class ConsoleDeploy:
 
     def env(self, services: Sequence[str]) -> dict[str, str]:
         """Plain environment for Cloud Build: each service's deterministic Cloud Run URL
-        (https://NAME-PROJECT_NUMBER.REGION.run.app), secure cookies (https only)."""
-        out = {"FP_ENV": "production", "CONSOLE_COOKIE_SECURE": "true"}
+        (https://NAME-PROJECT_NUMBER.REGION.run.app), secure cookies (https only), and a
+        Google ID token per service for Cloud Run's IAM check (the services are private)."""
+        out = {
+            "FP_ENV": "production",
+            "CONSOLE_COOKIE_SECURE": "true",
+            "CONSOLE_SERVERLESS_AUTH": "true",
+        }
         for svc in services:
             out[self.url_env(svc)] = f"https://{svc}-$PROJECT_NUMBER.${{_REGION}}.run.app"
         return out
