@@ -302,3 +302,88 @@ async def test_a_command_records_who_requested_it(make_database: MakeDatabase) -
         viewer = await add_key(db, "viewer")
         r = await client.post("/commands", json=body, headers={**key, **auth_headers(viewer)})
         assert r.status_code == 403
+
+
+async def test_one_key_imported_into_other_service_databases(
+    make_database: MakeDatabase, tmp_path: Any
+) -> None:
+    """create-key in settlement's database, import-key of the same key into compliance's
+    (stdin) and risk's (a file, as a mounted secret): one key, three databases, a hash of
+    its own in each, the same identity on each service; the key never on the command
+    line nor in the output."""
+    dbs = {s: await make_database(s, SPECS[s].migrations_dir) for s in ("settlement",
+           "compliance", "risk")}  # fmt: skip
+    created = await run_cli(
+        ["auth", "create-key", "--name", "console", "--role", "viewer", "-s", "settlement"],
+        env={"DATABASE_URL": dbs["settlement"], "COLUMNS": "200"},
+    )
+    assert created.exit_code == 0, created.output
+    found = re.search(r"fpk_[0-9a-f]{12}_\S+", created.output)
+    assert found
+    token = found.group(0)
+    key_id, secret = token.split("_", 2)[1:]
+
+    from fusion_prime.cli import add_groups
+
+    def imp(service: str, *extra: str, role: str = "viewer", stdin: str | None = None) -> Any:
+        args = ["auth", "import-key", "--name", "console", "--role", role, "-s", service]
+        env = {"DATABASE_URL": dbs[service], "COLUMNS": "200"}
+        return asyncio.to_thread(
+            CliRunner().invoke, add_groups({"auth"}), [*args, *extra], input=stdin, env=env
+        )
+
+    by_stdin = await imp("compliance", stdin=token + "\n")
+    assert by_stdin.exit_code == 0, by_stdin.output
+    assert f"key {key_id} (viewer) imported in compliance" in by_stdin.output
+    key_file = tmp_path / "console-key"
+    key_file.write_text(token)
+    by_file = await imp("risk", "--key-file", str(key_file))
+    assert by_file.exit_code == 0, by_file.output
+    assert secret not in by_stdin.output + by_file.output
+    hashes = set()
+    for service, db in dbs.items():
+        [row] = await fetch(db, "SELECT key_id, name, role, secret_hash, revoked_at FROM api_keys")
+        assert (row["key_id"], row["name"], row["role"]) == (key_id, "console", "viewer")
+        assert row["revoked_at"] is None
+        assert secret not in row["secret_hash"]
+        assert auth.verify_secret(secret, row["secret_hash"])
+        hashes.add(row["secret_hash"])
+        spec = SPECS[service]
+        async with asgi_client(spec, db, role=None, **service_env(spec)) as client:
+            r = await client.get("/auth/whoami", headers=auth_headers(token))
+            assert r.json() == {"key_id": key_id, "name": "console", "role": "viewer"}
+    assert len(hashes) == 3  # a salt of its own in each database
+
+    again = await imp("risk", "--key-file", str(key_file))
+    assert again.exit_code == 0, again.output
+    assert "already there in risk" in again.output
+    other_role = await imp("risk", "--key-file", str(key_file), role="admin")
+    assert other_role.exit_code == 2
+    assert "with role viewer, not admin" in other_role.output
+    forged = await imp("risk", stdin=f"fpk_{key_id}_{'x' * 43}")
+    assert forged.exit_code == 2
+    assert "there as another key" in forged.output
+    assert await fetchval(dbs["risk"], "SELECT count(*) FROM api_keys") == 1
+    assert await fetchval(dbs["risk"], "SELECT role FROM api_keys") == "viewer"
+    # the key is never an argument: there is no option or argument that takes it
+    as_arg = await imp("risk", token)
+    assert as_arg.exit_code == 2
+    not_a_key = await imp("risk", stdin="hello")
+    assert not_a_key.exit_code == 2
+    assert "holds no API key" in not_a_key.output
+    # revoked in one database, the key is refused there and still works elsewhere
+    revoked = await run_cli(
+        ["auth", "revoke-key", key_id, "-s", "risk"], {"DATABASE_URL": dbs["risk"]}
+    )
+    assert revoked.exit_code == 0, revoked.output
+    refused = await imp("risk", "--key-file", str(key_file))
+    assert refused.exit_code == 2
+    assert "revoked" in refused.output
+
+
+async def test_generate_key_prints_a_key_and_writes_nothing() -> None:
+    result = await run_cli(["auth", "generate-key"], env={})
+    assert result.exit_code == 0, result.output
+    token = result.output.strip()
+    assert auth.parse_token(token) is not None
+    assert (await run_cli(["auth", "generate-key"], env={})).output.strip() != token

@@ -1,4 +1,5 @@
-"""`fusion-prime auth create-key|list-keys|revoke-key`: API keys in the service databases.
+"""`fusion-prime auth create-key|import-key|list-keys|revoke-key`: API keys in the service
+databases.
 
 Where the keys go (each service keeps its own `api_keys` table, docs/auth.md):
 - with DATABASE_URL set (production: a one-off job with the service's own connection
@@ -6,6 +7,10 @@ Where the keys go (each service keeps its own `api_keys` table, docs/auth.md):
 - without it (local), every service database on the embedded server of the data
   directory (`--data-dir`, $FP_DATA_DIR, ./.fusion-prime), or those named by `--service`:
   one key then works on every local service, like the admin key of `fusion-prime up`.
+
+One key for several deployed services: `create-key` (or `generate-key`, no database) once,
+then `import-key` into each other service's database, one job per DATABASE_URL, the key
+read from a file or stdin (never the command line, which `ps` and shell history show).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,6 +58,10 @@ DataDirOpt = Annotated[
 
 class TargetError(Exception):
     pass
+
+
+class KeyConflict(TargetError):
+    """The key id is in that database already as something else than the key imported."""
 
 
 def targets(
@@ -209,6 +219,109 @@ def create_key(
     out.print(table)
     out.print("the key (shown once, keep it secret):", markup=False)
     out.print(key.token, markup=False, soft_wrap=True)
+
+
+KeyFileOpt = Annotated[
+    str,
+    typer.Option(
+        "--key-file",
+        help="file holding the key (e.g. a mounted secret); `-` (default): read it from stdin",
+    ),
+]
+
+
+def read_token(source: str) -> str:
+    """The one key in a file or on stdin (surrounding whitespace ignored)."""
+    try:
+        raw = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {source}: {exc.strerror}") from None
+    token = raw.strip()
+    if auth.parse_token(token) is None:
+        where = "stdin" if source == "-" else source
+        raise typer.BadParameter(f"{where} holds no API key (fpk_<key id>_<secret>)")
+    return token
+
+
+async def _import_into(
+    conn: AsyncConnection, key: auth.NewKey, secret: str, *, name: str, role: auth.Role,
+    expires_at: datetime | None, created_by: str,
+) -> str:  # fmt: skip
+    """`imported`, or `present` when this very key is there already with this role;
+    KeyConflict when the key id is there as another key, revoked, or with another role."""
+    record = await auth.load_key(conn, key.key_id)
+    if record is None:
+        await auth.insert_key(
+            conn, key, name=name, role=role, expires_at=expires_at, created_by=created_by
+        )
+        return "imported"
+    if not auth.verify_secret(secret, record.secret_hash):
+        raise KeyConflict(f"key id {key.key_id} is there as another key: not imported")
+    if record.revoked_at is not None:
+        raise KeyConflict(f"key {key.key_id} is there, revoked: not imported again")
+    if record.role != role:
+        raise KeyConflict(
+            f"key {key.key_id} is there with role {record.role}, not {role}: revoke it "
+            "there first to give it another role"
+        )
+    return "present"
+
+
+@app.command("import-key")
+def import_key(
+    name: Annotated[str, typer.Option(help="who or what uses the key (recorded as the actor)")],
+    role: Annotated[str, typer.Option(help=f"one of {', '.join(auth.ROLES)}")],
+    key_file: KeyFileOpt = "-",
+    expires: Annotated[
+        str | None, typer.Option(help="expiry: 30d, 12h, 45m or an ISO date/time")
+    ] = None,
+    service: ServiceOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Store an existing key (from another service's `create-key`) in this service's
+    database: the same key then works on both. Only its scrypt hash is kept (a new salt);
+    the key is read from --key-file or stdin and never printed."""
+    if role not in auth.ROLES:
+        raise typer.BadParameter(
+            f"role must be one of {', '.join(auth.ROLES)}", param_hint="--role"
+        )
+    if not 1 <= len(name) <= 200:
+        raise typer.BadParameter("1 to 200 characters", param_hint="--name")
+    expires_at = parse_expiry(expires) if expires else None
+    token = read_token(key_file)
+    key = auth.key_from_token(token)
+    secret = token.split("_", 2)[2]
+    by = f"cli:{os.environ.get('USER', 'unknown')}"
+
+    async def _import(conn: AsyncConnection) -> str:
+        return await _import_into(
+            conn, key, secret, name=name, role=role, expires_at=expires_at, created_by=by
+        )
+
+    def _go() -> dict[str, str]:
+        urls, done = targets(service, data_dir)
+        outcomes: dict[str, str] = {}
+        try:
+            for target, url in urls.items():
+                try:
+                    outcomes |= asyncio.run(_each({target: url}, _import))
+                except KeyConflict as exc:
+                    raise KeyConflict(f"{target}: {exc}") from None
+            return outcomes
+        finally:
+            done()
+
+    for svc, outcome in _run(_go).items():
+        what = "already there" if outcome == "present" else "imported"
+        out.print(f"key {key.key_id} ({role}) {what} in {svc}", markup=False)
+
+
+@app.command("generate-key")
+def generate_key() -> None:
+    """Print a new key on stdout and store it nowhere: to pipe into a secret store
+    (`| gcloud secrets versions add SECRET --data-file=-`) and then `import-key` into each
+    service database."""
+    sys.stdout.write(auth.new_key().token + "\n")
 
 
 @app.command("list-keys")
