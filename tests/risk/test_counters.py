@@ -55,6 +55,17 @@ def without_zeros(d: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in d.items() if v != 0 or not k.startswith("tier:")}
 
 
+async def upsert_states(conn: asyncpg.Connection, ids: list[str], statuses: list[str]) -> None:
+    """INSERT ... ON CONFLICT DO UPDATE, as a tick writes (both triggers fire)."""
+    await conn.execute(
+        "INSERT INTO account_state (account_id, status, evaluated_at) "
+        "SELECT DISTINCT ON (i) i, s, now() FROM unnest($1::text[], $2::text[]) AS u(i, s) "
+        "ON CONFLICT (account_id) DO UPDATE SET status = EXCLUDED.status",
+        ids,
+        statuses,
+    )
+
+
 class RolledBack(Exception):
     pass
 
@@ -71,12 +82,7 @@ async def random_sql_changes(url: str, rng: random.Random, rounds: int) -> None:
                     "INSERT INTO accounts (id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
                     ids,
                 )
-                await conn.execute(
-                    "INSERT INTO account_state (account_id, status, evaluated_at) "
-                    "SELECT DISTINCT ON (i) i, s, now() FROM unnest($1::text[], $2::text[]) "
-                    "AS u(i, s) ON CONFLICT (account_id) DO UPDATE SET status = EXCLUDED.status",
-                    ids, [rng.choice(TIERS) for _ in ids],
-                )  # fmt: skip
+                await upsert_states(conn, ids, [rng.choice(TIERS) for _ in ids])
                 await conn.execute(
                     "UPDATE account_state SET status = $1 WHERE account_id LIKE $2",
                     rng.choice(TIERS), f"sql-{rng.randint(0, 9)}%",
@@ -170,12 +176,7 @@ async def test_concurrent_writers_keep_exact_counts(risk: Risk) -> None:
             for _ in range(15):
                 ids = sorted(set(rng.sample(base, 40)))
                 async with conn.transaction():
-                    await conn.execute(
-                        "INSERT INTO account_state (account_id, status, evaluated_at) "
-                        "SELECT i, s, now() FROM unnest($1::text[], $2::text[]) AS u(i, s) "
-                        "ON CONFLICT (account_id) DO UPDATE SET status = EXCLUDED.status",
-                        ids, [rng.choice(TIERS) for _ in ids],
-                    )  # fmt: skip
+                    await upsert_states(conn, ids, [rng.choice(TIERS) for _ in ids])
                     if rng.random() < 0.3:
                         await conn.execute(
                             "DELETE FROM account_state WHERE account_id = ANY($1::text[])",

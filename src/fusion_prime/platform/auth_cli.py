@@ -163,6 +163,17 @@ def parse_expiry(value: str, now: datetime | None = None) -> datetime:
     return when
 
 
+def _checked(name: str, role: str, expires: str | None) -> tuple[auth.Role, datetime | None]:
+    """--name and --role checked: the role, and the expiry time of --expires, if given."""
+    if role not in auth.ROLES:
+        raise typer.BadParameter(
+            f"role must be one of {', '.join(auth.ROLES)}", param_hint="--role"
+        )
+    if not 1 <= len(name) <= 200:
+        raise typer.BadParameter("1 to 200 characters", param_hint="--name")
+    return role, parse_expiry(expires) if expires else None
+
+
 def _run(fn: Callable[[], T]) -> T:
     try:
         return fn()
@@ -182,13 +193,7 @@ def create_key(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create a key; it is printed once here and never stored (only its scrypt hash)."""
-    if role not in auth.ROLES:
-        raise typer.BadParameter(
-            f"role must be one of {', '.join(auth.ROLES)}", param_hint="--role"
-        )
-    if not 1 <= len(name) <= 200:
-        raise typer.BadParameter("1 to 200 characters", param_hint="--name")
-    expires_at = parse_expiry(expires) if expires else None
+    checked_role, expires_at = _checked(name, role, expires)
     key = auth.new_key()
 
     def _go() -> dict[str, bool]:
@@ -198,7 +203,7 @@ def create_key(
                 urls,
                 key,
                 name=name,
-                role=role,
+                role=checked_role,
                 expires_at=expires_at,
                 created_by=f"cli:{os.environ.get('USER', 'unknown')}",
             )
@@ -281,13 +286,7 @@ def import_key(
     """Store an existing key (from another service's `create-key`) in this service's
     database: the same key then works on both. Only its scrypt hash is kept (a new salt);
     the key is read from --key-file or stdin and never printed."""
-    if role not in auth.ROLES:
-        raise typer.BadParameter(
-            f"role must be one of {', '.join(auth.ROLES)}", param_hint="--role"
-        )
-    if not 1 <= len(name) <= 200:
-        raise typer.BadParameter("1 to 200 characters", param_hint="--name")
-    expires_at = parse_expiry(expires) if expires else None
+    checked_role, expires_at = _checked(name, role, expires)
     token = read_token(key_file)
     key = auth.key_from_token(token)
     secret = token.split("_", 2)[2]
@@ -295,7 +294,7 @@ def import_key(
 
     async def _import(conn: AsyncConnection) -> str:
         return await _import_into(
-            conn, key, secret, name=name, role=role, expires_at=expires_at, created_by=by
+            conn, key, secret, name=name, role=checked_role, expires_at=expires_at, created_by=by
         )
 
     def _go() -> dict[str, str]:
