@@ -51,6 +51,9 @@ ServiceOpt = Annotated[
         help="service database(s) to use; required (one) with DATABASE_URL, default all locally",
     ),
 ]
+NameOpt = Annotated[str, typer.Option(help="who or what uses the key (recorded as the actor)")]
+RoleOpt = Annotated[str, typer.Option(help=f"one of {', '.join(auth.ROLES)}")]
+ExpiresOpt = Annotated[str | None, typer.Option(help="expiry: 30d, 12h, 45m or an ISO date/time")]
 DataDirOpt = Annotated[
     Path | None, typer.Option(help="local data directory (default $FP_DATA_DIR or ./.fusion-prime)")
 ]
@@ -184,11 +187,9 @@ def _run(fn: Callable[[], T]) -> T:
 
 @app.command("create-key")
 def create_key(
-    name: Annotated[str, typer.Option(help="who or what uses the key (recorded as the actor)")],
-    role: Annotated[str, typer.Option(help=f"one of {', '.join(auth.ROLES)}")],
-    expires: Annotated[
-        str | None, typer.Option(help="expiry: 30d, 12h, 45m or an ISO date/time")
-    ] = None,
+    name: NameOpt,
+    role: RoleOpt,
+    expires: ExpiresOpt = None,
     service: ServiceOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -274,12 +275,10 @@ async def _import_into(
 
 @app.command("import-key")
 def import_key(
-    name: Annotated[str, typer.Option(help="who or what uses the key (recorded as the actor)")],
-    role: Annotated[str, typer.Option(help=f"one of {', '.join(auth.ROLES)}")],
+    name: NameOpt,
+    role: RoleOpt,
     key_file: KeyFileOpt = "-",
-    expires: Annotated[
-        str | None, typer.Option(help="expiry: 30d, 12h, 45m or an ISO date/time")
-    ] = None,
+    expires: ExpiresOpt = None,
     service: ServiceOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
