@@ -2,7 +2,8 @@
 
 JSON-RPC goes through httpx (one client, batch calls, our own classification of errors:
 the relayer must tell "retry later" from "ask for a smaller range"); logs are decoded
-with web3.py's ABI codec against the committed ABI of contracts/EscrowFactory.sol.
+against the committed ABI of contracts/EscrowFactory.sol (read and hashed with web3.py)
+by eth_abi (web3's codec) with one tuple decoder per event type, built once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from eth_abi.decoding import ContextFramesBytesIO, TupleDecoder
+from eth_abi.registry import registry as ABI_REGISTRY
 from web3 import Web3
 
 from fusion_prime.platform.observability import get_logger
@@ -262,6 +265,18 @@ class _EventAbi:
     def type_of(self) -> dict[str, str]:
         return dict(self.indexed + self.data)
 
+    @cached_property
+    def decoder(self) -> TupleDecoder:
+        """eth_abi's decoder of this event's argument tuple, built once (the codec's
+        `decode` validates its arguments and looks the decoder up on every call)."""
+        return ABI_REGISTRY.get_tuple_decoder(*self.wire_types)
+
+    @cached_property
+    def fields(self) -> tuple[tuple[str, str, str], ...]:
+        """(ABI argument, data field, ABI type) of what the envelope carries."""
+        _, mapping = EVENTS[self.name]
+        return tuple((arg, field, self.type_of[arg]) for arg, field in mapping.items())
+
 
 _STATIC = re.compile(r"^(address|bool|u?int(8|16|32|64|128|256)|bytes([1-9]|[12][0-9]|3[0-2]))$")
 
@@ -298,9 +313,6 @@ def event_topics() -> list[str]:
     return sorted(_events_by_topic())
 
 
-_CODEC = Web3().codec
-
-
 def _value(abi_type: str, value: Any) -> Any:
     if abi_type == "address":
         return f"0x{value:040x}"  # decoded as uint160
@@ -321,9 +333,9 @@ def decode_log(chain_id: int, raw: dict[str, Any]) -> DecodedLog | None:
     # topics followed by the data are the ABI encoding of the whole argument tuple: one
     # decoder call per log instead of one per topic plus one for the data
     encoded = bytes.fromhex("".join(t[2:] for t in topics[1:]) + raw["data"][2:])
-    args = dict(zip(event.names, _CODEC.decode(event.wire_types, encoded), strict=True))
-    types = event.type_of
-    event_type, fields = EVENTS[event.name]
+    values = event.decoder(ContextFramesBytesIO(encoded))  # type: ignore[no-untyped-call]
+    args = dict(zip(event.names, values, strict=True))
+    event_type = EVENTS[event.name][0]
     block_hash = raw["blockHash"].lower()
     tx_hash = raw["transactionHash"].lower()
     log_index = int(raw["logIndex"], 16)
@@ -337,8 +349,8 @@ def decode_log(chain_id: int, raw: dict[str, Any]) -> DecodedLog | None:
         "block_hash": block_hash,
         "escrow": escrow,
     }
-    for arg, field in fields.items():
-        data[field] = _value(types[arg], args[arg])
+    for arg, field, abi_type in event.fields:
+        data[field] = _value(abi_type, args[arg])
     correlation = args.get("correlationId", b"")
     if correlation and any(correlation):
         data["correlation_id"] = str(uuid.UUID(bytes=bytes(correlation)))
