@@ -347,8 +347,12 @@ async def positions_of(session: AsyncSession, ids: Sequence[str]) -> dict[str, l
     return out
 
 
+_TIERS: dict[str | None, Tier | None] = {t.value: t for t in Tier} | {None: None}
+
+
 def _tier(value: str | None) -> Tier | None:
-    return Tier(value) if value is not None else None
+    got = _TIERS.get(value)
+    return got if got is not None or value is None else Tier(value)
 
 
 async def states_of(session: AsyncSession, ids: Sequence[str]) -> dict[str, State]:
