@@ -264,6 +264,37 @@ def evaluate(
             stale_prices=tuple(stale),
             evaluated_at=now,
         )
+    return _concluded(
+        positions,
+        params,
+        prices,
+        config,
+        now,
+        used,
+        coll,
+        weighted,
+        borrow,
+        debt,
+        coll_by_asset,
+        debt_by_asset,
+    )
+
+
+def _concluded(
+    positions: Sequence[Position],
+    params: Mapping[str, RiskParams],
+    prices: Mapping[str, Price],
+    config: TierConfig,
+    now: datetime,
+    used: dict[str, Decimal],
+    coll: Decimal,
+    weighted: Decimal,
+    borrow: Decimal,
+    debt: Decimal,
+    coll_by_asset: dict[str, Decimal],
+    debt_by_asset: dict[str, Decimal],
+) -> Health:
+    """The health of an account whose prices are all usable, from its exact sums."""
     tier = classify(weighted, debt, config)
     factor = ratio(weighted, debt) if debt > ZERO else None
     drop: Decimal | None = None
@@ -306,6 +337,100 @@ def evaluate(
         evaluated_at=now,
         repays=repays,
     )
+
+
+class Evaluator:
+    """`evaluate` for many accounts of one pass (same parameters, prices, config, time).
+
+    What every account of a pass shares is worked out once per asset: whether its price
+    is usable, its threshold, ltv and price, and `10**-decimals x price` (exact), so one
+    position costs two multiplications for its values. Every result equals `evaluate`'s
+    (the definition; tests/risk/test_fast_path.py compares them on random books, values
+    on the tier bounds included): the sums are the same exact products added in the
+    same order, and everything after the sums is `evaluate`'s own code.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, RiskParams],
+        prices: Mapping[str, Price],
+        config: TierConfig,
+        now: datetime,
+    ) -> None:
+        self.params = params
+        self.prices = prices
+        self.config = config
+        self.now = now
+        # (asset, decimals) -> (price, price per base unit, lt, ltv, usable, seizable)
+        self._assets: dict[
+            tuple[str, int], tuple[Decimal, Decimal, Decimal, Decimal, bool, bool]
+        ] = {}
+
+    def _asset(
+        self, asset: str, decimals: int
+    ) -> tuple[Decimal, Decimal, Decimal, Decimal, bool, bool]:
+        got = self._assets.get((asset, decimals))
+        if got is None:
+            p = self.prices[asset]
+            rp = self.params[asset]
+            usable = usable_price_time(p.source_time, self.now, rp.max_price_age, self.config)
+            unit = EXACT.multiply(ONE.scaleb(-decimals, EXACT), p.price)
+            got = (
+                p.price,
+                unit,
+                rp.liquidation_threshold,
+                rp.ltv,
+                usable,
+                rp.liquidation_threshold > ZERO,
+            )
+            self._assets[(asset, decimals)] = got
+        return got
+
+    def evaluate(self, positions: Sequence[Position]) -> Health:
+        prices = self.prices
+        mul, add = EXACT.multiply, EXACT.add
+        missing: list[str] = []
+        stale: list[str] = []
+        used: dict[str, Decimal] = {}
+        coll = weighted = capacity = debt = ZERO
+        coll_by_asset: dict[str, Decimal] = {}
+        debt_by_asset: dict[str, Decimal] = {}
+        for pos in positions:
+            asset = pos.asset
+            if asset not in prices:
+                missing.append(asset)
+                continue
+            price, unit, lt, ltv, usable, seizable = self._asset(asset, pos.decimals)
+            used[asset] = price
+            if not usable:
+                stale.append(asset)
+            cv = mul(pos.collateral, unit)
+            dv = mul(pos.debt, unit)
+            coll = add(coll, cv)
+            weighted = add(weighted, mul(cv, lt))
+            capacity = add(capacity, mul(cv, ltv))
+            debt = add(debt, dv)
+            if pos.collateral > 0 and seizable:
+                coll_by_asset[asset] = cv
+            if pos.debt > 0:
+                debt_by_asset[asset] = dv
+        if missing or stale or len(used) < len(positions):
+            # an unknown price (or a duplicate asset): the definition itself
+            return evaluate(positions, self.params, prices, self.config, self.now)
+        return _concluded(
+            positions,
+            self.params,
+            prices,
+            self.config,
+            self.now,
+            used,
+            coll,
+            weighted,
+            max(ZERO, capacity - debt),
+            debt,
+            coll_by_asset,
+            debt_by_asset,
+        )
 
 
 def usable_price_time(

@@ -7,6 +7,7 @@ outcomes costs a few statements, not thousands.
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -347,8 +348,12 @@ async def positions_of(session: AsyncSession, ids: Sequence[str]) -> dict[str, l
     return out
 
 
+_TIERS: dict[str | None, Tier | None] = {t.value: t for t in Tier} | {None: None}
+
+
 def _tier(value: str | None) -> Tier | None:
-    return Tier(value) if value is not None else None
+    got = _TIERS.get(value)
+    return got if got is not None or value is None else Tier(value)
 
 
 async def states_of(session: AsyncSession, ids: Sequence[str]) -> dict[str, State]:
@@ -618,33 +623,58 @@ async def copy_events(
     await copy_outbox(apg, envelopes)
 
 
+def _copy_text(value: str | None) -> str:
+    """One field of a text-format COPY row (NULL, or the value with its escapes)."""
+    if value is None:
+        return "\\N"
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = (
+            value.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+    return value
+
+
 async def copy_margin_events(
     apg: Any, envelopes: Sequence[Envelope], prices_json: Sequence[str] | None = None
 ) -> None:
+    """One text-format COPY built from the envelopes' own strings: the decimal fields
+    are already the exact strings the envelope carries (the server parses them into the
+    same numerics a binary COPY of their Decimals wrote, without the round trip)."""
     if prices_json is None:
         prices_json = [json.dumps(e.data["prices"]) for e in envelopes]
-    await apg.copy_records_to_table(
-        "margin_events",
-        records=[
-            (
-                e.id,
-                e.subject,
-                e.type,
-                e.data["from_tier"],
-                e.data["to_tier"],
-                _dec(e.data["factor"]),
-                Decimal(e.data["collateral_value"]),
-                Decimal(e.data["weighted_collateral"]),
-                Decimal(e.data["debt_value"]),
-                Decimal(e.data["borrow_capacity"]),
-                Decimal(e.data["max_repay_value"]),
-                pj,
-                e.time,
+    t = _copy_text
+    lines = []
+    for e, pj in zip(envelopes, prices_json, strict=True):
+        d = e.data
+        lines.append(
+            "\t".join(
+                (
+                    str(e.id),
+                    t(e.subject),
+                    t(e.type),
+                    t(d["from_tier"]),
+                    t(d["to_tier"]),
+                    t(d["factor"]),
+                    t(d["collateral_value"]),
+                    t(d["weighted_collateral"]),
+                    t(d["debt_value"]),
+                    t(d["borrow_capacity"]),
+                    t(d["max_repay_value"]),
+                    t(pj),
+                    e.time.isoformat(),
+                )
             )
-            for e, pj in zip(envelopes, prices_json, strict=True)
-        ],
-        columns=EVENT_COLUMNS,
-    )
+        )
+    if lines:
+        await apg.copy_to_table(
+            "margin_events",
+            source=io.BytesIO(("\n".join(lines) + "\n").encode()),
+            columns=EVENT_COLUMNS,
+            format="text",
+        )
 
 
 async def copy_outbox(apg: Any, envelopes: Sequence[Envelope]) -> None:

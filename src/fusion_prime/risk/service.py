@@ -10,6 +10,7 @@ decide events for those few, and all outcomes are written with COPY. Nothing her
 
 from __future__ import annotations
 
+import decimal
 import json
 import time
 import uuid
@@ -29,7 +30,9 @@ from fusion_prime.platform.observability import get_logger
 from fusion_prime.risk import repository as repo
 from fusion_prime.risk.domain import (
     EXACT,
+    RATIO_PLACES,
     Decision,
+    Evaluator,
     Health,
     Position,
     RiskParams,
@@ -63,8 +66,22 @@ def dec_str(value: Decimal | None) -> str | None:
     """Decimal as a plain string, trimmed to 18 places for display (None stays None)."""
     if value is None:
         return None
-    q = value.quantize(Decimal("1e-18"), context=EXACT) if value.adjusted() < 100 else value
-    return format(q.normalize(EXACT), "f")
+    if value.adjusted() < 100:
+        # most values have at most 18 places already and quantizing them changes nothing:
+        # normalized without rounding (trapped), the string says whether it has more
+        try:
+            s = format(value.normalize(_UNROUNDED), "f")
+        except decimal.Rounded:
+            s = ""
+        dot = s.find(".")
+        if not s or (dot >= 0 and len(s) - dot > 19):
+            s = format(value.quantize(RATIO_PLACES, context=EXACT).normalize(EXACT), "f")
+        return s
+    return format(value.normalize(EXACT), "f")
+
+
+# EXACT's precision, raising where EXACT would round
+_UNROUNDED = decimal.Context(prec=EXACT.prec, rounding=EXACT.rounding, traps=[decimal.Rounded])
 
 
 @dataclass
@@ -253,10 +270,9 @@ async def reevaluate_accounts(
     prices = await repo.all_prices(session)
     positions = await repo.positions_of(session, ids)
     states = await repo.states_of(session, ids)
-    items = [
-        (a, states.get(a, State()), evaluate(positions[a], params, prices, config, now))
-        for a in ids
-    ]
+    # one Evaluator for the pass: what the accounts share is worked out once per asset
+    ev = Evaluator(params, prices, config, now).evaluate
+    items = [(a, states.get(a, State()), ev(positions[a])) for a in ids]
     return await apply_outcomes(
         session, items, config, now, trigger, log_states=log_states, evaluated_by=evaluated_by
     )
