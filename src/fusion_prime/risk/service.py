@@ -204,6 +204,64 @@ def snapshot_record(
     )
 
 
+@dataclass
+class Prepared:
+    """A pass's decisions and documents, before anything is written."""
+
+    evaluated: int = 0
+    changed: int = 0
+    states: list[repo.StateRow] = field(default_factory=list)
+    events: list[Envelope] = field(default_factory=list)
+    prices_json: list[str] = field(default_factory=list)  # each event's `prices` JSON
+    snapshots: list[tuple[Any, ...]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # events per type
+
+
+def prepare_outcomes(
+    items: Sequence[tuple[str, State, Health]], config: TierConfig, now: datetime
+) -> Prepared:
+    """Decide each evaluated account and build its state row, events and snapshot."""
+    out = Prepared(evaluated=len(items))
+    shared = Shared()
+    counts = out.counts
+    for account_id, state, health in items:
+        d = decide(state, health, config, now)
+        if not d.anything:
+            continue
+        out.changed += 1
+        out.states.append(repo.StateRow(account_id, d.state, health.factor, now))
+        for et in d.events:
+            out.events.append(build_event(account_id, et, d, health, now, shared))
+            out.prices_json.append(shared.prices(health)[1])
+            counts[et] = counts.get(et, 0) + 1
+        if d.snapshot is not None:
+            out.snapshots.append(snapshot_record(account_id, d.snapshot, health, now, shared))
+    return out
+
+
+async def write_outcomes(
+    session: AsyncSession,
+    p: Prepared,
+    trigger: str,
+    *,
+    log_states: bool = True,
+    evaluated_by: str | None = None,
+) -> Outcome:
+    """Persist a prepared pass: states, snapshots, margin events and their outbox rows."""
+    for et, k in p.counts.items():
+        MARGIN_EVENTS.labels(et).inc(k)
+    await repo.upsert_states(session, p.states, evaluated_by)
+    if log_states and p.states:
+        await repo.log_book_change(session, "states", [r.account_id for r in p.states])
+    if p.snapshots or p.events:
+        apg = await driver_connection(session)
+        if p.snapshots:
+            await repo.copy_snapshots(apg, p.snapshots)
+        await repo.copy_events(apg, p.events, p.prices_json)
+    EVALUATIONS.labels(trigger).inc(p.evaluated)
+    return Outcome(p.evaluated, p.changed, p.events, len(p.snapshots), p.states)
+
+
 async def apply_outcomes(
     session: AsyncSession,
     items: Sequence[tuple[str, State, Health]],
@@ -219,38 +277,13 @@ async def apply_outcomes(
     `log_states`: record the written states in `book_changes`, so a service keeping the
     book in memory picks them up (False when that book is the writer).
     """
-    out = Outcome(evaluated=len(items))
-    states: list[repo.StateRow] = []
-    snaps: list[tuple[Any, ...]] = []
-    prices_json: list[str] = []
-    shared = Shared()
-    counts: dict[str, int] = {}
-    for account_id, state, health in items:
-        d = decide(state, health, config, now)
-        if not d.anything:
-            continue
-        out.changed += 1
-        states.append(repo.StateRow(account_id, d.state, health.factor, now))
-        for et in d.events:
-            out.events.append(build_event(account_id, et, d, health, now, shared))
-            prices_json.append(shared.prices(health)[1])
-            counts[et] = counts.get(et, 0) + 1
-        if d.snapshot is not None:
-            snaps.append(snapshot_record(account_id, d.snapshot, health, now, shared))
-    for et, k in counts.items():
-        MARGIN_EVENTS.labels(et).inc(k)
-    out.snapshots = len(snaps)
-    out.states = states
-    await repo.upsert_states(session, states, evaluated_by)
-    if log_states and states:
-        await repo.log_book_change(session, "states", [r.account_id for r in states])
-    if snaps or out.events:
-        apg = await driver_connection(session)
-        if snaps:
-            await repo.copy_snapshots(apg, snaps)
-        await repo.copy_events(apg, out.events, prices_json)
-    EVALUATIONS.labels(trigger).inc(len(items))
-    return out
+    return await write_outcomes(
+        session,
+        prepare_outcomes(items, config, now),
+        trigger,
+        log_states=log_states,
+        evaluated_by=evaluated_by,
+    )
 
 
 async def reevaluate_accounts(
