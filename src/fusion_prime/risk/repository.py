@@ -467,6 +467,40 @@ _UPSERT_STATES = (
 )
 
 
+# the same upsert from text arrays: the client sends strings (numeric and timestamptz
+# input text of the same values), not Decimals and datetimes encoded one by one
+_UPSERT_STATES_TEXT = (
+    "INSERT INTO account_state (account_id, status, known_tier, factor, last_event_at, "
+    "last_snapshot_at, evaluated_at, evaluated_by) SELECT u.a, u.s, u.k, u.f::numeric, "
+    "u.e::timestamptz, u.n::timestamptz, u.t::timestamptz, $8::text FROM unnest("
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) "
+    "AS u(a, s, k, f, e, n, t) "
+    "ON CONFLICT (account_id) DO UPDATE SET status = EXCLUDED.status, "
+    "known_tier = EXCLUDED.known_tier, factor = EXCLUDED.factor, "
+    "last_event_at = EXCLUDED.last_event_at, last_snapshot_at = EXCLUDED.last_snapshot_at, "
+    "evaluated_at = EXCLUDED.evaluated_at, evaluated_by = EXCLUDED.evaluated_by"
+)
+
+
+def state_text_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`state_args` as text arrays for _UPSERT_STATES_TEXT."""
+    ids, status, known, factor, last_e, last_s, at, by = args
+
+    def ts(values: list[datetime | None]) -> list[str | None]:
+        return [None if v is None else v.isoformat() for v in values]
+
+    return (
+        ids,
+        status,
+        known,
+        [None if f is None else format(f, "f") for f in factor],
+        ts(last_e),
+        ts(last_s),
+        ts(at),
+        by,
+    )
+
+
 def state_args(rows: Sequence[StateRow], evaluated_by: str | None = None) -> tuple[Any, ...]:
     """The parameters of the states upsert (built apart from sending it: bench floor)."""
 
@@ -616,6 +650,15 @@ EVENT_COLUMNS = [
 
 
 async def copy_snapshots(apg: Any, records: Iterable[tuple[Any, ...]]) -> None:
+    """One text-format COPY of `snapshot_record` rows: the server stores the values and
+    scales a binary COPY of the Decimals stores (tests/risk/test_payloads.py compares
+    every column), and the client skips encoding each Decimal into numeric digits."""
+    await send_copy(apg, "health_snapshots", SNAPSHOT_COLUMNS, snapshot_copy(records))
+
+
+async def copy_snapshots_binary(apg: Any, records: Iterable[tuple[Any, ...]]) -> None:
+    """The previous way (binary COPY of the Decimals): the reference the text COPY is
+    compared with (tests) and measured against (bench)."""
     await apg.copy_records_to_table("health_snapshots", records=records, columns=SNAPSHOT_COLUMNS)
 
 
@@ -748,8 +791,10 @@ def outbox_records(envelopes: Sequence[Envelope]) -> list[tuple[Any, ...]]:
 
 
 async def send_outbox(apg: Any, records: Sequence[tuple[Any, ...]]) -> None:
-    await apg.copy_records_to_table("outbox", records=records, columns=OUTBOX_COLUMNS)
+    """A text-format COPY of the envelopes' JSON (the jsonb column parses the same text
+    a binary COPY carries, whichever way it arrives)."""
     if records:
+        await send_copy(apg, "outbox", OUTBOX_COLUMNS, outbox_copy(records))
         await apg.execute(NOTIFY_SQL)  # wake the relay on commit, as outbox.publish does
 
 

@@ -14,7 +14,7 @@ import decimal
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -82,6 +82,12 @@ def dec_str(value: Decimal | None) -> str | None:
 
 # EXACT's precision, raising where EXACT would round
 _UNROUNDED = decimal.Context(prec=EXACT.prec, rounding=EXACT.rounding, traps=[decimal.Rounded])
+
+
+StatesReader = Callable[[AsyncSession, Sequence[str]], Awaitable[Mapping[str, State]]]
+PositionsReader = Callable[
+    [AsyncSession, Sequence[str]], Awaitable[Mapping[str, Sequence[Position]]]
+]
 
 
 @dataclass
@@ -294,15 +300,20 @@ async def reevaluate_accounts(
     *,
     log_states: bool = True,
     evaluated_by: str | None = None,
+    read_positions: PositionsReader = repo.positions_of,
+    read_states: StatesReader = repo.states_of,
 ) -> Outcome:
-    """Evaluate the given accounts with the Decimal rules and persist what changed."""
+    """Evaluate the given accounts with the Decimal rules and persist what changed.
+
+    `read_positions`, `read_states`: where the exact positions and the stored states come
+    from (a book in memory holds them; by default they are read from the tables)."""
     if not ids:
         return Outcome()
     _, config = await repo.get_config(session)
     params = await repo.current_params(session)
     prices = await repo.all_prices(session)
-    positions = await repo.positions_of(session, ids)
-    states = await repo.states_of(session, ids)
+    positions = await read_positions(session, ids)
+    states = await read_states(session, ids)
     # one Evaluator for the pass: what the accounts share is worked out once per asset
     ev = Evaluator(params, prices, config, now).evaluate
     items = [(a, states.get(a, State()), ev(positions[a])) for a in ids]
