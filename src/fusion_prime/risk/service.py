@@ -66,6 +66,16 @@ def dec_str(value: Decimal | None) -> str | None:
     """Decimal as a plain string, trimmed to 18 places for display (None stays None)."""
     if value is None:
         return None
+    # the common case, positional digits that fit: trailing zeros dropped by hand is the
+    # normalized string when at most 18 places remain (as many digits as EXACT keeps)
+    s = format(value, "f")
+    if len(s) <= 60:
+        dot = s.find(".")
+        if dot < 0:
+            return s
+        t = s.rstrip("0")
+        if len(t) - dot <= 19:
+            return t[:-1] if len(t) == dot + 1 else t
     if value.adjusted() < 100:
         # most values have at most 18 places already and quantizing them changes nothing:
         # normalized without rounding (trapped), the string says whether it has more
@@ -107,7 +117,17 @@ class Shared:
 
     def __init__(self) -> None:
         self._dec: dict[Decimal, str | None] = {}
+        self._at: datetime | None = None
+        self._at_s = ""
         self._prices: dict[tuple[tuple[str, Decimal], ...], tuple[dict[str, str | None], str]] = {}
+
+    def time(self, at: datetime | None) -> str | None:
+        """An ISO time (a pass evaluates every account at the same time)."""
+        if at is None:
+            return None
+        if at is not self._at:
+            self._at, self._at_s = at, at.isoformat()
+        return self._at_s
 
     def dec(self, value: Decimal) -> str | None:
         s = self._dec.get(value)
@@ -159,7 +179,7 @@ def health_json(h: Health, shared: Shared | None = None) -> dict[str, Any]:
         "prices": prices,
         "missing_prices": list(h.missing_prices),
         "stale_prices": list(h.stale_prices),
-        "evaluated_at": h.evaluated_at.isoformat() if h.evaluated_at else None,
+        "evaluated_at": (shared or Shared()).time(h.evaluated_at),
     }
 
 
