@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import psutil
 from rich.console import Console
 from rich.table import Table
@@ -105,6 +106,7 @@ async def main_async(args: argparse.Namespace) -> None:
     url = await factory.create("risk", SPEC.migrations_dir)
     engine = create_async_engine(normalise_database_url(url, service="risk"))
     rows: list[dict[str, float]] = []
+    round_row: dict[str, float] = {}
     try:
         book = synthetic_book(args.accounts, N_ASSETS, 4, SEED)
         now = datetime.now(UTC)
@@ -137,6 +139,39 @@ async def main_async(args: argparse.Namespace) -> None:
             row["changed"] = lb.last_tick.changed
             row["filter"] = lb.last_tick.filter_ms
             rows.append(row)
+        # a 20-asset round in one batch (bench.risk_live's prices)
+        rng = np.random.default_rng(SEED + 2)
+        clock += timedelta(milliseconds=10)
+        batch = [
+            repo.PriceUpdate(
+                ASSETS[a],
+                (
+                    book.price_exact[a] * Decimal(str(round(float(rng.uniform(0.99, 1.01)), 4)))
+                ).quantize(Decimal("1e-4")),
+                "bench",
+                clock,
+                uuid.uuid4(),
+            )
+            for a in range(N_ASSETS)
+        ]
+        TIMES.clear()
+        t = time.perf_counter()
+        async with sessions() as s, s.begin():
+            await service.apply_prices(s, batch)
+        round_row = {k: v * 1e3 for k, v in TIMES.items()}
+        round_row["tick"] = (time.perf_counter() - t) * 1e3
+        assert lb.last_tick is not None
+        round_row["changed"] = lb.last_tick.changed
+        round_row["filter"] = lb.last_tick.filter_ms
+        clock += timedelta(milliseconds=10)
+        async with sessions() as s, s.begin():
+            await service.apply_prices(
+                s,
+                [
+                    repo.PriceUpdate(ASSETS[a], book.price_exact[a], "bench", clock, uuid.uuid4())
+                    for a in range(N_ASSETS)
+                ],
+            )
         live.unregister(lb)
         if args.ticks % 2:  # back to x1, so the floor's x`move` moves the accounts a tick does
             clock += timedelta(milliseconds=10)
@@ -175,6 +210,7 @@ async def main_async(args: argparse.Namespace) -> None:
         )
     table.add_row("accounts changed", f"{changed:,.0f} ({rows[0]['changed']:,})", "")
     console.print(table)
+    console.print("20-asset round:", {k: round(v, 1) for k, v in round_row.items()})
     console.print(
         {k: round(v, 1) for k, v in floor["ms"].items()},
         {k: v for k, v in floor.items() if k != "ms"},
