@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import time
 import uuid
@@ -32,11 +33,16 @@ import numpy as np
 import psutil
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from bench.risk import ASSETS, DECIMALS, N_ASSETS, SEED, tier_of
 from fusion_prime.platform.admin import asyncpg_dsn
 from fusion_prime.platform.bus.envelope import Envelope
 from fusion_prime.platform.bus.postgres import MIGRATIONS_DIR, OutgoingEvent, PostgresBroker
+from fusion_prime.platform.database import normalise_database_url
+from fusion_prime.risk import repository as repo
+from fusion_prime.risk import service
+from fusion_prime.risk.domain import Evaluator, State
 from fusion_prime.risk.engine import Book, synthetic_book
 from fusion_prime.risk.spec import SPEC
 from tests.harness import DatabaseFactory, ServiceProcess, admin_url_from_env
@@ -163,7 +169,9 @@ async def run_mode(
         async with proc.async_client(timeout=60) as client:
             while True:
                 book_stats = (await client.get("/stats")).json()["book"]
-                if mode == "sql" or book_stats.get("loaded"):
+                # loaded, and evaluating: its partitions leased (a load longer than the
+                # leases' trust leaves them to the renewal that follows it)
+                if mode == "sql" or (book_stats.get("loaded") and book_stats["partitions_owned"]):
                     break
                 await asyncio.sleep(0.1)
             out["startup_s"] = time.perf_counter() - started
@@ -225,6 +233,183 @@ async def run_mode(
     return out
 
 
+_TEMP_STATES = (
+    "CREATE TEMP TABLE fp_states (account_id text, status text, known_tier text, "
+    "factor numeric, last_event_at timestamptz, last_snapshot_at timestamptz, "
+    "evaluated_at timestamptz, evaluated_by text) ON COMMIT DROP"
+)
+_UPSERT_STATES_TEXT = repo._UPSERT_STATES_TEXT
+# every account of the tick has a state row already: a plain UPDATE (no speculative insert)
+_UPDATE_FROM_UNNEST = (
+    "UPDATE account_state s SET status = u.s, known_tier = u.k, factor = u.f, "
+    "last_event_at = u.e, last_snapshot_at = u.n, evaluated_at = u.t, evaluated_by = $8 "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[], "
+    "$6::timestamptz[], $7::timestamptz[]) AS u(a, s, k, f, e, n, t) WHERE s.account_id = u.a"
+)
+_STATE_COLUMNS = ["account_id", "status", "known_tier", "factor", "last_event_at",
+                  "last_snapshot_at", "evaluated_at", "evaluated_by"]  # fmt: skip
+_UPDATE_FROM_TEMP = (
+    "UPDATE account_state s SET status = t.status, known_tier = t.known_tier, "
+    "factor = t.factor, last_event_at = t.last_event_at, last_snapshot_at = "
+    "t.last_snapshot_at, evaluated_at = t.evaluated_at, evaluated_by = t.evaluated_by "
+    "FROM fp_states t WHERE s.account_id = t.account_id"
+)
+
+
+def _states_text(args: tuple[Any, ...]) -> bytes:
+    ids, status, known, factor, last_e, last_s, at, by = args
+    t, n = repo._copy_text, repo._numeric_text
+
+    def ts(v: datetime | None) -> str:
+        return "\\N" if v is None else v.isoformat()
+
+    if not ids:
+        return b""
+    return (
+        "\n".join(
+            "\t".join((t(a), t(b), t(c), n(d), ts(e), ts(f), ts(g), t(by)))
+            for a, b, c, d, e, f, g in zip(
+                ids, status, known, factor, last_e, last_s, at, strict=True
+            )
+        )
+        + "\n"
+    ).encode()
+
+
+async def persistence_floor(
+    url: str, book: Book, at: datetime, move: Decimal, reps: int
+) -> dict[str, Any]:
+    """What PostgreSQL alone takes for the rows of one tick (issue 14's floor).
+
+    The rows: the accounts a move of the ticked asset to x`move` changes (picked by the SQL
+    filter and evaluated by the exact rules, in a transaction rolled back), with their
+    state rows, snapshots, margin events and outbox rows built by the service's own code.
+    Then, every payload built before the clock starts, each repetition writes them in a
+    transaction that is rolled back (the book stays as it was; the embedded server runs
+    with fsync and synchronous_commit off, so a commit would add little): (a) by the
+    statements the service uses, (b) by text COPYs of strings built beforehand (states
+    into a temporary table and one UPDATE), and the outbox into a text column instead of
+    jsonb, which is the server's jsonb parse.
+    """
+    engine = create_async_engine(normalise_database_url(url, service="risk"))
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    asset = ASSETS[TICK_ASSET]
+    low = (book.price_exact[TICK_ASSET] * move).quantize(Decimal("1e-4"))
+    try:
+        async with sessions() as s:
+            tx = await s.begin()
+            await repo.upsert_prices(s, [repo.PriceUpdate(asset, low, "bench", at, uuid.uuid4())])
+            ids = await repo.attention(s, at, assets=[asset])
+            _, config = await repo.get_config(s)
+            ev = Evaluator(
+                await repo.current_params(s), await repo.all_prices(s), config, at
+            ).evaluate
+            positions = await repo.positions_of(s, ids)
+            states = await repo.states_of(s, ids)
+            items = [(a, states.get(a, State()), ev(positions[a])) for a in ids]
+            p = service.prepare_outcomes(items, config, at)
+            await tx.rollback()
+    finally:
+        await engine.dispose()
+    state_args = repo.state_args(p.states, "floor")
+    states_text = _states_text(state_args)
+    state_ids = [r.account_id for r in p.states]
+    states_text_args = repo.state_text_args(state_args)
+    snaps = p.snapshots
+    snaps_text = repo.snapshot_copy(snaps)
+    events_text = repo.margin_event_copy(p.events, p.prices_json)
+    outbox = repo.outbox_records(p.events)
+    outbox_text = repo.outbox_copy(outbox)
+    out: dict[str, Any] = {
+        "states": len(p.states),
+        "events": len(p.events),
+        "snapshots": len(snaps),
+        "bytes": len(snaps_text) + len(events_text) + len(outbox_text) + len(states_text),
+    }
+    times: dict[str, list[float]] = {}
+
+    def took(key: str, t: float) -> float:
+        now = time.perf_counter()
+        times.setdefault(key, []).append(now - t)
+        return now
+
+    class _Rollback(Exception):
+        pass
+
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        upsert = await conn.prepare(repo._UPSERT_STATES)
+        log_change = await conn.prepare(
+            "INSERT INTO book_changes (kind, account_ids) VALUES ('states', $1::text[])"
+        )
+        upsert_text = await conn.prepare(_UPSERT_STATES_TEXT)
+        update_states = await conn.prepare(_UPDATE_FROM_UNNEST)
+        for _ in range(reps):
+            # (a) the service's statements, payloads built before
+            with contextlib.suppress(_Rollback):
+                async with conn.transaction():
+                    t0 = t = time.perf_counter()
+                    await upsert.fetch(*state_args)
+                    t = took("a_states", t)
+                    await log_change.fetch(state_ids)
+                    t = took("a_log", t)
+                    await repo.send_copy(
+                        conn, "health_snapshots", repo.SNAPSHOT_COLUMNS, snaps_text
+                    )
+                    t = took("a_snapshots", t)
+                    await repo.send_copy(conn, "margin_events", repo.EVENT_COLUMNS, events_text)
+                    t = took("a_margin_events", t)
+                    await repo.send_copy(conn, "outbox", repo.OUTBOX_COLUMNS, outbox_text)
+                    await conn.execute("SELECT pg_notify('fp_outbox', '')")
+                    took("a_outbox", t)
+                    took("a_total", t0)
+                    raise _Rollback
+            # (b) other ways to the same rows
+            with contextlib.suppress(_Rollback):
+                async with conn.transaction():
+                    t = time.perf_counter()
+                    await conn.execute(_TEMP_STATES)
+                    await repo.send_copy(conn, "fp_states", _STATE_COLUMNS, states_text)
+                    await conn.execute("ANALYZE fp_states")
+                    await conn.execute(_UPDATE_FROM_TEMP)
+                    took("b_states_temp", t)
+                    raise _Rollback
+            with contextlib.suppress(_Rollback):
+                async with conn.transaction():
+                    t = time.perf_counter()
+                    await update_states.fetch(*state_args)
+                    took("b_states_update", t)
+                    raise _Rollback
+            with contextlib.suppress(_Rollback):
+                async with conn.transaction():
+                    t = time.perf_counter()
+                    await upsert_text.fetch(*states_text_args)
+                    t = took("b_states_text", t)
+                    await repo.copy_snapshots_binary(conn, snaps)
+                    t = took("b_snapshots_binary", t)
+                    await conn.copy_records_to_table(
+                        "outbox", records=outbox, columns=repo.OUTBOX_COLUMNS
+                    )
+                    took("b_outbox_binary", t)
+                    # the outbox's jsonb parse: the same rows into a text and a jsonb column
+                    for kind in ("text", "jsonb"):
+                        await conn.execute(
+                            f"CREATE TEMP TABLE fp_outbox_{kind} (id uuid, topic text, "
+                            f"subject text, event_type text, envelope {kind}) ON COMMIT DROP"
+                        )
+                        t = time.perf_counter()
+                        await repo.send_copy(
+                            conn, f"fp_outbox_{kind}", repo.OUTBOX_COLUMNS, outbox_text
+                        )
+                        took(f"outbox_into_{kind}", t)
+                    raise _Rollback
+    finally:
+        await conn.close()
+    out["ms"] = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    out["reps"] = reps
+    return out
+
+
 async def main_async(args: argparse.Namespace) -> None:
     console = Console(width=170)
     admin_url, _server = admin_url_from_env()
@@ -245,6 +430,10 @@ async def main_async(args: argparse.Namespace) -> None:
         mem = await run_mode("memory", url, bus, book, args.ticks, clock, log_dir, move)
         console.print({k: v for k, v in mem.items() if not isinstance(v, list)}, markup=False)
         sql = await run_mode("sql", url, bus, book, args.sql_ticks, clock, log_dir, move)
+        floor = None
+        if args.floor_reps:
+            clock[0] += timedelta(milliseconds=10)
+            floor = await persistence_floor(url, book, clock[0], move, args.floor_reps)
     finally:
         await factory.drop(url)
         await factory.drop(bus)
@@ -306,6 +495,49 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{sql['round_e2e'] / mem['round_e2e']:.1f}x",
     )
     console.print(table)
+    if floor is not None:
+        ft = Table(
+            title=f"persistence floor: PostgreSQL alone taking one x{move} tick's rows "
+            f"({floor['states']:,} state upserts, {floor['snapshots']:,} snapshots, "
+            f"{floor['events']:,} margin events + outbox rows, {floor['bytes'] / 2**20:.1f} MB "
+            f"of COPY text), payloads built before timing, median of {floor['reps']} "
+            "rolled-back transactions, same run, same book"
+        )
+        for col in ("write", "the service's statement (this commit)", "other ways"):
+            ft.add_column(col)
+        f = floor["ms"]
+        ft.add_row(
+            "account_state",
+            f"{f['a_states']:,.1f} ms (unnest upsert, typed arrays)",
+            f"{f['b_states_text']:,.1f} ms (unnest upsert of text arrays), "
+            f"{f['b_states_temp']:,.1f} ms (COPY into a temp table, ANALYZE, UPDATE), "
+            f"{f['b_states_update']:,.1f} ms (UPDATE FROM unnest, no insert)",
+        )
+        ft.add_row("book_changes row", f"{f['a_log']:,.1f} ms", "")
+        ft.add_row(
+            "health_snapshots",
+            f"{f['a_snapshots']:,.1f} ms (text COPY)",
+            f"{f['b_snapshots_binary']:,.1f} ms (binary COPY of the Decimals, encoding included)",
+        )
+        ft.add_row("margin_events", f"{f['a_margin_events']:,.1f} ms (text COPY)", "")
+        ft.add_row(
+            "outbox (+ NOTIFY)",
+            f"{f['a_outbox']:,.1f} ms (text COPY)",
+            f"{f['b_outbox_binary']:,.1f} ms (binary COPY)",
+        )
+        ft.add_row(
+            "outbox rows into a temp table: text / jsonb column (the jsonb parse)",
+            f"{f['outbox_into_text']:,.1f} / {f['outbox_into_jsonb']:,.1f} ms",
+            "",
+        )
+        ft.add_row("total", f"{f['a_total']:,.1f} ms", "")
+        console.print(ft)
+        changed = statistics.median(mem["changed"])
+        console.print(
+            f"floor per changed account: {f['a_total'] / max(floor['states'], 1) * 1e3:,.1f} us;"
+            f" the tick's {changed:,.0f} changed accounts: floor {f['a_total']:,.0f} ms, "
+            f"in-process tick p50 {pct(mem['tick_inproc'], 50) * 1e3:,.0f} ms"
+        )
     console.print(
         f"load average {psutil.getloadavg()[0]:.2f} on {psutil.cpu_count()} cores "
         "(shared machine: timings move with it)"
@@ -317,6 +549,12 @@ def main() -> None:
     ap.add_argument("--accounts", type=int, default=1_000_000)
     ap.add_argument("--ticks", type=int, default=100)
     ap.add_argument("--sql-ticks", type=int, default=10)
+    ap.add_argument(
+        "--floor-reps",
+        type=int,
+        default=5,
+        help="repetitions of the persistence floor phase (0: skip it)",
+    )
     ap.add_argument(
         "--move", default="0.90", help="the ticked price alternates between x this and x 1"
     )

@@ -17,11 +17,13 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from fusion_prime.platform.bus.envelope import Envelope
 from fusion_prime.platform.bus.postgres import OutgoingEvent, PostgresBroker
+from fusion_prime.risk import repository as repo
 from fusion_prime.risk import service
 from fusion_prime.risk.domain import (
     Position,
     Price,
     RiskParams,
+    State,
     Tier,
     TierConfig,
     classify,
@@ -168,6 +170,29 @@ async def test_book_follows_positions_prices_and_parameters(risk: Risk) -> None:
     assert {r["status"] for r in await fetch(risk.url, "SELECT status FROM account_state")} <= {
         t.value for t in Tier
     }
+    # the exact positions the book keeps (the passes evaluate with them instead of reading
+    # them again) are those of the tables, after every position change of the sequence
+    book = risk.client.app.state.runtime.state["book"]  # type: ignore[attr-defined]
+    await assert_kept_positions_are_the_tables(risk, book, accounts)
+    kept = [book.ids[i] for i in book._exact]
+    assert len(kept) == len(accounts)  # every account was evaluated once at least
+    for a in kept[:3]:  # changed again after being kept: replaced before the next pass
+        assert (await risk.put_positions(a, *random_positions(rng))).status_code == 200
+    await risk.prices(random_tick(rng, t + timedelta(seconds=1)))
+    await assert_kept_positions_are_the_tables(risk, book, accounts)
+
+
+async def assert_kept_positions_are_the_tables(risk: Risk, book: Any, accounts: list[str]) -> None:
+    sessions = async_sessionmaker(risk.engine, expire_on_commit=False)
+    async with sessions() as s, s.begin():
+        stored = await repo.positions_of(s, accounts)
+        assert await book.positions_for(s, accounts) == stored
+        states = await repo.states_of(s, accounts)
+        held = await book.states_for(s, accounts)
+    assert {a: held[a] for a in accounts} == {a: states.get(a, State()) for a in accounts}
+    assert book._exact
+    for i, ps in book._exact.items():
+        assert ps == stored[book.ids[i]], book.ids[i]
 
 
 @pytest.mark.parametrize("risk", ["memory"], indirect=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -71,6 +72,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US = timedelta(microseconds=1)
 # more accounts than this changed outside the book since the last pass: reload it whole
 RELOAD_ABOVE = 50_000
+# accounts whose exact positions the book keeps (the oldest read are dropped beyond it):
+# ~1 KB each, so at most ~250 MB; the accounts a tick evaluates are those near a bound,
+# read again tick after tick
+EXACT_KEPT = 250_000
 
 
 def _code(tier: Tier | str | None) -> int:
@@ -78,6 +83,13 @@ def _code(tier: Tier | str | None) -> int:
         return NONE
     t = Tier(tier)
     return UNKNOWN if t is Tier.UNKNOWN_PRICE else LADDER.index(t)
+
+
+_TIER_OF: dict[int, Tier | None] = {
+    NONE: None,
+    UNKNOWN: Tier.UNKNOWN_PRICE,
+    **dict(enumerate(LADDER)),
+}
 
 
 def _micros(at: datetime | None) -> int:
@@ -222,6 +234,9 @@ class LiveBook:
         self.holders: list[_Holders] = []
         self.last_seq = 0
         self._own: set[int] = set()  # book_changes rows this book wrote (already applied)
+        # exact positions (as repo.positions_of returns them) of accounts read before; kept
+        # current by every re-read of an account (_reload_accounts), dropped with the book
+        self._exact: dict[int, list[Position]] = {}
         self.n = 0
         self._alloc(0)
 
@@ -538,12 +553,72 @@ class LiveBook:
         positions = await repo.positions_of(session, ids)
         for account_id, ps in positions.items():
             self._set_account(self.index[account_id], ps)
+        self._keep_exact(positions)
         for h in self.holders:
             h.merge()
         states = await repo.states_of(session, ids)
         for account_id in ids:
             self._remember(self.index[account_id], states.get(account_id, State()))
         return {int(i) for i in idx}
+
+    def _keep_exact(self, positions: dict[str, list[Position]]) -> None:
+        exact, index = self._exact, self.index
+        for account_id, ps in positions.items():
+            i = index[account_id]
+            exact.pop(i, None)  # re-inserted last: the newest read
+            exact[i] = ps
+        if len(exact) > EXACT_KEPT:
+            for i in list(itertools.islice(exact, len(exact) - EXACT_KEPT)):
+                del exact[i]
+
+    async def positions_for(
+        self, session: AsyncSession, ids: Sequence[str]
+    ) -> dict[str, list[Position]]:
+        """The exact positions of these accounts (what repo.positions_of reads in this
+        transaction): kept from an earlier read, which every change of the account's
+        positions replaces before a pass evaluates it (the book_changes log), and read for
+        the others. Callers must not modify the lists."""
+        exact, index = self._exact, self.index
+        out: dict[str, list[Position]] = {}
+        missing: list[str] = []
+        for a in ids:
+            got = exact.get(index.get(a, -1))
+            if got is None:
+                missing.append(a)
+            else:
+                out[a] = got
+        if missing:
+            read = await repo.positions_of(session, missing)
+            for a in ids:  # no account the book does not know is kept (not indexed yet)
+                if a not in index:
+                    out[a] = read.pop(a)
+            self._keep_exact(read)
+            out.update(read)
+        return out
+
+    async def states_for(self, session: AsyncSession, ids: Sequence[str]) -> dict[str, State]:
+        """The stored states of these accounts as the book holds them (what
+        repo.states_of reads, State() for an account without a row: the book takes every
+        state a pass writes, and re-reads those written elsewhere from the log before it
+        evaluates); accounts it does not know are read."""
+        index = self.index
+        unknown = [a for a in ids if a not in index]
+        out = await repo.states_of(session, unknown) if unknown else {}
+        status, known = self.status, self.known
+        last_e, last_s = self.last_event, self.last_snap
+        for a in ids:
+            i = index.get(a)
+            if i is None:
+                continue
+            e, n = int(last_e[i]), int(last_s[i])
+            # an account without a state row has State() here (as callers default to)
+            out[a] = State(
+                _TIER_OF[int(status[i])],
+                _TIER_OF[int(known[i])],
+                None if e == NO_TIME else EPOCH + timedelta(microseconds=e),
+                None if n == NO_TIME else EPOCH + timedelta(microseconds=n),
+            )
+        return out
 
     def _set_account(self, i: int, positions: Sequence[Position]) -> None:
         w = d = 0.0
@@ -706,7 +781,14 @@ class LiveBook:
         stats.filter_ms = (time.perf_counter() - t0) * 1e3
         t1 = time.perf_counter()
         out: Outcome = await reevaluate_accounts(
-            session, ids, now, trigger, log_states=False, evaluated_by=self.instance
+            session,
+            ids,
+            now,
+            trigger,
+            log_states=False,
+            evaluated_by=self.instance,
+            read_positions=self.positions_for,
+            read_states=self.states_for,
         )
         for r in out.states:
             self._remember(self.index[r.account_id], r.state)
@@ -845,10 +927,13 @@ class Leases:
         return held
 
     async def run(self) -> None:
+        """Renew now (the first run follows the book's load, which can outlast the trust
+        in the leases taken before it: until renewed, the instance evaluates nothing),
+        then every third of the lease time."""
         try:
             while True:
-                await asyncio.sleep(self.lease.total_seconds() / 3)
                 await self.renew()
+                await asyncio.sleep(self.lease.total_seconds() / 3)
         except asyncio.CancelledError:
             await self.release()
             raise

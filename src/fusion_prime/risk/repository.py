@@ -455,25 +455,59 @@ class StateRow:
     evaluated_at: datetime
 
 
-async def upsert_states(
-    session: AsyncSession, rows: Sequence[StateRow], evaluated_by: str | None = None
-) -> None:
-    if not rows:
-        return
-    apg = await driver_connection(session)
+_UPSERT_STATES = (
+    "INSERT INTO account_state (account_id, status, known_tier, factor, last_event_at, "
+    "last_snapshot_at, evaluated_at, evaluated_by) SELECT u.*, $8::text FROM unnest("
+    "$1::text[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[], "
+    "$6::timestamptz[], $7::timestamptz[]) AS u "
+    "ON CONFLICT (account_id) DO UPDATE SET status = EXCLUDED.status, "
+    "known_tier = EXCLUDED.known_tier, factor = EXCLUDED.factor, "
+    "last_event_at = EXCLUDED.last_event_at, last_snapshot_at = EXCLUDED.last_snapshot_at, "
+    "evaluated_at = EXCLUDED.evaluated_at, evaluated_by = EXCLUDED.evaluated_by"
+)
+
+
+# the same upsert from text arrays: the client sends strings (numeric and timestamptz
+# input text of the same values), not Decimals and datetimes encoded one by one
+_UPSERT_STATES_TEXT = (
+    "INSERT INTO account_state (account_id, status, known_tier, factor, last_event_at, "
+    "last_snapshot_at, evaluated_at, evaluated_by) SELECT u.a, u.s, u.k, u.f::numeric, "
+    "u.e::timestamptz, u.n::timestamptz, u.t::timestamptz, $8::text FROM unnest("
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) "
+    "AS u(a, s, k, f, e, n, t) "
+    "ON CONFLICT (account_id) DO UPDATE SET status = EXCLUDED.status, "
+    "known_tier = EXCLUDED.known_tier, factor = EXCLUDED.factor, "
+    "last_event_at = EXCLUDED.last_event_at, last_snapshot_at = EXCLUDED.last_snapshot_at, "
+    "evaluated_at = EXCLUDED.evaluated_at, evaluated_by = EXCLUDED.evaluated_by"
+)
+
+
+def state_text_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`state_args` as text arrays for _UPSERT_STATES_TEXT."""
+    ids, status, known, factor, last_e, last_s, at, by = args
+
+    def ts(values: list[datetime | None]) -> list[str | None]:
+        return [None if v is None else v.isoformat() for v in values]
+
+    return (
+        ids,
+        status,
+        known,
+        [None if f is None else format(f, "f") for f in factor],
+        ts(last_e),
+        ts(last_s),
+        ts(at),
+        by,
+    )
+
+
+def state_args(rows: Sequence[StateRow], evaluated_by: str | None = None) -> tuple[Any, ...]:
+    """The parameters of the states upsert (built apart from sending it: bench floor)."""
 
     def v(t: Tier | None) -> str | None:
         return t.value if t is not None else None
 
-    await apg.execute(
-        "INSERT INTO account_state (account_id, status, known_tier, factor, last_event_at, "
-        "last_snapshot_at, evaluated_at, evaluated_by) SELECT u.*, $8::text FROM unnest("
-        "$1::text[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[], "
-        "$6::timestamptz[], $7::timestamptz[]) AS u "
-        "ON CONFLICT (account_id) DO UPDATE SET status = EXCLUDED.status, "
-        "known_tier = EXCLUDED.known_tier, factor = EXCLUDED.factor, "
-        "last_event_at = EXCLUDED.last_event_at, last_snapshot_at = EXCLUDED.last_snapshot_at, "
-        "evaluated_at = EXCLUDED.evaluated_at, evaluated_by = EXCLUDED.evaluated_by",
+    return (
         [r.account_id for r in rows],
         [v(r.state.status) for r in rows],
         [v(r.state.known_tier) for r in rows],
@@ -483,6 +517,19 @@ async def upsert_states(
         [r.evaluated_at for r in rows],
         evaluated_by,
     )
+
+
+async def send_states(apg: Any, args: tuple[Any, ...]) -> None:
+    await apg.execute(_UPSERT_STATES, *args)
+
+
+async def upsert_states(
+    session: AsyncSession, rows: Sequence[StateRow], evaluated_by: str | None = None
+) -> None:
+    if not rows:
+        return
+    apg = await driver_connection(session)
+    await send_states(apg, state_args(rows, evaluated_by))
 
 
 # -- partition leases -------------------------------------------------------------------
@@ -603,7 +650,57 @@ EVENT_COLUMNS = [
 
 
 async def copy_snapshots(apg: Any, records: Iterable[tuple[Any, ...]]) -> None:
+    """One text-format COPY of `snapshot_record` rows: the server stores the values and
+    scales a binary COPY of the Decimals stores (tests/risk/test_payloads.py compares
+    every column), and the client skips encoding each Decimal into numeric digits."""
+    await send_copy(apg, "health_snapshots", SNAPSHOT_COLUMNS, snapshot_copy(records))
+
+
+async def copy_snapshots_binary(apg: Any, records: Iterable[tuple[Any, ...]]) -> None:
+    """The previous way (binary COPY of the Decimals): the reference the text COPY is
+    compared with (tests) and measured against (bench)."""
     await apg.copy_records_to_table("health_snapshots", records=records, columns=SNAPSHOT_COLUMNS)
+
+
+def _numeric_text(value: Decimal | None) -> str:
+    """A Decimal as numeric input text: positional (never an exponent), every digit and
+    trailing zero kept, so the server stores the value and scale a binary COPY stores."""
+    return "\\N" if value is None else format(value, "f")
+
+
+def snapshot_copy(records: Iterable[tuple[Any, ...]]) -> bytes:
+    """The text-format COPY payload of `snapshot_record` rows (SNAPSHOT_COLUMNS)."""
+    t, n = _copy_text, _numeric_text
+    lines = [
+        "\t".join(
+            (
+                t(account_id),
+                taken_at.isoformat(),
+                t(reason),
+                t(status),
+                n(factor),
+                n(coll),
+                n(weighted),
+                n(debt),
+                n(borrow),
+                t(prices),
+            )
+        )
+        for account_id, taken_at, reason, status, factor, coll, weighted, debt, borrow, prices in (
+            records
+        )
+    ]
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def outbox_copy(records: Iterable[tuple[Any, ...]]) -> bytes:
+    """The text-format COPY payload of `outbox_records` rows (OUTBOX_COLUMNS)."""
+    t = _copy_text
+    lines = [
+        "\t".join((str(i), t(topic), t(subject), t(event_type), t(envelope)))
+        for i, topic, subject, event_type, envelope in records
+    ]
+    return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
 async def copy_events(
@@ -637,12 +734,13 @@ def _copy_text(value: str | None) -> str:
     return value
 
 
-async def copy_margin_events(
-    apg: Any, envelopes: Sequence[Envelope], prices_json: Sequence[str] | None = None
-) -> None:
-    """One text-format COPY built from the envelopes' own strings: the decimal fields
-    are already the exact strings the envelope carries (the server parses them into the
-    same numerics a binary COPY of their Decimals wrote, without the round trip)."""
+def margin_event_copy(
+    envelopes: Sequence[Envelope], prices_json: Sequence[str] | None = None
+) -> bytes:
+    """The text-format COPY payload of margin_events, built from the envelopes' own
+    strings: the decimal fields are already the exact strings the envelope carries (the
+    server parses them into the same numerics a binary COPY of their Decimals wrote,
+    without the round trip)."""
     if prices_json is None:
         prices_json = [json.dumps(e.data["prices"]) for e in envelopes]
     t = _copy_text
@@ -668,13 +766,36 @@ async def copy_margin_events(
                 )
             )
         )
-    if lines:
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+async def send_copy(apg: Any, table: str, columns: Sequence[str], payload: bytes) -> None:
+    """One text-format COPY of a payload built beforehand."""
+    if payload:
         await apg.copy_to_table(
-            "margin_events",
-            source=io.BytesIO(("\n".join(lines) + "\n").encode()),
-            columns=EVENT_COLUMNS,
-            format="text",
+            table, source=io.BytesIO(payload), columns=list(columns), format="text"
         )
+
+
+async def copy_margin_events(
+    apg: Any, envelopes: Sequence[Envelope], prices_json: Sequence[str] | None = None
+) -> None:
+    await send_copy(apg, "margin_events", EVENT_COLUMNS, margin_event_copy(envelopes, prices_json))
+
+
+OUTBOX_COLUMNS = ["id", "topic", "subject", "event_type", "envelope"]
+
+
+def outbox_records(envelopes: Sequence[Envelope]) -> list[tuple[Any, ...]]:
+    return [(e.id, MARGIN_TOPIC, e.subject, e.type, e.to_json()) for e in envelopes]
+
+
+async def send_outbox(apg: Any, records: Sequence[tuple[Any, ...]]) -> None:
+    """A text-format COPY of the envelopes' JSON (the jsonb column parses the same text
+    a binary COPY carries, whichever way it arrives)."""
+    if records:
+        await send_copy(apg, "outbox", OUTBOX_COLUMNS, outbox_copy(records))
+        await apg.execute(NOTIFY_SQL)  # wake the relay on commit, as outbox.publish does
 
 
 async def copy_outbox(apg: Any, envelopes: Sequence[Envelope]) -> None:
@@ -683,13 +804,7 @@ async def copy_outbox(apg: Any, envelopes: Sequence[Envelope]) -> None:
     Not `outbox.publish_rows`: with ~1 KB margin envelopes its unnest(jsonb[]) measured
     about 1.6x slower for 10,000 rows, which bench (e) (<= 1 s) cannot afford.
     """
-    await apg.copy_records_to_table(
-        "outbox",
-        records=[(e.id, MARGIN_TOPIC, e.subject, e.type, e.to_json()) for e in envelopes],
-        columns=["id", "topic", "subject", "event_type", "envelope"],
-    )
-    if envelopes:
-        await apg.execute(NOTIFY_SQL)  # wake the relay on commit, as outbox.publish does
+    await send_outbox(apg, outbox_records(envelopes))
 
 
 def _dec(value: str | None) -> Decimal | None:

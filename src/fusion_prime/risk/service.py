@@ -14,7 +14,7 @@ import decimal
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -66,6 +66,16 @@ def dec_str(value: Decimal | None) -> str | None:
     """Decimal as a plain string, trimmed to 18 places for display (None stays None)."""
     if value is None:
         return None
+    # the common case, positional digits that fit: trailing zeros dropped by hand is the
+    # normalized string when at most 18 places remain (as many digits as EXACT keeps)
+    s = format(value, "f")
+    if len(s) <= 60:
+        dot = s.find(".")
+        if dot < 0:
+            return s
+        t = s.rstrip("0")
+        if len(t) - dot <= 19:
+            return t[:-1] if len(t) == dot + 1 else t
     if value.adjusted() < 100:
         # most values have at most 18 places already and quantizing them changes nothing:
         # normalized without rounding (trapped), the string says whether it has more
@@ -82,6 +92,12 @@ def dec_str(value: Decimal | None) -> str | None:
 
 # EXACT's precision, raising where EXACT would round
 _UNROUNDED = decimal.Context(prec=EXACT.prec, rounding=EXACT.rounding, traps=[decimal.Rounded])
+
+
+StatesReader = Callable[[AsyncSession, Sequence[str]], Awaitable[Mapping[str, State]]]
+PositionsReader = Callable[
+    [AsyncSession, Sequence[str]], Awaitable[Mapping[str, Sequence[Position]]]
+]
 
 
 @dataclass
@@ -101,7 +117,17 @@ class Shared:
 
     def __init__(self) -> None:
         self._dec: dict[Decimal, str | None] = {}
+        self._at: datetime | None = None
+        self._at_s = ""
         self._prices: dict[tuple[tuple[str, Decimal], ...], tuple[dict[str, str | None], str]] = {}
+
+    def time(self, at: datetime | None) -> str | None:
+        """An ISO time (a pass evaluates every account at the same time)."""
+        if at is None:
+            return None
+        if at is not self._at:
+            self._at, self._at_s = at, at.isoformat()
+        return self._at_s
 
     def dec(self, value: Decimal) -> str | None:
         s = self._dec.get(value)
@@ -153,7 +179,7 @@ def health_json(h: Health, shared: Shared | None = None) -> dict[str, Any]:
         "prices": prices,
         "missing_prices": list(h.missing_prices),
         "stale_prices": list(h.stale_prices),
-        "evaluated_at": h.evaluated_at.isoformat() if h.evaluated_at else None,
+        "evaluated_at": (shared or Shared()).time(h.evaluated_at),
     }
 
 
@@ -204,6 +230,64 @@ def snapshot_record(
     )
 
 
+@dataclass
+class Prepared:
+    """A pass's decisions and documents, before anything is written."""
+
+    evaluated: int = 0
+    changed: int = 0
+    states: list[repo.StateRow] = field(default_factory=list)
+    events: list[Envelope] = field(default_factory=list)
+    prices_json: list[str] = field(default_factory=list)  # each event's `prices` JSON
+    snapshots: list[tuple[Any, ...]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # events per type
+
+
+def prepare_outcomes(
+    items: Sequence[tuple[str, State, Health]], config: TierConfig, now: datetime
+) -> Prepared:
+    """Decide each evaluated account and build its state row, events and snapshot."""
+    out = Prepared(evaluated=len(items))
+    shared = Shared()
+    counts = out.counts
+    for account_id, state, health in items:
+        d = decide(state, health, config, now)
+        if not d.anything:
+            continue
+        out.changed += 1
+        out.states.append(repo.StateRow(account_id, d.state, health.factor, now))
+        for et in d.events:
+            out.events.append(build_event(account_id, et, d, health, now, shared))
+            out.prices_json.append(shared.prices(health)[1])
+            counts[et] = counts.get(et, 0) + 1
+        if d.snapshot is not None:
+            out.snapshots.append(snapshot_record(account_id, d.snapshot, health, now, shared))
+    return out
+
+
+async def write_outcomes(
+    session: AsyncSession,
+    p: Prepared,
+    trigger: str,
+    *,
+    log_states: bool = True,
+    evaluated_by: str | None = None,
+) -> Outcome:
+    """Persist a prepared pass: states, snapshots, margin events and their outbox rows."""
+    for et, k in p.counts.items():
+        MARGIN_EVENTS.labels(et).inc(k)
+    await repo.upsert_states(session, p.states, evaluated_by)
+    if log_states and p.states:
+        await repo.log_book_change(session, "states", [r.account_id for r in p.states])
+    if p.snapshots or p.events:
+        apg = await driver_connection(session)
+        if p.snapshots:
+            await repo.copy_snapshots(apg, p.snapshots)
+        await repo.copy_events(apg, p.events, p.prices_json)
+    EVALUATIONS.labels(trigger).inc(p.evaluated)
+    return Outcome(p.evaluated, p.changed, p.events, len(p.snapshots), p.states)
+
+
 async def apply_outcomes(
     session: AsyncSession,
     items: Sequence[tuple[str, State, Health]],
@@ -219,38 +303,13 @@ async def apply_outcomes(
     `log_states`: record the written states in `book_changes`, so a service keeping the
     book in memory picks them up (False when that book is the writer).
     """
-    out = Outcome(evaluated=len(items))
-    states: list[repo.StateRow] = []
-    snaps: list[tuple[Any, ...]] = []
-    prices_json: list[str] = []
-    shared = Shared()
-    counts: dict[str, int] = {}
-    for account_id, state, health in items:
-        d = decide(state, health, config, now)
-        if not d.anything:
-            continue
-        out.changed += 1
-        states.append(repo.StateRow(account_id, d.state, health.factor, now))
-        for et in d.events:
-            out.events.append(build_event(account_id, et, d, health, now, shared))
-            prices_json.append(shared.prices(health)[1])
-            counts[et] = counts.get(et, 0) + 1
-        if d.snapshot is not None:
-            snaps.append(snapshot_record(account_id, d.snapshot, health, now, shared))
-    for et, k in counts.items():
-        MARGIN_EVENTS.labels(et).inc(k)
-    out.snapshots = len(snaps)
-    out.states = states
-    await repo.upsert_states(session, states, evaluated_by)
-    if log_states and states:
-        await repo.log_book_change(session, "states", [r.account_id for r in states])
-    if snaps or out.events:
-        apg = await driver_connection(session)
-        if snaps:
-            await repo.copy_snapshots(apg, snaps)
-        await repo.copy_events(apg, out.events, prices_json)
-    EVALUATIONS.labels(trigger).inc(len(items))
-    return out
+    return await write_outcomes(
+        session,
+        prepare_outcomes(items, config, now),
+        trigger,
+        log_states=log_states,
+        evaluated_by=evaluated_by,
+    )
 
 
 async def reevaluate_accounts(
@@ -261,15 +320,20 @@ async def reevaluate_accounts(
     *,
     log_states: bool = True,
     evaluated_by: str | None = None,
+    read_positions: PositionsReader = repo.positions_of,
+    read_states: StatesReader = repo.states_of,
 ) -> Outcome:
-    """Evaluate the given accounts with the Decimal rules and persist what changed."""
+    """Evaluate the given accounts with the Decimal rules and persist what changed.
+
+    `read_positions`, `read_states`: where the exact positions and the stored states come
+    from (a book in memory holds them; by default they are read from the tables)."""
     if not ids:
         return Outcome()
     _, config = await repo.get_config(session)
     params = await repo.current_params(session)
     prices = await repo.all_prices(session)
-    positions = await repo.positions_of(session, ids)
-    states = await repo.states_of(session, ids)
+    positions = await read_positions(session, ids)
+    states = await read_states(session, ids)
     # one Evaluator for the pass: what the accounts share is worked out once per asset
     ev = Evaluator(params, prices, config, now).evaluate
     items = [(a, states.get(a, State()), ev(positions[a])) for a in ids]
