@@ -219,9 +219,14 @@ async def _backfill(
         started = time.perf_counter()
         done = 0
         while time.perf_counter() - started < limit:
-            done = await conn.fetchval("SELECT count(*) FROM chain_events")
-            if done >= events:
-                break
+            # max(id) is one index probe and never below the count (identity values are
+            # not reused): the count(*) of every poll was ~15 ms of PostgreSQL CPU at
+            # 100,000 rows, ten times a second, taken from the system measured
+            top = await conn.fetchval("SELECT coalesce(max(id), 0) FROM chain_events")
+            if top >= events:
+                done = await conn.fetchval("SELECT count(*) FROM chain_events")
+                if done >= events:
+                    break
             await asyncio.sleep(0.1)
         seconds = time.perf_counter() - started
         done = await conn.fetchval("SELECT count(*) FROM chain_events")

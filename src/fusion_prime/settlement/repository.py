@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -270,9 +270,48 @@ async def park(session: AsyncSession, parked: Sequence[tuple[int, str]]) -> None
     )
 
 
-async def upsert_escrows(session: AsyncSession, states: Sequence[EscrowState]) -> None:
+_UPDATE_ESCROWS = text(
+    "UPDATE escrows e SET arbiter = u.arbiter, status = u.status, "
+    "approvals_count = u.approvals_count, last_block = u.last_block, "
+    "last_log_index = u.last_log_index, last_tx_hash = u.last_tx_hash, updated_at = now() "
+    "FROM unnest(CAST(:address AS text[]), CAST(:arbiter AS text[]), CAST(:status AS text[]), "
+    "CAST(:count AS smallint[]), CAST(:lblock AS bigint[]), CAST(:llog AS integer[]), "
+    "CAST(:ltx AS text[])) AS u(address, arbiter, status, approvals_count, last_block, "
+    "last_log_index, last_tx_hash) WHERE e.address = u.address"
+)
+
+
+async def upsert_escrows(
+    session: AsyncSession, states: Sequence[EscrowState], existing: Collection[str] = ()
+) -> None:
+    """Write the escrows' new states. `existing`: addresses known to have a row (loaded
+    under their advisory lock in this transaction, and escrows are never deleted): those
+    are a plain UPDATE of the columns an event can change, the others an upsert. The
+    UPDATE is the upsert's conflict branch without its insert half (no proposed row
+    checked against every constraint, no speculative tuple lock)."""
     if not states:
         return
+    known = [s for s in states if s.address in existing]
+    if known:
+        updated = await session.execute(
+            _UPDATE_ESCROWS,
+            {
+                "address": [s.address for s in known],
+                "arbiter": [s.arbiter for s in known],
+                "status": [s.status for s in known],
+                "count": [len(s.approvers) for s in known],
+                "lblock": [s.last.block_number for s in known],
+                "llog": [s.last.log_index for s in known],
+                "ltx": [s.last.tx_hash for s in known],
+            },
+        )
+        if updated.rowcount != len(known):  # type: ignore[attr-defined]
+            raise RuntimeError(
+                f"{len(known)} escrows were loaded in this transaction, {updated.rowcount} updated"  # type: ignore[attr-defined]
+            )
+        if len(known) == len(states):
+            return
+        states = [s for s in states if s.address not in existing]
     await session.execute(
         text(
             "INSERT INTO escrows (address, chain_id, payer, payee, arbiter, asset_address, "

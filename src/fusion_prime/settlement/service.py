@@ -174,7 +174,7 @@ async def ingest(
         else:
             _apply_escrow(address, states.get(address), evs, writes, result, now)
 
-    await repository.upsert_escrows(session, list(writes.states.values()))
+    await repository.upsert_escrows(session, list(writes.states.values()), existing=states.keys())
     await repository.clear_approvals(session, writes.cleared)
     await repository.delete_approvals(session, writes.unapproved)
     await repository.insert_approvals(session, writes.approvals)

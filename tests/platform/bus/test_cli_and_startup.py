@@ -113,7 +113,7 @@ async def test_harness_gives_a_service_process_its_own_migrated_bus_database(
     bus = await asyncio.to_thread(create_bus_database_sync, db_url)
     try:
         assert await fetchval(bus, "SELECT count(*) FROM bus_messages") == 0
-        assert await fetchval(bus, "SELECT version_num FROM alembic_version") == "0002"
+        assert await fetchval(bus, "SELECT version_num FROM alembic_version") == "0003"
     finally:
         admin = db_url.rsplit("/", 1)[0] + "/postgres"
         await DatabaseFactory(admin).drop(bus)
