@@ -238,7 +238,28 @@ _TEMP_STATES = (
     "factor numeric, last_event_at timestamptz, last_snapshot_at timestamptz, "
     "evaluated_at timestamptz, evaluated_by text) ON COMMIT DROP"
 )
-_UPSERT_STATES_TEXT = repo._UPSERT_STATES_TEXT
+# the service's upsert from text arrays: the client sends strings (numeric and timestamptz
+# input text of the same values), not Decimals and datetimes encoded one by one
+_UPSERT_STATES_TEXT = (
+    "INSERT INTO account_state (account_id, status, known_tier, factor, last_event_at, "
+    "last_snapshot_at, evaluated_at, evaluated_by) SELECT u.a, u.s, u.k, u.f::numeric, "
+    "u.e::timestamptz, u.n::timestamptz, u.t::timestamptz, $8::text FROM unnest("
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) "
+    "AS u(a, s, k, f, e, n, t) " + repo.STATES_ON_CONFLICT
+)
+
+
+def _state_text_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`repo.state_args` as text arrays for _UPSERT_STATES_TEXT."""
+    ids, status, known, factor, last_e, last_s, at, by = args
+
+    def ts(values: list[datetime | None]) -> list[str | None]:
+        return [None if v is None else v.isoformat() for v in values]
+
+    fs = [None if f is None else format(f, "f") for f in factor]
+    return (ids, status, known, fs, ts(last_e), ts(last_s), ts(at), by)
+
+
 # every account of the tick has a state row already: a plain UPDATE (no speculative insert)
 _UPDATE_FROM_UNNEST = (
     "UPDATE account_state s SET status = u.s, known_tier = u.k, factor = u.f, "
@@ -314,7 +335,7 @@ async def persistence_floor(
     state_args = repo.state_args(p.states, "floor")
     states_text = _states_text(state_args)
     state_ids = [r.account_id for r in p.states]
-    states_text_args = repo.state_text_args(state_args)
+    states_text_args = _state_text_args(state_args)
     snaps = p.snapshots
     snaps_text = repo.snapshot_copy(snaps)
     events_text = repo.margin_event_copy(p.events, p.prices_json)
@@ -338,7 +359,7 @@ async def persistence_floor(
 
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        upsert = await conn.prepare(repo._UPSERT_STATES)
+        upsert = await conn.prepare(repo.UPSERT_STATES)
         log_change = await conn.prepare(
             "INSERT INTO book_changes (kind, account_ids) VALUES ('states', $1::text[])"
         )

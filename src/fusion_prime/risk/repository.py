@@ -455,50 +455,19 @@ class StateRow:
     evaluated_at: datetime
 
 
-_UPSERT_STATES = (
+# the conflict half of the states upsert (bench/risk_live.py times a variant that shares it)
+STATES_ON_CONFLICT = (
+    "ON CONFLICT (account_id) DO UPDATE SET status = EXCLUDED.status, "
+    "known_tier = EXCLUDED.known_tier, factor = EXCLUDED.factor, "
+    "last_event_at = EXCLUDED.last_event_at, last_snapshot_at = EXCLUDED.last_snapshot_at, "
+    "evaluated_at = EXCLUDED.evaluated_at, evaluated_by = EXCLUDED.evaluated_by"
+)
+UPSERT_STATES = (
     "INSERT INTO account_state (account_id, status, known_tier, factor, last_event_at, "
     "last_snapshot_at, evaluated_at, evaluated_by) SELECT u.*, $8::text FROM unnest("
     "$1::text[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[], "
-    "$6::timestamptz[], $7::timestamptz[]) AS u "
-    "ON CONFLICT (account_id) DO UPDATE SET status = EXCLUDED.status, "
-    "known_tier = EXCLUDED.known_tier, factor = EXCLUDED.factor, "
-    "last_event_at = EXCLUDED.last_event_at, last_snapshot_at = EXCLUDED.last_snapshot_at, "
-    "evaluated_at = EXCLUDED.evaluated_at, evaluated_by = EXCLUDED.evaluated_by"
+    "$6::timestamptz[], $7::timestamptz[]) AS u " + STATES_ON_CONFLICT
 )
-
-
-# the same upsert from text arrays: the client sends strings (numeric and timestamptz
-# input text of the same values), not Decimals and datetimes encoded one by one
-_UPSERT_STATES_TEXT = (
-    "INSERT INTO account_state (account_id, status, known_tier, factor, last_event_at, "
-    "last_snapshot_at, evaluated_at, evaluated_by) SELECT u.a, u.s, u.k, u.f::numeric, "
-    "u.e::timestamptz, u.n::timestamptz, u.t::timestamptz, $8::text FROM unnest("
-    "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) "
-    "AS u(a, s, k, f, e, n, t) "
-    "ON CONFLICT (account_id) DO UPDATE SET status = EXCLUDED.status, "
-    "known_tier = EXCLUDED.known_tier, factor = EXCLUDED.factor, "
-    "last_event_at = EXCLUDED.last_event_at, last_snapshot_at = EXCLUDED.last_snapshot_at, "
-    "evaluated_at = EXCLUDED.evaluated_at, evaluated_by = EXCLUDED.evaluated_by"
-)
-
-
-def state_text_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """`state_args` as text arrays for _UPSERT_STATES_TEXT."""
-    ids, status, known, factor, last_e, last_s, at, by = args
-
-    def ts(values: list[datetime | None]) -> list[str | None]:
-        return [None if v is None else v.isoformat() for v in values]
-
-    return (
-        ids,
-        status,
-        known,
-        [None if f is None else format(f, "f") for f in factor],
-        ts(last_e),
-        ts(last_s),
-        ts(at),
-        by,
-    )
 
 
 def state_args(rows: Sequence[StateRow], evaluated_by: str | None = None) -> tuple[Any, ...]:
@@ -520,7 +489,7 @@ def state_args(rows: Sequence[StateRow], evaluated_by: str | None = None) -> tup
 
 
 async def send_states(apg: Any, args: tuple[Any, ...]) -> None:
-    await apg.execute(_UPSERT_STATES, *args)
+    await apg.execute(UPSERT_STATES, *args)
 
 
 async def upsert_states(
