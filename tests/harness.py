@@ -307,6 +307,9 @@ class ServiceProcess:
     # None for a process whose database has no api_keys table (test-only apps)
     api_key: str | None = None
     _key_database: str | None = None
+    # the service's name, which its /health/ready names: an answer from another process
+    # on the same port is not this one being ready
+    service: str | None = None
 
     @classmethod
     def for_service(
@@ -332,6 +335,7 @@ class ServiceProcess:
                 env["FP_BUS_URL"] = create_bus_database_sync(database_url)
         proc = cls(args, env, port, log_dir / f"{service}-{port}.log")
         proc._key_database = database_url
+        proc.service = service
         return proc
 
     @classmethod
@@ -390,8 +394,14 @@ class ServiceProcess:
                 raise RuntimeError(
                     f"process exited with {self.process.returncode}: {self.log_text()[-3000:]}"
                 )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/health/ready", timeout=1).status_code == 200:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                r = httpx.get(f"{self.base_url}/health/ready", timeout=1)
+                if r.status_code == 200:
+                    if self.service is not None and r.json().get("service") != self.service:
+                        raise RuntimeError(
+                            f"port {self.port} answers as {r.json().get('service')!r}, not "
+                            f"{self.service!r}: {self.log_text()[-3000:]}"
+                        )
                     self._ensure_key()
                     return
             time.sleep(0.05)

@@ -20,6 +20,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -46,10 +47,23 @@ def data_dir_from_env() -> Path:
     return Path(os.environ.get("FP_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve()
 
 
+# ports free_port has handed out in this process: the kernel may offer a released port
+# again before the first taker binds it (two services of one start-up on one port)
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port on 127.0.0.1 that nothing listens on and this process has not handed out."""
+    with _HANDED_OUT_LOCK:
+        for _ in range(1000):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+    raise OSError("no free port left that this process has not handed out already")
 
 
 def port_free(port: int) -> bool:
