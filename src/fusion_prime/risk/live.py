@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import itertools
 import time
 import zlib
@@ -109,10 +108,44 @@ def _binary_copy(raw: bytes, fields: Sequence[tuple[str, str]]) -> npt.NDArray[A
     return np.frombuffer(body, dtype=np.dtype(layout))
 
 
-async def _copy_out(apg: Any, query: str, *args: Any, fmt: str = "binary") -> bytes:
-    buf = io.BytesIO()
-    await apg.copy_from_query(query, *args, output=buf, format=fmt)
-    return buf.getvalue()
+# a COPY out that delivers nothing for this long is taken as stalled (the first rows of the
+# largest load query, a million accounts numbered and joined, arrive within seconds)
+COPY_IDLE_SECONDS = 60.0
+
+
+async def _copy_out(
+    apg: Any, query: str, *args: Any, fmt: str = "binary", idle: float = COPY_IDLE_SECONDS
+) -> bytes:
+    """The whole output of a `COPY (query) TO STDOUT`.
+
+    The data arrive in a coroutine sink (a file object would have asyncpg hand every chunk
+    to the default thread pool and back). A COPY that delivers nothing for `idle` seconds
+    is cancelled and raised as TimeoutError: a stalled load then fails and is retried by
+    the background task instead of holding the book, and every request waiting for it,
+    without end (seen once in CI: a start-up load that never finished).
+    """
+    chunks: list[bytes] = []
+    last = time.monotonic()
+
+    async def sink(data: bytes) -> None:
+        nonlocal last
+        chunks.append(data)
+        last = time.monotonic()
+
+    copy = asyncio.ensure_future(apg.copy_from_query(query, *args, output=sink, format=fmt))
+    try:
+        while not copy.done():
+            await asyncio.wait({copy}, timeout=max(0.0, last + idle - time.monotonic()) + 0.01)
+            if not copy.done() and time.monotonic() - last >= idle:
+                raise TimeoutError(
+                    f"COPY out gave no data for {idle:.0f} s (the load is retried): {query[:60]}"
+                )
+        copy.result()
+    finally:
+        if not copy.done():
+            copy.cancel()
+            await asyncio.wait({copy}, timeout=5)
+    return b"".join(chunks)
 
 
 def partition_of(account_id: str, partitions: int) -> int:

@@ -7,10 +7,9 @@ outcomes costs a few statements, not thousands.
 
 from __future__ import annotations
 
-import io
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -741,9 +740,11 @@ def margin_event_copy(
 async def send_copy(apg: Any, table: str, columns: Sequence[str], payload: bytes) -> None:
     """One text-format COPY of a payload built beforehand."""
     if payload:
-        await apg.copy_to_table(
-            table, source=io.BytesIO(payload), columns=list(columns), format="text"
-        )
+
+        async def source() -> AsyncIterator[bytes]:  # no thread-pool hop, as a file would take
+            yield payload
+
+        await apg.copy_to_table(table, source=source(), columns=list(columns), format="text")
 
 
 async def copy_margin_events(
