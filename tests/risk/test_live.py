@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 import zlib
@@ -13,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from fusion_prime.platform.bus.envelope import Envelope
@@ -32,7 +35,7 @@ from fusion_prime.risk.domain import (
 from fusion_prime.risk.repository import PriceUpdate
 from fusion_prime.risk.spec import SPEC
 from tests.e2e.conftest import BUS_ENV, drained, prepare_bus
-from tests.harness import ServiceProcess, count_rows, fetch
+from tests.harness import ServiceProcess, count_rows, fetch, fetchval
 from tests.risk.conftest import PARAMS, Risk, price_event
 from tests.settlement.factory import wait_for
 
@@ -195,18 +198,24 @@ async def assert_kept_positions_are_the_tables(risk: Risk, book: Any, accounts: 
         assert ps == stored[book.ids[i]], book.ids[i]
 
 
-@pytest.mark.parametrize("risk", ["memory"], indirect=True)
-async def test_a_rolled_back_pass_rebuilds_the_book(risk: Risk) -> None:
+async def _warning_account(risk: Risk, account: str) -> tuple[datetime, PriceUpdate]:
+    """Base prices, one account in warning (3000 x 0.8 / 2000 = 1.2), and a price that
+    would move it to liquidation (ETH at 1000, one second newer)."""
     t = datetime.now(UTC)
     await risk.prices(*(price_event(a, str(p), t) for a, p in BASE.items()))
     await risk.put_positions(
-        "acct-r",
+        account,
         {"asset": "ETH", "collateral": str(10**18), "decimals": 18},
         {"asset": "USDC", "debt": str(2000 * 10**6), "decimals": 6},
-    )  # 3000 x 0.8 / 2000 = 1.2: warning
+    )
     assert await fetch(risk.url, "SELECT status FROM account_state") == [("warning",)]
+    return t, PriceUpdate("ETH", Decimal(1000), "t", t + timedelta(seconds=1), uuid.uuid4())
+
+
+@pytest.mark.parametrize("risk", ["memory"], indirect=True)
+async def test_a_rolled_back_pass_rebuilds_the_book(risk: Risk) -> None:
+    t, crash = await _warning_account(risk, "acct-r")
     sessions = async_sessionmaker(risk.engine, expire_on_commit=False)
-    crash = PriceUpdate("ETH", Decimal(1000), "t", t + timedelta(seconds=1), uuid.uuid4())
     decided: list[str] = []
 
     async def crash_then_fail() -> None:
@@ -230,6 +239,40 @@ async def test_a_rolled_back_pass_rebuilds_the_book(risk: Risk) -> None:
     assert view["factor"] == pytest.approx(1.2)
     assert_book_matches({"acct-r": view}, await exact_view(risk.url, datetime.now(UTC)))
     assert await count_rows(risk.url, "margin_events") == 1
+
+
+@pytest.mark.parametrize("risk", ["memory"], indirect=True)
+async def test_a_pass_whose_rollback_fails_frees_the_book(risk: Risk) -> None:
+    """The server drops the pass's connection and the pass then fails: the rollback itself
+    raises, and SQLAlchemy sends no after_rollback. The book must still be let go and
+    rebuilt: before, it stayed held and every later pass waited on it for good."""
+    t, crash = await _warning_account(risk, "acct-f")
+    events = await count_rows(risk.url, "margin_events")
+    sessions = async_sessionmaker(risk.engine, expire_on_commit=False)
+    book = risk.client.app.state.runtime.state["book"]  # type: ignore[attr-defined]
+
+    async def pass_on_a_dropped_connection() -> None:
+        async with sessions() as s, s.begin():
+            await service.apply_prices(s, [crash])
+            pid = (await s.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            assert await fetchval(risk.url, "SELECT pg_terminate_backend($1)", pid)
+            while await fetchval(
+                risk.url, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+            ):
+                await asyncio.sleep(0.05)
+            raise RuntimeError("abandoned")
+
+    # what surfaces is the rollback's own error, not the pass's
+    with pytest.raises(DBAPIError, match="connection is closed"):
+        await pass_on_a_dropped_connection()
+    assert book.stale
+    # the next pass gets the book (it waited without end before) and rebuilds it
+    await asyncio.wait_for(risk.prices(price_event("USDC", "1", t + timedelta(seconds=2))), 60)
+    assert not book.stale
+    view = (await risk.client.get("/book/accounts/acct-f")).json()
+    assert view["status"] == "warning"
+    assert await fetch(risk.url, "SELECT status FROM account_state") == [("warning",)]
+    assert await count_rows(risk.url, "margin_events") == events  # the crash's is not
 
 
 async def test_sql_mode_keeps_no_book(risk: Risk) -> None:

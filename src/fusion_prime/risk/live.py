@@ -42,6 +42,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session as SyncSession
+from sqlalchemy.orm import SessionTransaction
 
 from fusion_prime.platform.database import database_now, driver_connection
 from fusion_prime.platform.observability import get_logger
@@ -310,22 +311,39 @@ class LiveBook:
     async def begin(self, session: AsyncSession, *, loading: bool = False) -> None:
         """Hold the book until `session`'s transaction ends (re-entrant in it).
 
-        Committed: the in-memory changes stand. Rolled back: they cannot be trusted, the
-        book is rebuilt from the tables by the next pass.
+        Committed: the in-memory changes stand. Otherwise (rolled back, or a rollback that
+        itself failed): they cannot be trusted, the book is rebuilt from the tables by the
+        next pass.
+
+        The hold ends on the transaction's end (`after_transaction_end`), not on
+        `after_rollback`: SQLAlchemy does not send `after_rollback` when the rollback
+        itself raises (the server dropped the connection, and what ended the pass was not
+        the driver noticing it), and the book stayed held for good, every later pass
+        (prices, position writes, the sweep) waiting on it (the likely cause of a CI run in
+        which risk's prices consumer applied nothing after its database server restarted).
         """
         ss = session.sync_session
         if self._owner is ss:
             return
+        if ss.get_transaction() is None:
+            await session.connection()  # begins the transaction whose end we wait for
+        root = ss.get_transaction()
         if not loading:
             await self.ready.wait()
         await self._lock.acquire()
         self._owner = ss
         token = object()
         self._token = token
+        committed = False
 
-        def _end(committed: bool) -> None:
-            if self._token is not token:
-                return  # a listener of an earlier transaction of a reused session
+        def _commit(_: SyncSession) -> None:
+            nonlocal committed
+            if ss.get_nested_transaction() is None:  # the root's commit, not a savepoint's
+                committed = True
+
+        def _ended(_: SyncSession, transaction: SessionTransaction) -> None:
+            if transaction is not root or self._token is not token:
+                return  # a savepoint, or a listener of an earlier transaction of the session
             self._token = None
             if not committed:
                 if not self.stale:
@@ -339,8 +357,8 @@ class LiveBook:
             self._owner = None
             self._lock.release()
 
-        event.listen(ss, "after_commit", lambda _: _end(True), once=True)
-        event.listen(ss, "after_rollback", lambda _: _end(False), once=True)
+        event.listen(ss, "after_commit", _commit)
+        event.listen(ss, "after_transaction_end", _ended)
 
     # -- loading -----------------------------------------------------------------------
 
