@@ -378,13 +378,16 @@ async def _stats(clients: list[httpx.AsyncClient]) -> list[dict[str, Any]]:
 
 async def _split(clients: list[httpx.AsyncClient], partitions: int = 16) -> dict[int, str]:
     """Wait until the instances hold disjoint leases covering every partition, each at
-    least one; returns partition -> instance."""
+    least one and none above its fair share (the split the instances rebalance to; before
+    that, one may still hold partitions it is about to give back); returns partition ->
+    instance."""
+    share = -(-partitions // len(clients))
 
     async def settled() -> dict[int, str] | None:
         owner: dict[int, str] = {}
         stats = await _stats(clients)
         for st in stats:
-            if not st["loaded"] or not st["partitions_owned"]:
+            if not st["loaded"] or not 0 < len(st["partitions_owned"]) <= share:
                 return None
             for p in st["partitions_owned"]:
                 if p in owner:
